@@ -1,0 +1,104 @@
+"""`hf_generate`: FCFS static batches run to completion through Hugging Face `model.generate`.
+
+Written by nobody here but Hugging Face, so it keeps every other engine honest: it is the
+paper's style of baseline and, run one request at a time, the correctness oracle.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from harness.recorder import Quantum, Recorder
+from harness.request import Request
+from qllm.prompts import prompt_token_ids
+
+
+def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stopping_criteria=None) -> list[list[int]]:
+    """Greedy continuations of left-padded `prompts`, EOS ignored: exactly `max_new_tokens` each."""
+    pad_id = 0
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,  # benchmarks ignore EOS: every request generates its output_len tokens
+            pad_token_id=pad_id,
+            stopping_criteria=StoppingCriteriaList(stopping_criteria or []),
+        )
+    return output[:, width:].tolist()
+
+
+class _TokenTimer(StoppingCriteria):
+    """Reports each generation step to the recorder as it happens; never stops generation."""
+
+    def __init__(self, batch: list[Request], recorder: Recorder, t_start_s: float) -> None:
+        self.batch = batch
+        self.recorder = recorder
+        self.t_last_s = t_start_s
+        self.num_steps = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        self.num_steps += 1
+        new_tokens = input_ids[:, -1].tolist()
+        # Rows past their own output length keep running (a static batch's waste) but report nothing.
+        live = {r.request_id: new_tokens[i] for i, r in enumerate(self.batch) if r.output_len >= self.num_steps}
+        self.recorder.tokens(live)
+        for r in self.batch:
+            if r.output_len == self.num_steps:
+                self.recorder.finished(r.request_id)
+        t_now = self.recorder.now()
+        is_prefill = self.num_steps == 1
+        self.recorder.quantum(
+            Quantum(
+                t_start_s=self.t_last_s,
+                t_end_s=t_now,
+                kind="prefill" if is_prefill else "decode",
+                request_ids=tuple(r.request_id for r in self.batch),
+                num_tokens=sum(r.prompt_len for r in self.batch) if is_prefill else len(self.batch),
+            )
+        )
+        self.t_last_s = t_now
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class HFGenerateEngine:
+    """FCFS: take up to `max_batch_size` waiting requests, generate until the longest is done."""
+
+    def __init__(self, model, recorder: Recorder, max_batch_size: int = 8, name: str = "hf_generate") -> None:
+        self.model = model
+        self.recorder = recorder
+        self.max_batch_size = max_batch_size
+        self.name = name
+        self.context_len = model.config.max_position_embeddings
+        self.waiting: deque[Request] = deque()
+
+    def submit(self, request: Request) -> None:
+        total = request.prompt_len + request.output_len
+        if total > self.context_len:
+            self.recorder.rejected(
+                request.request_id,
+                f"prompt ({request.prompt_len}) + output ({request.output_len}) tokens exceed "
+                f"the model's context of {self.context_len}",
+            )
+            return
+        self.waiting.append(request)
+
+    def idle(self) -> bool:
+        return not self.waiting
+
+    def step(self) -> None:
+        """One static batch, run to completion: not preemptible."""
+        batch = [self.waiting.popleft() for _ in range(min(self.max_batch_size, len(self.waiting)))]
+        for request in batch:
+            self.recorder.scheduled(request.request_id)
+        vocab_size = self.model.config.vocab_size
+        prompts = [prompt_token_ids(r, vocab_size) for r in batch]
+        timer = _TokenTimer(batch, self.recorder, self.recorder.now())
+        greedy_generate(self.model, prompts, max(r.output_len for r in batch), stopping_criteria=[timer])

@@ -1,0 +1,89 @@
+"""What engines report while they run; the harness turns it into tables (harness.metrics).
+
+Engines call these methods at the moment something happens; the recorder stamps each
+event with the clock. It never computes a metric.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Quantum:
+    """One non-preemptible piece of work an engine executed."""
+
+    t_start_s: float
+    t_end_s: float
+    kind: str  # "prefill", "decode" or "mixed"
+    request_ids: tuple[str, ...]  # the sequences in the batch
+    num_tokens: int  # tokens fed to the model in this quantum (prompt or decode tokens)
+    layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass
+    expert: int | None = None  # expert (group) the quantum ended after, inside `layer`
+    is_resume: bool = False  # the quantum continued a batch that had been preempted
+
+
+@dataclass
+class RequestEvents:
+    """Every event of one request, in seconds on the run's clock."""
+
+    arrival_s: float | None = None  # when the harness submitted it to the engine
+    first_scheduled_s: float | None = None
+    token_s: list[float] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    finish_s: float | None = None
+    preempted_s: list[float] = field(default_factory=list)
+    resumed_s: list[float] = field(default_factory=list)
+    rejected_reason: str | None = None
+
+
+class Recorder:
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.requests: dict[str, RequestEvents] = defaultdict(RequestEvents)
+        self.quanta: list[Quantum] = []
+        self.num_done = 0  # requests finished or rejected
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def submitted(self, request_id: str) -> None:
+        self.requests[request_id].arrival_s = self.now()
+
+    def scheduled(self, request_id: str) -> None:
+        """The request's first work was put into a batch; later calls are ignored."""
+        events = self.requests[request_id]
+        if events.first_scheduled_s is None:
+            events.first_scheduled_s = self.now()
+
+    def tokens(self, token_ids: dict[str, int]) -> None:
+        """One new token for each request in the mapping, all produced now."""
+        t = self.now()
+        for request_id, token_id in token_ids.items():
+            events = self.requests[request_id]
+            events.token_s.append(t)
+            events.token_ids.append(int(token_id))
+
+    def finished(self, request_id: str) -> None:
+        self.requests[request_id].finish_s = self.now()
+        self.num_done += 1
+
+    def rejected(self, request_id: str, reason: str) -> None:
+        events = self.requests[request_id]
+        events.rejected_reason = reason
+        events.finish_s = self.now()
+        self.num_done += 1
+
+    def preempted(self, request_ids) -> None:
+        t = self.now()
+        for request_id in request_ids:
+            self.requests[request_id].preempted_s.append(t)
+
+    def resumed(self, request_ids) -> None:
+        t = self.now()
+        for request_id in request_ids:
+            self.requests[request_id].resumed_s.append(t)
+
+    def quantum(self, quantum: Quantum) -> None:
+        self.quanta.append(quantum)

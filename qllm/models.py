@@ -1,0 +1,70 @@
+"""Build the model an engine runs: from a config with random weights, or from pretrained weights.
+
+Random weights are the CPU default: costs do not depend on weight values, and nothing is
+downloaded. Any Hugging Face causal LM architecture is named by its `model_type`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def quantization_config(quantization: str | None, compute_dtype: str = "float16") -> BitsAndBytesConfig | None:
+    """`bnb4`: bitsandbytes NF4 weights with `compute_dtype` compute (the paper's setup)."""
+    if quantization in (None, "none"):
+        return None
+    if quantization == "bnb4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[compute_dtype]
+        )
+    raise ValueError(f"unknown quantization {quantization!r}; expected null or 'bnb4'")
+
+
+def load_model(
+    model_type: str | None = None,
+    config: dict | None = None,
+    pretrained: str | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    quantization: str | None = None,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """A causal LM in eval mode.
+
+    `pretrained` (a hub id or a local path) loads real weights through `from_pretrained`;
+    otherwise `model_type` plus `config` kwargs build the architecture with random weights
+    drawn from `seed`, so the same seed gives the same model.
+    """
+    quant = quantization_config(quantization, compute_dtype=dtype if dtype != "float32" else "float16")
+    if pretrained is not None:
+        model = AutoModelForCausalLM.from_pretrained(
+            pretrained,
+            dtype=DTYPES[dtype],
+            device_map=device if quant is not None else None,
+            quantization_config=quant,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    else:
+        if model_type is None:
+            raise ValueError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
+        hf_config = AutoConfig.for_model(model_type, **(config or {}))
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(
+            hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+        )
+        if quant is not None:
+            model = quantize_in_place(model, quant)
+    if quant is None:
+        model = model.to(device)
+    return model.eval()
+
+
+def quantize_in_place(model: PreTrainedModel, quant: BitsAndBytesConfig) -> PreTrainedModel:
+    """Quantize a randomly initialised model's weights the way `from_pretrained` would."""
+    raise NotImplementedError("random-weight 4-bit models arrive with the 4-bit issue")
