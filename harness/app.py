@@ -16,7 +16,7 @@ from harness.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.report import comparison_table
-from harness.results import write_config, write_manifest, write_tables
+from harness.results import mark_complete, write_config, write_manifest, write_tables
 from harness.workload import load_workload
 
 
@@ -28,28 +28,28 @@ def warm_up(model, num_tokens: int) -> None:
             model.generate(prompt, max_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
-def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConfig, run_id: str) -> dict:
+def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConfig, run_params: dict) -> dict:
     """Replay `requests` against one engine; returns its requests, timeline and summary tables."""
     torch.manual_seed(cfg.seed)
     recorder = Recorder(RealClock())
     engine = instantiate(engine_cfg, model=model, recorder=recorder, name=name)
     replay(requests, engine, recorder, progress=cfg.progress)
     slo = OmegaConf.to_container(cfg.slo, resolve=True)
+    run_id = run_params["run_id"]
     requests_df = requests_table(requests, recorder, slo, run_id, name, with_token_ids=cfg.record_token_ids)
     classes = {r.request_id: r.priority_class for r in requests}
     return {
         "requests": requests_df,
         "timeline": timeline_table(recorder, run_id, name, classes),
-        "summary": summary_table(requests_df, recorder, run_params(cfg, name)),
+        "summary": summary_table(requests_df, recorder, {**run_params, "engine": name}),
     }
 
 
-def run_params(cfg: DictConfig, engine: str) -> dict:
+def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
     """The columns that identify a run in a sweep's gathered summary."""
-    choices = HydraConfig.get().runtime.choices
     return {
-        "engine": engine,
-        "model": choices.get("model"),
+        "run_id": run_id,
+        "model": model_name,
         "trace": cfg.trace.name,
         "rate": cfg.trace.rate,
         "burstiness": cfg.trace.burstiness,
@@ -58,18 +58,26 @@ def run_params(cfg: DictConfig, engine: str) -> dict:
     }
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_id = run_dir.name
+def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, pd.DataFrame]:
+    """Replay the configured trace against every selected engine; write and return the tables."""
+    write_manifest(run_dir, {"run_id": run_dir.name})
+    write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
     model = instantiate(cfg.model)
     warm_up(model, cfg.warmup_tokens)
-    write_config(run_dir, cfg)
-    results = [run_engine(name, engine_cfg, model, requests, cfg, run_id) for name, engine_cfg in cfg.engine.items()]
+    params = sweep_columns(cfg, run_dir.name, model_name)
+    results = [run_engine(name, engine_cfg, model, requests, cfg, params) for name, engine_cfg in cfg.engine.items()]
     tables = {name: pd.concat([r[name] for r in results], ignore_index=True) for name in results[0]}
     write_tables(run_dir, tables)
-    write_manifest(run_dir, {"run_id": run_id, "num_requests": len(requests)})
+    mark_complete(run_dir)  # last: a run without this marker is incomplete
+    return tables
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    tables = run_benchmark(cfg, run_dir, model_name=hydra_cfg.runtime.choices.get("model"))
     print(comparison_table(tables["summary"]))
     print(f"\nresults: {run_dir}")
 

@@ -161,13 +161,16 @@ def makespan_s(requests_df: pd.DataFrame) -> float:
 
 
 def summary_table(
-    requests_df: pd.DataFrame, itl_by_request: dict[str, list[float]], run_params: dict
+    requests_df: pd.DataFrame, itl_by_request: dict[str, list[float]] | Recorder, run_params: dict
 ) -> pd.DataFrame:
     """One row per priority class present (LS, BE, then others) plus `all`.
 
-    `itl_by_request` is `itl_s(recorder)`; ITL is pooled over the class's finished requests.
-    `run_params` (engine, model, trace, rate, seed, ...) become the leading columns.
+    `itl_by_request` is `itl_s(recorder)` (or the recorder itself); ITL is pooled over the
+    class's finished requests. `run_params` (engine, model, trace, rate, seed, ...) become
+    the leading columns.
     """
+    if isinstance(itl_by_request, Recorder):
+        itl_by_request = itl_s(itl_by_request)
     span_s = makespan_s(requests_df)
     present = list(requests_df["priority_class"].unique())
     classes = [c for c in PRIORITY_CLASSES if c in present] + sorted(set(present) - set(PRIORITY_CLASSES))
