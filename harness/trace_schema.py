@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +69,21 @@ def _read_table(path: Path, suffix: str) -> tuple[pd.DataFrame, int | None]:
         frame = pd.read_csv(path, dtype={"request_id": str, "priority_class": str, "source": str},
                             keep_default_na=False, na_values=[""])
         return frame, 1
-    frame = pd.read_json(path, lines=True, dtype={"request_id": str}, convert_dates=False)
-    return frame, 0
+    return read_jsonl(path), 0
+
+
+def read_jsonl(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per JSON object line, values as written: no date or dtype guessing ("007" stays text)."""
+    records = []
+    with open(path, encoding="utf-8") as file:
+        for line_number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TraceError(f"{path}: file line {line_number} is not valid JSON: {error}") from error
+    return pd.DataFrame.from_records(records)
 
 
 def validate_trace(frame: pd.DataFrame, source: str = "<trace>", header_lines: int | None = None) -> pd.DataFrame:
@@ -223,8 +235,8 @@ def save_trace(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     suffix = path.suffix.lower()
     frame = validate_trace(frame, source=f"trace to be saved as {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    # A temp file beside the target, then a rename: readers never see half a trace.
+    temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     try:
         if suffix in PARQUET_SUFFIXES:
             _write_parquet(frame, temp_name)
