@@ -16,8 +16,8 @@ from harness.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.report import comparison_table
-from harness.results import mark_complete, write_config, write_manifest, write_tables
-from harness.workload import load_workload
+from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
+from harness.workload import PROJECT_ROOT, load_workload
 
 
 def warm_up(model, num_tokens: int) -> None:
@@ -73,10 +73,13 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
     return tables
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if is_complete(run_dir):  # a sweep run again skips the points that already finished
+        print(f"already complete, skipped: {run_dir}")
+        return
     tables = run_benchmark(cfg, run_dir, model_name=hydra_cfg.runtime.choices.get("model"))
     print(comparison_table(tables["summary"]))
     print(f"\nresults: {run_dir}")

@@ -1,0 +1,27 @@
+"""A batch in flight: its sequences and the forward pass that may be set aside mid-way."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+from qllm.executor import Checkpoint
+from qllm.sequence import Sequence
+
+
+@dataclass(eq=False)
+class Batch:
+    sequences: list[Sequence]
+    forward_pass: Generator[Checkpoint, None, list[int]]  # its frame holds the pass's state while suspended
+    is_prefill: bool  # a batch runs one phase: prompts, or one decode token each
+    num_tokens: int  # tokens the pass feeds to the model
+    checkpoint: Checkpoint | None = None  # where the pass last paused; None before its first quantum
+    is_resuming: bool = False  # the next quantum continues a preempted pass
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        return tuple(s.request_id for s in self.sequences)
+
+    @property
+    def has_latency_sensitive(self) -> bool:
+        return any(s.is_latency_sensitive for s in self.sequences)
