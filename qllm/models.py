@@ -6,6 +6,8 @@ downloaded. Any Hugging Face causal LM architecture is named by its `model_type`
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
@@ -40,7 +42,7 @@ def load_model(
     otherwise `model_type` plus `config` kwargs build the architecture with random weights
     drawn from `seed`, so the same seed gives the same model.
     """
-    quant = quantization_config(quantization, compute_dtype=dtype if dtype != "float32" else "float16")
+    quant = quantization_config(quantization, compute_dtype=dtype)
     if pretrained is not None:
         model = AutoModelForCausalLM.from_pretrained(
             pretrained,
@@ -59,12 +61,23 @@ def load_model(
             hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
         )
         if quant is not None:
-            model = quantize_in_place(model, quant)
+            model = quantized_copy(model, quant, device, attn_implementation)
     if quant is None:
         model = model.to(device)
     return model.eval()
 
 
-def quantize_in_place(model: PreTrainedModel, quant: BitsAndBytesConfig) -> PreTrainedModel:
-    """Quantize a randomly initialised model's weights the way `from_pretrained` would."""
-    raise NotImplementedError("random-weight 4-bit models arrive with the 4-bit issue")
+def quantized_copy(
+    model: PreTrainedModel, quant: BitsAndBytesConfig, device: str, attn_implementation: str
+) -> PreTrainedModel:
+    """The random-weight model reloaded through `from_pretrained`, so bitsandbytes quantizes it
+    exactly as it would a downloaded checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="qllm-model-") as folder:
+        model.save_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(
+            folder,
+            quantization_config=quant,
+            device_map=device,
+            dtype=model.dtype,
+            attn_implementation=attn_implementation,
+        )
