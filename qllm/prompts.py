@@ -1,0 +1,25 @@
+"""The prompt token ids a request feeds: the trace's own, or deterministic stand-ins."""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+from harness.request import Request
+
+
+def prompt_token_ids(request: Request, vocab_size: int) -> list[int]:
+    """`request.prompt_ids` when the trace has them, else `request.prompt_len` ids drawn from a
+    generator seeded by a stable hash of the request id (zlib.crc32), so every run and every
+    engine feeds the same tokens for the same request."""
+    if request.prompt_ids is not None:
+        too_large = [token for token in request.prompt_ids if not 0 <= token < vocab_size]
+        if too_large:
+            raise ValueError(
+                f"request {request.request_id!r}: prompt_ids holds {too_large[:5]} outside the model's "
+                f"vocabulary [0, {vocab_size}); was the trace tokenized for another model?"
+            )
+        return list(request.prompt_ids)
+    generator = torch.Generator().manual_seed(zlib.crc32(request.request_id.encode("utf-8")))
+    return torch.randint(0, vocab_size, (request.prompt_len,), generator=generator).tolist()

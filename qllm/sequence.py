@@ -1,0 +1,71 @@
+"""A request as the engine tracks it: its tokens, its KV cache and where it is in its life."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from harness.request import Request
+from qllm.kv import SequenceKV
+
+
+class SequenceStatus(enum.IntEnum):
+    """Ordered: every state from FINISHED on is final (`status >= FINISHED`)."""
+
+    WAITING = 0  # queued, not in a batch
+    RUNNING = 1  # in the batch being executed
+    SUSPENDED = 2  # its batch was preempted mid forward pass
+    FINISHED = 3
+    REJECTED = 4
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    prompt_ids: list[int]
+    kv: SequenceKV  # this sequence's own keys and values, every layer
+    output_ids: list[int] = field(default_factory=list)  # generated tokens, appended by the engine
+    status: SequenceStatus = SequenceStatus.WAITING
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Prompt then generated tokens."""
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """Tokens whose keys and values are committed in `kv`."""
+        return self.kv.num_tokens
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Tokens the next forward pass feeds: the whole prompt at prefill, the last token at decode."""
+        return self.num_tokens - self.num_cached_tokens
+
+    @property
+    def new_token_ids(self) -> list[int]:
+        """The tokens the next forward pass feeds (`num_new_tokens` of them)."""
+        num_cached, num_prompt = self.num_cached_tokens, len(self.prompt_ids)
+        if num_cached >= num_prompt:
+            return self.output_ids[num_cached - num_prompt :]
+        return self.prompt_ids[num_cached:] + self.output_ids
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.num_cached_tokens == 0
+
+    @property
+    def is_finished(self) -> bool:
+        return len(self.output_ids) >= self.request.output_len
+
+    @property
+    def is_latency_sensitive(self) -> bool:
+        return self.request.is_latency_sensitive
