@@ -27,15 +27,6 @@ from qllm.sequence import Sequence
 MIN_MARGIN = 1e-4  # oracle top-2 logit margin below which a token is ambiguous
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add synchronization, which stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @cache
 def tiny_model(seed: int = 0, num_layers: int = 2, vocab_size: int = 256, sliding_window=None,
                attn_implementation: str = "sdpa"):

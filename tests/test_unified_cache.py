@@ -14,15 +14,6 @@ from qllm.unified_cache import UnifiedDynamicCache
 NUM_LAYERS, KV_HEADS, HEAD_DIM = 2, 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add synchronization, which stalls on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def new_states(num_new: list[int], seed: int) -> list[torch.Tensor]:
     """Per layer, the keys a pass writes: [batch, kv_heads, max(num_new), head_dim]; padded slots hold NaN."""
     generator = torch.Generator().manual_seed(seed)
