@@ -24,10 +24,10 @@ LATENCY_METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s")
 REQUESTS_COLUMNS = [
     "run_id", "engine", "request_id", "priority_class", "priority", "arrival_s",
     "first_scheduled_s", "first_token_s", "finish_s", "prompt_len", "output_len",
-    "generated_len", "ttft_s", "tpot_s", "e2e_s", "preemptions", "suspended_s",
+    "generated_len", "ttft_s", "tpot_s", "e2e_s", "preemptions", "suspended_s", "max_wait_s",
     "slo_ttft_s", "slo_met", "status", "error",
 ]  # fmt: skip
-_DERIVED = ("run_id", "engine", "ttft_s", "tpot_s", "e2e_s", "slo_ttft_s", "slo_met")
+_DERIVED = ("run_id", "engine", "ttft_s", "tpot_s", "e2e_s", "max_wait_s", "slo_ttft_s", "slo_met")
 _ROW_COLUMNS = [c for c in REQUESTS_COLUMNS if c not in _DERIVED] + ["last_token_s", "token_ids"]
 TIMELINE_COLUMNS = [
     "run_id", "engine", "t_start_s", "t_end_s", "duration_s", "kind", "layer", "expert",
@@ -49,6 +49,22 @@ def suspended_s(events: RequestEvents) -> float:
             return np.nan
         total += t_back - t_preempted
     return total
+
+
+def max_wait_s(requests: list[Request], recorder: Recorder) -> dict[str, float]:
+    """Each finished request's longest stretch between its arrival and its finish with no quantum
+    computing it: queueing and suspension alike. Bounding it is what BE aging is for."""
+    busy: dict[str, list[tuple[float, float]]] = {}
+    for q in recorder.quanta:
+        for request_id in q.request_ids:
+            busy.setdefault(request_id, []).append((q.t_start_s, q.t_end_s))
+    waits = {}
+    for request in requests:
+        t_free, longest = request.arrival_s, 0.0
+        for t_start, t_end in busy.get(request.request_id, []):
+            longest, t_free = max(longest, t_start - t_free), t_end
+        waits[request.request_id] = longest
+    return waits
 
 
 def _status(events: RequestEvents) -> tuple[str, str | None]:
@@ -111,10 +127,12 @@ def requests_table(
     df["e2e_s"] = (df["last_token_s"] - df["arrival_s"]).where(finished)
     decode_tokens = (df["generated_len"] - 1).where(df["generated_len"] > 1)
     df["tpot_s"] = (df["e2e_s"] - df["ttft_s"]) / decode_tokens
+    df["max_wait_s"] = df["request_id"].map(max_wait_s(requests, recorder)).where(finished)
     df["slo_ttft_s"] = df["priority_class"].map(lambda c: (slo.get(c) or {}).get("ttft_s")).astype(float)
     df["slo_met"] = _slo_met(df, slo).astype(bool)
     df["error"] = df["error"].astype("str")
-    float_cols = ["first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "suspended_s"]
+    float_cols = ["first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "suspended_s",
+                  "max_wait_s"]  # fmt: skip
     df[float_cols] = df[float_cols].astype(float)
     return df[REQUESTS_COLUMNS + (["token_ids"] if with_token_ids else [])]
 
@@ -144,6 +162,7 @@ def _class_row(df: pd.DataFrame, itl_by_request: dict[str, list[float]], makespa
     }
     for metric in LATENCY_METRICS:
         row |= _stats(itl if metric == "itl_s" else finished[metric], metric)
+    row["max_wait_s"] = finished["max_wait_s"].max()  # the starvation bound actually seen
     row["slo_attainment"] = df["slo_met"].mean() if len(df) else np.nan
     row["goodput_rps"] = df["slo_met"].sum() / makespan_s
     row["throughput_tok_s"] = finished["generated_len"].sum() / makespan_s

@@ -17,11 +17,14 @@ class Batch:
     num_tokens: int  # tokens the pass feeds to the model
     checkpoint: Checkpoint | None = None  # where the pass last paused; None before its first quantum
     is_resuming: bool = False  # the next quantum continues a preempted pass
+    run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
+    suspended_s: float | None = None  # when it was last set aside
 
     @property
     def request_ids(self) -> tuple[str, ...]:
         return tuple(s.request_id for s in self.sequences)
 
     @property
-    def has_latency_sensitive(self) -> bool:
-        return any(s.is_latency_sensitive for s in self.sequences)
+    def is_urgent(self) -> bool:
+        """Holds LS work (or BE work promoted by aging): never preempted for other work."""
+        return any(s.is_urgent for s in self.sequences)

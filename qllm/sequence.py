@@ -26,6 +26,8 @@ class Sequence:
     kv: SequenceKV  # this sequence's own keys and values, every layer
     output_ids: list[int] = field(default_factory=list)  # generated tokens, appended by the engine
     status: SequenceStatus = SequenceStatus.WAITING
+    ready_s: float = 0.0  # when it last became ready for a pass (arrival, or its previous token)
+    is_promoted: bool = False  # a BE sequence that aged past its bound and is now served as LS
 
     @property
     def request_id(self) -> str:
@@ -69,3 +71,8 @@ class Sequence:
     @property
     def is_latency_sensitive(self) -> bool:
         return self.request.is_latency_sensitive
+
+    @property
+    def is_urgent(self) -> bool:
+        """Served with LS priority: an LS request, or a promoted BE one."""
+        return self.request.is_latency_sensitive or self.is_promoted

@@ -26,13 +26,13 @@ class FCFSContinuousBatchingPolicy:
     def has_waiting(self) -> bool:
         return bool(self.prefill or self.decode)
 
-    def should_preempt(self, running: Batch) -> bool:
-        return False
+    def waiting(self, now_s: float) -> list[Sequence]:
+        return [*self.prefill, *self.decode]
 
     def finished(self, sequence: Sequence) -> None:
         self.num_running -= 1
 
-    def schedule(self, suspended: list[Batch]) -> Decision:
+    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
         room = self.max_batch_size - self.num_running
         if self.prefill and room > 0:
             batch = take_prefills(self.prefill, room, self.max_batch_tokens)

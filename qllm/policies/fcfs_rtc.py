@@ -25,13 +25,13 @@ class FCFSRunToCompletionPolicy:
     def has_waiting(self) -> bool:
         return bool(self.prefill or self.cohort)
 
+    def waiting(self, now_s: float) -> list[Sequence]:
+        return [*self.prefill, *self.cohort]
+
     def finished(self, sequence: Sequence) -> None:
         pass
 
-    def should_preempt(self, running: Batch) -> bool:
-        return False
-
-    def schedule(self, suspended: list[Batch]) -> Decision:
+    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
         if self.cohort:
             batch, self.cohort = self.cohort, []
             return Decision(start=batch)

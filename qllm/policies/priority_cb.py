@@ -23,30 +23,30 @@ class PriorityContinuousBatchingPolicy:
     def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.waiting: list[tuple[tuple, Sequence]] = []  # heap: new prompts and preempted sequences
+        self.queue: list[tuple[tuple, Sequence]] = []  # heap: new prompts and preempted sequences
         self.decode: list[Sequence] = []  # admitted sequences ready for their next token
         self.num_running = 0  # admitted and not finished
 
     def add(self, sequence: Sequence) -> None:
         if sequence.is_prefill:
-            heapq.heappush(self.waiting, (_order(sequence), sequence))
+            heapq.heappush(self.queue, (_order(sequence), sequence))
         else:
             self.decode.append(sequence)
 
     def has_waiting(self) -> bool:
-        return bool(self.waiting or self.decode)
+        return bool(self.queue or self.decode)
 
-    def should_preempt(self, running: Batch) -> bool:
-        return False
+    def waiting(self, now_s: float) -> list[Sequence]:
+        return [sequence for _, sequence in self.queue] + self.decode
 
     def finished(self, sequence: Sequence) -> None:
         self.num_running -= 1
 
-    def schedule(self, suspended: list[Batch]) -> Decision:
+    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
         decision = Decision(preempted=self._preempt_for_waiting())
         prefill_tokens = 0
-        while self.waiting and self.num_running < self.max_batch_size:
-            sequence = self.waiting[0][1]
+        while self.queue and self.num_running < self.max_batch_size:
+            sequence = self.queue[0][1]
             if sequence.is_prefill:
                 if decision.start and prefill_tokens + sequence.num_new_tokens > self.max_batch_tokens:
                     break
@@ -55,7 +55,7 @@ class PriorityContinuousBatchingPolicy:
             else:
                 decision.readmitted.append(sequence)
                 self.decode.append(sequence)
-            heapq.heappop(self.waiting)
+            heapq.heappop(self.queue)
             self.num_running += 1
         if not decision.start:
             decision.start, self.decode = sorted(self.decode, key=_order), []
@@ -64,12 +64,12 @@ class PriorityContinuousBatchingPolicy:
     def _preempt_for_waiting(self) -> list[Sequence]:
         """Make room for waiting work that is more urgent than the least urgent running sequence."""
         preempted = []
-        while self.waiting and self.decode and self.num_running >= self.max_batch_size:
+        while self.queue and self.decode and self.num_running >= self.max_batch_size:
             victim = max(self.decode, key=_order)
-            if _order(victim) <= self.waiting[0][0]:
+            if _order(victim) <= self.queue[0][0]:
                 break
             self.decode.remove(victim)
-            heapq.heappush(self.waiting, (_order(victim), victim))
+            heapq.heappush(self.queue, (_order(victim), victim))
             self.num_running -= 1
             preempted.append(victim)
         return preempted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,11 +25,11 @@ class SchedulingPolicy(Protocol):
     def add(self, sequence: Sequence) -> None:
         """`sequence` is ready for its next pass: a new prompt, or one more decode token."""
 
-    def schedule(self, suspended: list[Batch]) -> Decision:
+    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
         """The next batch, when nothing runs; `suspended` holds preempted batches, oldest first."""
 
-    def should_preempt(self, running: Batch) -> bool:
-        """At a checkpoint inside `running`: set it aside now?"""
+    def waiting(self, now_s: float) -> Iterable[Sequence]:
+        """Every queued sequence, for the checkpoint policy's snapshot."""
 
     def has_waiting(self) -> bool:
         """Any sequence queued (not counting suspended batches)."""

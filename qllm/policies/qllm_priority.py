@@ -1,4 +1,4 @@
-"""`qllm`: four queues (LS/BE x prefill/decode), strict LS priority, preemption inside a forward pass."""
+"""`qllm`: four queues (LS/BE x prefill/decode), strict LS priority, optional BE aging."""
 
 from __future__ import annotations
 
@@ -14,50 +14,61 @@ class QLLMPolicy:
 
     (1) a full LS-decode batch when at least B LS sequences wait to decode; else (2) the waiting
     LS prefills; else (3) the LS decodes, topped up with BE decodes; then a suspended BE batch
-    resumes before any new BE work; else (4) BE decodes; else (5) BE prefills. At a checkpoint
-    of a batch holding no LS sequence, if any LS work waits, the batch is preempted.
+    resumes before any new BE work; else (4) BE decodes; else (5) BE prefills. Whether a running
+    BE batch is preempted for LS work is the engine's checkpoint policy's call.
+
+    With `be_aging_s`, a BE sequence that has waited longer than that for its next pass, or a
+    suspended batch set aside for longer, is served as LS from then on: the starvation bound
+    the paper leaves as future work. Promotion happens at the next scheduling decision, so a BE
+    wait is bounded by `be_aging_s` plus the urgent work ahead of it (at least the LS pass
+    running when the bound passes). The prototype has no aging (None).
     """
 
-    def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048, be_prefill_top_up: bool = False):
+    def __init__(
+        self,
+        max_batch_size: int = 16,
+        max_batch_tokens: int = 2048,
+        be_prefill_top_up: bool = False,
+        be_aging_s: float | None = None,
+    ):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.be_prefill_top_up = be_prefill_top_up  # the prototype lets BE prompts fill an LS prefill batch
-        self.ls_prefill: deque[Sequence] = deque()
+        self.be_aging_s = be_aging_s
+        self.ls_prefill: deque[Sequence] = deque()  # LS and promoted BE sequences
         self.ls_decode: deque[Sequence] = deque()
         self.be_prefill: deque[Sequence] = deque()
         self.be_decode: deque[Sequence] = deque()
 
     def add(self, sequence: Sequence) -> None:
-        if sequence.is_latency_sensitive:
+        if sequence.is_urgent:
             queue = self.ls_prefill if sequence.is_prefill else self.ls_decode
         else:
             queue = self.be_prefill if sequence.is_prefill else self.be_decode
         queue.append(sequence)
 
-    def has_ls_waiting(self) -> bool:
-        return bool(self.ls_prefill or self.ls_decode)
-
     def has_waiting(self) -> bool:
-        return bool(self.has_ls_waiting() or self.be_prefill or self.be_decode)
+        return bool(self.ls_prefill or self.ls_decode or self.be_prefill or self.be_decode)
+
+    def waiting(self, now_s: float) -> list[Sequence]:
+        self._promote_aged(now_s)
+        return [*self.ls_prefill, *self.ls_decode, *self.be_prefill, *self.be_decode]
 
     def finished(self, sequence: Sequence) -> None:
         pass
 
-    def should_preempt(self, running: Batch) -> bool:
-        return not running.has_latency_sensitive and self.has_ls_waiting()
-
-    def schedule(self, suspended: list[Batch]) -> Decision:
+    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
+        self._promote_aged(now_s)
+        aged = [b for b in suspended if self._has_aged(now_s - b.suspended_s)]
+        if aged:
+            for sequence in aged[0].sequences:
+                sequence.is_promoted = True
+            return Decision(resume=aged[0])
         size = self.max_batch_size
         if len(self.ls_decode) >= size:
             return Decision(start=self._pop(self.ls_decode, size))
         if self.ls_prefill:
-            batch = take_prefills(self.ls_prefill, size, self.max_batch_tokens)
-            if self.be_prefill_top_up:
-                used = sum(s.num_new_tokens for s in batch)
-                batch += take_prefills(
-                    self.be_prefill, size - len(batch), self.max_batch_tokens - used, oversized_head=False
-                )
-            return Decision(start=batch)
+            return Decision(start=self._ls_prefill_batch())
         if self.ls_decode:
             batch = self._pop(self.ls_decode, size)
             return Decision(start=batch + self._pop(self.be_decode, size - len(batch)))
@@ -66,6 +77,25 @@ class QLLMPolicy:
         if self.be_decode:
             return Decision(start=self._pop(self.be_decode, size))
         return Decision(start=take_prefills(self.be_prefill, size, self.max_batch_tokens))
+
+    def _ls_prefill_batch(self) -> list[Sequence]:
+        batch = take_prefills(self.ls_prefill, self.max_batch_size, self.max_batch_tokens)
+        if self.be_prefill_top_up:
+            used = sum(s.num_new_tokens for s in batch)
+            room = self.max_batch_size - len(batch)
+            batch += take_prefills(self.be_prefill, room, self.max_batch_tokens - used, oversized_head=False)
+        return batch
+
+    def _has_aged(self, waited_s: float) -> bool:
+        return self.be_aging_s is not None and waited_s > self.be_aging_s
+
+    def _promote_aged(self, now_s: float) -> None:
+        """Move BE sequences waiting longer than the bound to the LS queues, oldest first."""
+        for source, target in ((self.be_prefill, self.ls_prefill), (self.be_decode, self.ls_decode)):
+            while source and self._has_aged(now_s - source[0].ready_s):
+                sequence = source.popleft()
+                sequence.is_promoted = True
+                target.append(sequence)
 
     @staticmethod
     def _pop(queue: deque[Sequence], count: int) -> list[Sequence]:

@@ -1,0 +1,96 @@
+"""Checkpoint policies: at each checkpoint of a running forward pass, continue or preempt.
+
+The engine hands a policy a `CheckpointState`, a snapshot of everything a decision may need, and
+the policy answers `should_preempt(state)`. A user's policy is one class with that method and a
+YAML node naming it (`checkpoint_policy: {_target_: my_module.MyPolicy, ...}` in an engine
+config); it never touches the engine, the queues or a tensor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from harness.request import LS
+
+
+@dataclass(frozen=True)
+class WaitingRequest:
+    """A queued sequence, as a checkpoint policy sees it."""
+
+    request_id: str
+    priority_class: str  # LS or BE
+    is_urgent: bool  # served as LS: an LS request, or a BE one promoted by aging
+    is_prefill: bool  # waits for its prompt pass (no token yet); else for its next decode token
+    waited_s: float  # since the request arrived
+    queued_s: float  # since it became ready for its next pass
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    now_s: float  # the run's clock
+    running_classes: tuple[str, ...]  # priority class of each sequence in the running batch
+    running_is_urgent: bool  # the running batch holds LS (or promoted) work
+    running_is_prefill: bool
+    layer: int  # the decoder layer the pass has just completed (or is inside, with `expert`)
+    expert: int | None  # the expert (group) just completed inside `layer`; None at a layer boundary
+    num_layers: int
+    run_s: float  # compute time the running pass has used so far, suspensions excluded
+    waiting: tuple[WaitingRequest, ...]  # every queued sequence, in no particular order
+    num_suspended: int  # batches set aside earlier, waiting to resume
+
+    @property
+    def queue_lengths(self) -> Counter:
+        """Waiting sequences per (priority class, phase), e.g. `state.queue_lengths["LS", "prefill"]`."""
+        return Counter((w.priority_class, "prefill" if w.is_prefill else "decode") for w in self.waiting)
+
+    @property
+    def has_urgent_waiting(self) -> bool:
+        return any(w.is_urgent for w in self.waiting)
+
+    @property
+    def remaining_s(self) -> float:
+        """The running pass's remaining compute time, extrapolated from the layers done so far."""
+        layers_done = self.layer if self.expert is not None else self.layer + 1
+        if layers_done == 0:
+            return self.run_s * self.num_layers
+        return self.run_s * (self.num_layers - layers_done) / layers_done
+
+
+class CheckpointPolicy(Protocol):
+    def should_preempt(self, state: CheckpointState) -> bool:
+        """True sets the running batch aside now; it resumes later where it stopped."""
+
+
+class StrictPriority:
+    """The paper's rule: preempt a batch holding no LS work as soon as any LS work waits."""
+
+    def should_preempt(self, state: CheckpointState) -> bool:
+        return not state.running_is_urgent and state.has_urgent_waiting
+
+
+class SLOSlack:
+    """Preempt only when a waiting LS prompt would otherwise miss its TTFT SLO: when its slack
+    (SLO minus time waited) no longer covers the running pass's remaining time plus `margin_s`.
+    Fewer preemptions than strict priority, at the cost of LS TTFT closer to the SLO."""
+
+    def __init__(self, ttft_slo_s: float, margin_s: float = 0.0) -> None:
+        self.ttft_slo_s = ttft_slo_s
+        self.margin_s = margin_s  # covers the LS prefill itself and estimation error
+
+    def should_preempt(self, state: CheckpointState) -> bool:
+        if state.running_is_urgent:
+            return False
+        budget_s = state.remaining_s + self.margin_s
+        return any(
+            w.priority_class == LS and w.is_prefill and self.ttft_slo_s - w.waited_s <= budget_s
+            for w in state.waiting
+        )
+
+
+class NeverPreempt:
+    """Run every pass to its end (the iteration-level baselines)."""
+
+    def should_preempt(self, state: CheckpointState) -> bool:
+        return False

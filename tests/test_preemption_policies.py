@@ -1,0 +1,107 @@
+"""Checkpoint policies (strict priority, SLO slack, user-defined) and BE aging."""
+
+from __future__ import annotations
+
+from harness.metrics import max_wait_s
+from harness.recorder import Recorder
+from qllm.engine import QLLMEngine
+from qllm.policies.qllm_priority import QLLMPolicy
+from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority, WaitingRequest
+from tests.engine_helpers import StepClock, drive, make_request, oracle_tokens, tiny_model
+
+
+def state(running_is_urgent: bool, waiting: list[WaitingRequest], layer=0, run_s=1.0, num_layers=4):
+    return CheckpointState(
+        now_s=10.0, running_classes=("LS",) if running_is_urgent else ("BE",), running_is_urgent=running_is_urgent,
+        running_is_prefill=True, layer=layer, expert=None, num_layers=num_layers, run_s=run_s,
+        waiting=tuple(waiting), num_suspended=0,
+    )  # fmt: skip
+
+
+def ls_prompt(waited_s: float) -> WaitingRequest:
+    return WaitingRequest("a", "LS", is_urgent=True, is_prefill=True, waited_s=waited_s, queued_s=waited_s)
+
+
+def be_prompt() -> WaitingRequest:
+    return WaitingRequest("b", "BE", is_urgent=False, is_prefill=True, waited_s=9.0, queued_s=9.0)
+
+
+def test_strict_priority_preempts_only_be_batches_and_only_for_ls_work():
+    policy = StrictPriority()
+    assert policy.should_preempt(state(False, [ls_prompt(0.0)]))
+    assert not policy.should_preempt(state(True, [ls_prompt(0.0)]))
+    assert not policy.should_preempt(state(False, [be_prompt()]))
+    assert not NeverPreempt().should_preempt(state(False, [ls_prompt(0.0)]))
+
+
+def test_state_extrapolates_the_remaining_time_and_counts_queues():
+    s = state(False, [ls_prompt(0.0), be_prompt(), be_prompt()], layer=0, run_s=1.0, num_layers=4)
+    assert s.remaining_s == 3.0  # one layer took 1 s; three remain
+    assert s.queue_lengths["BE", "prefill"] == 2 and s.queue_lengths["LS", "decode"] == 0
+
+
+def test_slo_slack_preempts_only_when_the_slo_would_otherwise_be_missed():
+    policy = SLOSlack(ttft_slo_s=3.0, margin_s=0.5)
+    # 3 s of the running pass remain; slack 3 - waited.
+    assert not policy.should_preempt(state(False, [ls_prompt(waited_s=-1.0)]))  # slack 4 > 3.5
+    assert policy.should_preempt(state(False, [ls_prompt(waited_s=0.0)]))  # slack 3 <= 3.5
+    assert not policy.should_preempt(state(True, [ls_prompt(waited_s=2.9)]))
+
+
+def run_qllm(specs, checkpoint_policy, be_aging_s=None, max_batch_size=4):
+    model = tiny_model()
+    recorder = Recorder(StepClock())
+    policy = QLLMPolicy(max_batch_size=max_batch_size, be_aging_s=be_aging_s)
+    engine = QLLMEngine(model, recorder, policy, checkpoint_policy=checkpoint_policy, granularity="layer")
+    requests = [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(specs)]
+    drive(engine, recorder, requests)
+    for request in requests:
+        assert recorder.requests[request.request_id].token_ids == oracle_tokens(model, request)
+    recorder.waits = max_wait_s(requests, recorder)
+    return recorder
+
+
+def test_slo_slack_lets_a_be_pass_finish_when_the_ls_request_has_time():
+    specs = [(8, 2, "BE", 0), (4, 2, "LS", 1)]
+    relaxed = run_qllm(specs, SLOSlack(ttft_slo_s=100.0))
+    assert not relaxed.requests["r0"].preempted_s
+    urgent = run_qllm(specs, SLOSlack(ttft_slo_s=2.0))  # steps are time units: 3 layers remain
+    assert len(urgent.requests["r0"].preempted_s) == 1
+
+
+class EvenLayersOnly:
+    """A user's policy: strict priority, but only at even layer boundaries."""
+
+    def should_preempt(self, state: CheckpointState) -> bool:
+        return state.layer % 2 == 0 and StrictPriority().should_preempt(state)
+
+
+def test_a_user_defined_policy_decides_where_preemption_happens():
+    recorder = run_qllm([(8, 2, "BE", 0), (4, 2, "LS", 1)], EvenLayersOnly())
+    preempted_s = recorder.requests["r0"].preempted_s[0]
+    layers_before = [q.layer for q in recorder.quanta if "r0" in q.request_ids and q.t_end_s <= preempted_s]
+    assert layers_before[-1] % 2 == 0
+
+
+def endless_ls_stream(num_ls: int) -> list[tuple]:
+    """BE work arrives first, then one LS request every step: without aging BE never runs."""
+    be = [(6, 3, "BE", 0), (5, 3, "BE", 0)]
+    return be + [(3, 4, "LS", t) for t in range(1, num_ls + 1)]
+
+
+def test_without_aging_an_ls_stream_starves_be_work():
+    recorder = run_qllm(endless_ls_stream(30), StrictPriority())
+    last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
+    assert recorder.requests["r0"].finish_s > last_ls_finish
+    assert recorder.waits["r0"] > 100
+
+
+def test_aging_bounds_every_be_wait_under_an_ls_stream():
+    bound = 6.0
+    recorder = run_qllm(endless_ls_stream(30), StrictPriority(), be_aging_s=bound)
+    last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
+    for request_id in ("r0", "r1"):
+        assert recorder.requests[request_id].finish_s < last_ls_finish
+        # Promoted at the first scheduling decision after the bound, which may wait for the LS
+        # pass then running: 3 layers + the head = 4 steps.
+        assert recorder.waits[request_id] <= bound + 4, recorder.waits
