@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import hydra
@@ -20,6 +22,9 @@ from harness.results import is_complete, mark_complete, write_config, write_mani
 from harness.workload import PROJECT_ROOT, load_workload
 
 
+TABLES = ("requests", "summary", "timeline")
+
+
 def warm_up(model, num_tokens: int) -> None:
     """One short greedy generate, so lazy initialisation is not charged to the first request."""
     if num_tokens > 0:
@@ -28,12 +33,32 @@ def warm_up(model, num_tokens: int) -> None:
             model.generate(prompt, max_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler stopping the job) interrupts the run as Ctrl-C does, so what was
+    recorded is still written."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConfig, run_params: dict) -> dict:
-    """Replay `requests` against one engine; returns its requests, timeline and summary tables."""
+    """Replay `requests` against one engine; returns its requests, timeline and summary tables,
+    and under `interrupted` the reason the replay stopped early (None when it ran to the end)."""
     torch.manual_seed(cfg.seed)
     recorder = Recorder(RealClock())
     engine = instantiate(engine_cfg, model=model, recorder=recorder, name=name)
-    replay(requests, engine, recorder, progress=cfg.progress)
+    interrupted = None
+    try:
+        replay(requests, engine, recorder, progress=cfg.progress)
+    except KeyboardInterrupt as stop:
+        interrupted = str(stop) or "SIGINT"
     slo = OmegaConf.to_container(cfg.slo, resolve=True)
     run_id = run_params["run_id"]
     requests_df = requests_table(requests, recorder, slo, run_id, name, with_token_ids=cfg.record_token_ids)
@@ -42,6 +67,7 @@ def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConf
         "requests": requests_df,
         "timeline": timeline_table(recorder, run_id, name, classes),
         "summary": summary_table(requests_df, recorder, {**run_params, "engine": name}),
+        "interrupted": interrupted,
     }
 
 
@@ -60,15 +86,27 @@ def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
 
 def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, pd.DataFrame]:
     """Replay the configured trace against every selected engine; write and return the tables."""
+    if cfg.torch_threads is not None:
+        torch.set_num_threads(cfg.torch_threads)
     write_manifest(run_dir, {"run_id": run_dir.name})
+    (run_dir / "INCOMPLETE").unlink(missing_ok=True)
     write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
     model = instantiate(cfg.model)
     warm_up(model, cfg.warmup_tokens)
     params = sweep_columns(cfg, run_dir.name, model_name)
-    results = [run_engine(name, engine_cfg, model, requests, cfg, params) for name, engine_cfg in cfg.engine.items()]
-    tables = {name: pd.concat([r[name] for r in results], ignore_index=True) for name in results[0]}
+    results = []
+    with sigterm_as_interrupt():
+        for name, engine_cfg in cfg.engine.items():
+            results.append(run_engine(name, engine_cfg, model, requests, cfg, params))
+            if results[-1]["interrupted"]:
+                break
+    tables = {name: pd.concat([r[name] for r in results], ignore_index=True) for name in TABLES}
     write_tables(run_dir, tables)
+    interrupted = results[-1]["interrupted"]
+    if interrupted:
+        (run_dir / "INCOMPLETE").write_text(f"interrupted by {interrupted}: the tables hold what was recorded\n")
+        raise SystemExit(f"run interrupted by {interrupted}; partial tables in {run_dir} (no DONE marker)")
     mark_complete(run_dir)  # last: a run without this marker is incomplete
     return tables
 

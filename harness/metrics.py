@@ -32,7 +32,9 @@ _ROW_COLUMNS = [c for c in REQUESTS_COLUMNS if c not in _DERIVED] + ["last_token
 TIMELINE_COLUMNS = [
     "run_id", "engine", "t_start_s", "t_end_s", "duration_s", "kind", "layer", "expert",
     "batch_size", "num_tokens", "request_ids", "is_resume", "num_ls", "num_be",
+    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes",
 ]  # fmt: skip
+GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes")  # engine state after a quantum
 
 
 def _or_nan(x: float | None) -> float:
@@ -188,7 +190,9 @@ def summary_table(
     class's finished requests. `run_params` (engine, model, trace, rate, seed, ...) become
     the leading columns.
     """
+    peaks = {f"peak_{gauge}": np.nan for gauge in GAUGES}
     if isinstance(itl_by_request, Recorder):
+        peaks = peak_gauges(itl_by_request)
         itl_by_request = itl_s(itl_by_request)
     span_s = makespan_s(requests_df)
     present = list(requests_df["priority_class"].unique())
@@ -196,8 +200,17 @@ def summary_table(
     rows = []
     for name in [*classes, "all"]:
         df = requests_df if name == "all" else requests_df[requests_df["priority_class"] == name]
-        rows.append({**run_params, "priority_class": name, **_class_row(df, itl_by_request, span_s)})
+        rows.append({**run_params, "priority_class": name, **_class_row(df, itl_by_request, span_s), **peaks})
     return pd.DataFrame(rows)
+
+
+def peak_gauges(recorder: Recorder) -> dict[str, float]:
+    """The run's peak of each engine gauge (`peak_kv_reserved_bytes`, ...); NaN where the engine reports none."""
+    peaks = {}
+    for gauge in GAUGES:
+        values = [getattr(q, gauge) for q in recorder.quanta if getattr(q, gauge) is not None]
+        peaks[f"peak_{gauge}"] = max(values) if values else np.nan
+    return peaks
 
 
 def timeline_table(
@@ -215,8 +228,9 @@ def timeline_table(
             "request_ids": list(q.request_ids), "is_resume": q.is_resume,
             "num_ls": batch_classes.count(LS) if class_by_request else None,
             "num_be": batch_classes.count(BE) if class_by_request else None,
+            **{gauge: getattr(q, gauge) for gauge in GAUGES},
         })  # fmt: skip
     df = pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
-    for col in ("layer", "expert", "batch_size", "num_tokens", "num_ls", "num_be"):
+    for col in ("layer", "expert", "batch_size", "num_tokens", "num_ls", "num_be", *GAUGES):
         df[col] = df[col].astype("Int64")  # nullable: None means "whole pass" / "unknown"
     return df

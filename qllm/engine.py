@@ -12,6 +12,7 @@ from harness.recorder import Quantum, Recorder
 from harness.request import Request
 from qllm.batch import Batch
 from qllm.executor import Executor
+from qllm.memory import MemoryBudget, allocated_kv_bytes, kv_bytes_per_token, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy
 from qllm.preemption import CheckpointPolicy, CheckpointState, NeverPreempt, WaitingRequest
 from qllm.prompts import prompt_token_ids
@@ -26,15 +27,19 @@ class QLLMEngine:
         policy: SchedulingPolicy,
         checkpoint_policy: CheckpointPolicy | None = None,
         granularity: str = "layer",
+        memory_budget_mb: float | None = None,
         name: str = "qllm",
+        experts_per_checkpoint: int = 1,  # expert granularity: experts run between two checkpoints
     ):
-        self.executor = Executor(model, granularity=granularity)
+        self.executor = Executor(model, granularity=granularity, experts_per_checkpoint=experts_per_checkpoint)
         self.recorder = recorder
         self.policy = policy
         self.checkpoint_policy = checkpoint_policy or NeverPreempt()
         self.name = name
         self.context_len = model.config.max_position_embeddings
         self.vocab_size = model.config.vocab_size
+        budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        self.memory = MemoryBudget(budget_bytes, kv_bytes_per_token(model.config, model.dtype))
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
 
@@ -45,7 +50,7 @@ class QLLMEngine:
             return
         prompt = prompt_token_ids(request, self.vocab_size)
         kv = self.executor.new_kv()
-        self.policy.add(Sequence(request=request, prompt_ids=prompt, kv=kv, ready_s=request.arrival_s))
+        self.memory.wait(Sequence(request=request, prompt_ids=prompt, kv=kv, ready_s=request.arrival_s))
 
     def _rejection_reason(self, request: Request) -> str | None:
         if request.prompt_len + request.output_len > self.context_len:
@@ -55,12 +60,16 @@ class QLLMEngine:
             )
         if request.prompt_ids is not None and max(request.prompt_ids) >= self.vocab_size:
             return f"prompt token id {max(request.prompt_ids)} is outside the model's vocabulary of {self.vocab_size}"
-        return None
+        return self.memory.rejection_reason(request)
 
     def idle(self) -> bool:
-        return self.running is None and not self.suspended and not self.policy.has_waiting()
+        return (
+            self.running is None and not self.suspended and not self.policy.has_waiting() and not self.memory.pending
+        )
 
     def step(self) -> None:
+        for sequence in self.memory.admit(self._suspended_bytes()):
+            self.policy.add(sequence)
         running = self.running
         if running is not None and running.checkpoint is not None and self.policy.has_waiting():
             if self.checkpoint_policy.should_preempt(self._checkpoint_state(running)):
@@ -95,6 +104,9 @@ class QLLMEngine:
             waiting=waiting,
             num_suspended=len(self.suspended),
         )
+
+    def _suspended_bytes(self) -> int:
+        return sum(suspended_bytes(batch) for batch in self.suspended)
 
     def _suspend(self, batch: Batch) -> None:
         for sequence in batch.sequences:
@@ -144,11 +156,25 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
+                **self._state_gauges(),
             )
         )
         batch.is_resuming = False
         if next_tokens is not None:
             self._finish_pass(batch, next_tokens)
+
+    def _state_gauges(self) -> dict:
+        """Queues and memory as the quantum ends, for the timeline."""
+        queued = list(self.policy.waiting(self.recorder.now()))
+        in_suspended = [s for batch in self.suspended for s in batch.sequences]
+        in_running = self.running.sequences if self.running is not None else []
+        return {
+            "num_queued": len(queued) + len(self.memory.pending),
+            "num_suspended": len(in_suspended),
+            "kv_reserved_bytes": self.memory.reserved_bytes,
+            "kv_allocated_bytes": allocated_kv_bytes([*queued, *in_suspended, *in_running]),
+            "suspended_bytes": self._suspended_bytes(),
+        }
 
     def _finish_pass(self, batch: Batch, next_tokens: list[int]) -> None:
         """Append each sequence's new token; finished sequences leave, the rest queue to decode."""
@@ -161,6 +187,7 @@ class QLLMEngine:
             if sequence.is_finished:
                 sequence.status = SequenceStatus.FINISHED
                 sequence.kv.free()
+                self.memory.release(sequence)
                 self.recorder.finished(sequence.request_id)
                 self.policy.finished(sequence)
             else:
