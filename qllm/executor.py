@@ -2,10 +2,20 @@
 
 A pass runs the model's own modules (through its family adapter): embeddings, rotary
 embedding, each decoder layer (attention through a `UnifiedDynamicCache`, then the MoE block),
-final norm, LM head. It `yield`s a `Checkpoint` after every decoder layer at layer
-granularity. Preempting a batch is keeping its generator aside; resuming is calling `next()`
-on it again: the generator's frame (hidden states, position embeddings, mask, cache) is the
-saved state, so nothing is copied and nothing is recomputed.
+final norm, LM head. Where it `yield`s a `Checkpoint` is the granularity:
+
+- `iteration`: never; the pass is one quantum.
+- `layer`: after every decoder layer, each called whole.
+- `expert`: each layer runs in halves (`qllm.adapters.decoder.LayerParts`): a checkpoint after
+  its attention half (`expert=ATTENTION`), then its MoE block runs expert by expert
+  (`qllm.moe.ExpertByExpert`) with a checkpoint after every `experts_per_checkpoint` experts that
+  received tokens (`expert` = the group's last expert; a shared expert is number `num_experts`).
+  The layer's last checkpoint comes after its residual add. A dense layer's MLP runs whole
+  (`expert=None`).
+
+Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
+the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
+is the saved state, so nothing is copied and nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -17,11 +27,14 @@ import torch
 from transformers import PreTrainedModel
 
 from qllm.adapters import adapter_for
+from qllm.adapters.decoder import LayerParts
 from qllm.kv import SequenceKV
+from qllm.moe import ExpertByExpert, MoeParts
 from qllm.sequence import Sequence
 from qllm.unified_cache import UnifiedDynamicCache
 
-GRANULARITIES = ("iteration", "layer")  # "expert" arrives with expert-level preemption
+GRANULARITIES = ("iteration", "layer", "expert")
+ATTENTION = -1  # Checkpoint.expert after a layer's attention half, before any of its experts
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take an explicit 4D padding mask
 PAD_TOKEN_ID = 0  # fills padded query slots; any id in the vocabulary works, the mask hides them
 
@@ -30,8 +43,11 @@ PAD_TOKEN_ID = 0  # fills padded query slots; any id in the vocabulary works, th
 class Checkpoint:
     """Where a preemptible pass stopped."""
 
-    layer: int  # the decoder layer just completed (0-based)
-    expert: int | None = None  # reserved for expert granularity (a later issue)
+    layer: int  # the decoder layer the pass is in (0-based)
+    # None: `layer` is complete (layer granularity; at expert granularity, a dense layer's MLP).
+    # ATTENTION: its attention half is done. e >= 0: its expert group ending with expert e is done
+    # (e == num_experts: the shared expert); after its last group, the layer is complete.
+    expert: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,13 +57,15 @@ class BatchInputs:
     hidden: torch.Tensor  # embeddings of the fed tokens: [batch, query, hidden]
     position_ids: torch.Tensor  # [batch, query]
     position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [batch, query, head_dim]
-    attention_mask: torch.Tensor  # [batch, 1, query, key]: bool for sdpa, additive float for eager
+    attention_masks: tuple[torch.Tensor, ...]  # per layer, [batch, 1, query, key]: bool for sdpa, additive for eager
 
 
 class Executor:
-    def __init__(self, model: PreTrainedModel, granularity: str = "layer") -> None:
+    def __init__(self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
+        if experts_per_checkpoint < 1:
+            raise ValueError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
         attention = model.config._attn_implementation
         if attention not in MASKED_ATTENTION:
             raise ValueError(
@@ -57,6 +75,7 @@ class Executor:
         self.model = model
         self.adapter = adapter_for(model)
         self.granularity = granularity
+        self.experts_per_checkpoint = experts_per_checkpoint  # experts run between two checkpoints (expert granularity)
         self.num_layers = len(self.adapter.layers)
         self.uses_additive_mask = attention == "eager"  # eager adds the mask to the attention scores
 
@@ -75,10 +94,13 @@ class Executor:
         try:
             inputs = self._batch_inputs(batch, cache)
             hidden = inputs.hidden
-            for index, layer in enumerate(self.adapter.layers):
-                hidden = self._run_layer(layer, hidden, inputs, cache)
-                if self.granularity == "layer":
-                    yield Checkpoint(layer=index)
+            for index in range(self.num_layers):
+                if self.granularity == "expert":
+                    hidden = yield from self._run_layer_by_parts(index, hidden, inputs, cache)
+                else:
+                    hidden = self._run_layer(index, hidden, inputs, cache)
+                    if self.granularity == "layer":
+                        yield Checkpoint(layer=index)
             next_token_ids = self._greedy_next_tokens(hidden, cache)
             cache.commit()
             return next_token_ids
@@ -100,24 +122,64 @@ class Executor:
         input_ids = torch.tensor(padded, device=device)  # [batch, query]
         hidden = self.adapter.embed_tokens(input_ids)  # [batch, query, hidden]
         position_ids = cache.position_ids(device)
-        mask = cache.attention_mask(self.adapter.sliding_window, device)  # bool [batch, 1, query, key]
-        if self.uses_additive_mask:
-            blocked = torch.finfo(hidden.dtype).min
-            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=device).masked_fill(~mask, blocked)
+        windows = self.adapter.sliding_windows
+        masks = {window: self._attention_mask(cache, window, hidden.dtype) for window in set(windows)}
         position_embeddings = self.adapter.rotary_emb(hidden, position_ids=position_ids)
-        return BatchInputs(hidden, position_ids, position_embeddings, mask)
+        return BatchInputs(hidden, position_ids, position_embeddings, tuple(masks[w] for w in windows))
+
+    def _attention_mask(self, cache: UnifiedDynamicCache, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        mask = cache.attention_mask(window, self.model.device)  # bool [batch, 1, query, key]
+        if self.uses_additive_mask:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return mask
 
     @torch.no_grad()
     def _run_layer(
-        self, layer: torch.nn.Module, hidden: torch.Tensor, inputs: BatchInputs, cache: UnifiedDynamicCache
+        self, index: int, hidden: torch.Tensor, inputs: BatchInputs, cache: UnifiedDynamicCache
     ) -> torch.Tensor:
-        return layer(
-            hidden,  # [batch, query, hidden]
+        """Layer `index` called whole: [batch, query, hidden] -> [batch, query, hidden]."""
+        return self.adapter.layers[index](
+            hidden,
             position_embeddings=inputs.position_embeddings,
-            attention_mask=inputs.attention_mask,
+            attention_mask=inputs.attention_masks[index],
             position_ids=inputs.position_ids,
             cache=cache,
         )
+
+    def _run_layer_by_parts(
+        self, index: int, hidden: torch.Tensor, inputs: BatchInputs, cache: UnifiedDynamicCache
+    ) -> Generator[Checkpoint, None, torch.Tensor]:
+        """Layer `index` in halves, checkpointing inside it; returns its output [batch, query, hidden].
+
+        Not wrapped in no_grad (a wrapped generator hides its frame from `gi_yieldfrom`, which
+        qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
+        """
+        parts: LayerParts = self.adapter.parts[index]
+        mask = inputs.attention_masks[index]
+        hidden = parts.attend(hidden, inputs.position_embeddings, mask, inputs.position_ids, cache)
+        yield Checkpoint(layer=index, expert=ATTENTION)
+        mlp_input = parts.mlp_input(hidden)  # [batch, query, hidden]
+        if parts.moe is None:  # a dense layer: its MLP whole
+            mlp_output, last_expert = parts.run_mlp(mlp_input), None
+        else:
+            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input)
+        hidden = parts.add_residual(hidden, mlp_output)
+        yield Checkpoint(layer=index, expert=last_expert)
+        return hidden
+
+    def _run_experts(
+        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor
+    ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
+        """Layer `index`'s MoE block, a checkpoint after each expert group but the last (the layer's
+        own checkpoint follows it); returns (the block's output [batch, query, hidden], the last expert)."""
+        moe = ExpertByExpert(moe_parts, mlp_input.reshape(-1, mlp_input.shape[-1]))  # routes every token
+        groups = moe.groups(self.experts_per_checkpoint)
+        for number, group in enumerate(groups, start=1):
+            for expert in group:
+                moe.run(expert)
+            if number < len(groups):
+                yield Checkpoint(layer=index, expert=group[-1])
+        return moe.output().view_as(mlp_input), groups[-1][-1]
 
     @torch.no_grad()
     def _greedy_next_tokens(self, hidden: torch.Tensor, cache: UnifiedDynamicCache) -> list[int]:

@@ -2,7 +2,8 @@
 
 The engine loop is done by hand here: run a pass, append each returned token, stop a sequence
 at its output_len. Batches mix prompt lengths (right padding) and phases, sequences join and
-leave batches between steps, and passes are preempted between layers while other batches run.
+leave batches between steps, and passes are preempted between layers, or inside a layer (after
+its attention half or an expert group, at expert granularity) while other batches run.
 
 Ties: batching changes the shapes of float32 matmuls, so logits may differ from the lone run
 by up to ~1e-6 (3e-7 measured). A step whose oracle top-2 logit margin is below MIN_MARGIN could flip
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from harness.request import Request
-from qllm.executor import Checkpoint, Executor, run_to_completion
+from qllm.executor import ATTENTION, Checkpoint, Executor, run_to_completion
 from qllm.models import load_model
 from qllm.sequence import Sequence
 
@@ -147,6 +148,42 @@ def test_granularity_sets_the_checkpoints():
         (seq,) = make_sequences(executor, [[1, 2, 3]], [1])
         checkpoints = list(executor.forward([seq]))
         assert checkpoints == expected and seq.num_cached_tokens == 3
+    for per_checkpoint in (1, 2, 4):
+        executor = Executor(model, granularity="expert", experts_per_checkpoint=per_checkpoint)
+        (seq,) = make_sequences(executor, [[1, 2, 3]], [1])
+        checkpoints = list(executor.forward([seq]))
+        for layer in range(3):  # attention half, then one checkpoint per group of the experts that got tokens
+            inside = [c.expert for c in checkpoints if c.layer == layer]
+            assert inside[0] == ATTENTION and inside[1:] == sorted(inside[1:]) and len(inside) >= 2
+            assert len(inside) - 1 <= -(-4 // per_checkpoint)  # 4 experts, ceil(4 / k) groups at most
+        assert seq.num_cached_tokens == 3
+
+
+def test_a_pass_preempted_between_experts_resumes_with_its_partial_sums():
+    model = tiny_model(num_layers=2)
+    executor = Executor(model, granularity="expert")
+    sequences = make_sequences(executor, random_prompts(256, [9, 4, 6, 3], seed=7), [4, 3, 4, 3])
+    background, urgent = sequences[:2], sequences[2:]
+    preempted = executor.forward(background)  # a prefill: 9 + 4 tokens reach most experts
+    checkpoints = [next(preempted) for _ in range(3)]
+    assert checkpoints[0] == Checkpoint(layer=0, expert=ATTENTION) and checkpoints[2].layer == 0
+    while unfinished(urgent):  # other batches run every layer's attention and experts meanwhile
+        step(executor, unfinished(urgent))
+    rest = list(_checkpoints_until_done(preempted, background))
+    assert rest[0].layer == 0 and rest[0].expert > checkpoints[2].expert  # resumed at the next expert, not over
+    while unfinished(background):
+        step(executor, unfinished(background))
+    assert_matches_oracle(model, sequences)
+
+
+def _checkpoints_until_done(forward_pass, batch):
+    """Yield the pass's remaining checkpoints; append its tokens to `batch` when it completes."""
+    while True:
+        try:
+            yield next(forward_pass)
+        except StopIteration as done:
+            append(batch, done.value)
+            return
 
 
 def test_a_sequence_cannot_be_in_two_unfinished_passes():
@@ -159,9 +196,10 @@ def test_a_sequence_cannot_be_in_two_unfinished_passes():
     first.close()
 
 
-def test_sliding_window_and_eager_attention_match_generate():
+@pytest.mark.parametrize("granularity", ["layer", "expert"])
+def test_sliding_window_and_eager_attention_match_generate(granularity):
     for model in (tiny_model(seed=4, sliding_window=3), tiny_model(seed=5, attn_implementation="eager")):
-        executor = Executor(model)
+        executor = Executor(model, granularity=granularity)
         sequences = make_sequences(executor, random_prompts(256, [6, 2, 9], seed=4), [5, 7, 4])
         while unfinished(sequences):
             step(executor, unfinished(sequences))
@@ -173,8 +211,10 @@ def test_unsupported_models_are_named_in_the_error():
                                                        num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match="no QLLM adapter for model_type 'llama'.*qllm/adapters/llama.py"):
         Executor(llama)
-    with pytest.raises(ValueError, match="granularity 'expert'"):
-        Executor(tiny_model(), granularity="expert")
+    with pytest.raises(ValueError, match=r"granularity 'token': expected one of \('iteration', 'layer', 'expert'\)"):
+        Executor(tiny_model(), granularity="token")
+    with pytest.raises(ValueError, match="experts_per_checkpoint must be >= 1"):
+        Executor(tiny_model(), granularity="expert", experts_per_checkpoint=0)
     model = tiny_model(seed=6)
     model.config._attn_implementation = "flex_attention"
     try:
@@ -199,12 +239,15 @@ def workloads(draw):
 @given(workload=workloads(), data=st.data())
 def test_any_schedule_of_joins_leaves_and_preemptions_matches_generate(workload, data):
     """A random scheduler: start a batch of idle sequences (a random subset, any phases) and stop it
-    after a random number of checkpoints, or resume a suspended batch; until every sequence is done."""
+    after a random number of checkpoints, or resume a suspended batch; until every sequence is done.
+    Checkpoints are layers, or attention halves and expert groups (1-3 experts each)."""
     seed, num_layers, vocab_size, prompts, output_lens = workload
     model = tiny_model(seed=seed, num_layers=num_layers, vocab_size=vocab_size)
     for prompt, n in zip(prompts, output_lens):
         assume(oracle(model, tuple(prompt), n)[1] > MIN_MARGIN)
-    executor = Executor(model, granularity="layer")
+    granularity = data.draw(st.sampled_from(["layer", "expert"]))
+    executor = Executor(model, granularity=granularity, experts_per_checkpoint=data.draw(st.integers(1, 3)))
+    checkpoints_per_pass = num_layers * (5 if granularity == "expert" else 1)  # at most: attention + 4 expert groups
     sequences = make_sequences(executor, prompts, output_lens)
     suspended: list[tuple[list[Sequence], object]] = []
     while unfinished(sequences):
@@ -214,7 +257,7 @@ def test_any_schedule_of_joins_leaves_and_preemptions_matches_generate(workload,
             batch = data.draw(st.lists(st.sampled_from(idle), min_size=1, unique_by=id))
             suspended.append((batch, executor.forward(batch)))
         batch, forward_pass = suspended.pop(data.draw(st.integers(0, len(suspended) - 1)))
-        for _ in range(data.draw(st.integers(1, num_layers + 1))):  # then suspend it, unless it finished
+        for _ in range(data.draw(st.integers(1, checkpoints_per_pass + 1))):  # then suspend it, unless it finished
             try:
                 next(forward_pass)
             except StopIteration as done:

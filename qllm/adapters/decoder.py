@@ -1,0 +1,116 @@
+"""The stages of a Hugging Face decoder-only MoE model, held as the executor runs them.
+
+Every supported family stores its model the same way (`model.model.embed_tokens`, `.rotary_emb`,
+`.layers`, `.norm`, `model.lm_head`) and its decoder layers as pre-norm residual blocks:
+
+    h = h + self_attn(input_layernorm(h)) [* m]          # the attention half
+    h = h + mlp(post_attention_layernorm(h)) [* m]       # the MLP half: an MoE block or a dense MLP
+
+(m: a residual multiplier, Granite's; absent elsewhere).
+
+A family adapter (one file each) says what differs: where the MoE block keeps its router and
+experts, its shared expert, which layers are dense, each layer's attention window. Layer and
+iteration granularity call each layer whole; expert granularity runs the two halves through
+`LayerParts`, calling the layer's own modules in the layer's own order (nothing is copied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from qllm.moe import MoeParts
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """One pre-norm decoder layer's modules, held (never copied or subclassed)."""
+
+    input_layernorm: nn.Module
+    self_attn: nn.Module  # (hidden_states, position_embeddings, attention_mask, position_ids, cache) -> (out, _)
+    post_attention_layernorm: nn.Module
+    mlp: nn.Module  # the MoE block, or a dense MLP: [batch, query, hidden] -> [batch, query, hidden]
+    moe: MoeParts | None  # how to run the layer's MLP half expert by expert; None: a dense layer, `mlp` whole
+    residual_multiplier: float | None = None  # scales each half's output before its residual add (Granite)
+
+    @torch.no_grad()
+    def attend(
+        self,
+        hidden: torch.Tensor,  # [batch, query, hidden]
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor,  # [batch, 1, query, key]
+        position_ids: torch.Tensor,  # [batch, query]
+        cache,
+    ) -> torch.Tensor:
+        """The attention half: hidden + self_attn(input_layernorm(hidden)), [batch, query, hidden]."""
+        attended, _ = self.self_attn(
+            hidden_states=self.input_layernorm(hidden),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+        )
+        return self.add_residual(hidden, attended)
+
+    @torch.no_grad()
+    def mlp_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """post_attention_layernorm(hidden): what the MLP half reads, [batch, query, hidden]."""
+        return self.post_attention_layernorm(hidden)
+
+    @torch.no_grad()
+    def run_mlp(self, mlp_input: torch.Tensor) -> torch.Tensor:
+        """The MLP half's module whole (a dense layer's MLP), [batch, query, hidden]."""
+        return self.mlp(mlp_input)
+
+    @torch.no_grad()
+    def add_residual(self, residual: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """residual + output [* residual_multiplier], as the layer adds each half."""
+        if self.residual_multiplier is None:
+            return residual + output
+        return residual + output * self.residual_multiplier
+
+
+@dataclass(frozen=True)
+class DecoderAdapter:
+    """What `qllm.adapters.ModelAdapter` asks for, for a model laid out as above."""
+
+    embed_tokens: Callable[[torch.Tensor], torch.Tensor]  # input_ids [batch, query] -> hidden [batch, query, hidden]
+    rotary_emb: nn.Module  # (hidden, position_ids [batch, query]) -> (cos, sin) [batch, query, head_dim]
+    layers: Sequence[nn.Module]  # decoder layers, called whole at layer/iteration granularity
+    norm: nn.Module  # final norm
+    lm_head: Callable[[torch.Tensor], torch.Tensor]  # hidden [..., hidden] -> logits [..., vocab]
+    sliding_windows: Sequence[int | None]  # per layer: attention window in tokens, None for full attention
+    parts: Sequence[LayerParts]  # per layer: its halves, for expert granularity
+
+
+def decoder_adapter(
+    model: PreTrainedModel,
+    sliding_windows: Sequence[int | None],
+    moe_parts: Sequence[MoeParts | None],
+    mlp_name: str = "mlp",
+    residual_multiplier: float | None = None,
+) -> DecoderAdapter:
+    """Hold `model`'s stages; `sliding_windows` and `moe_parts` (None: a dense layer) are per layer;
+    each layer keeps its MLP half as attribute `mlp_name`."""
+    decoder = model.model
+    layers = list(decoder.layers)
+    parts = [
+        LayerParts(
+            layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, getattr(layer, mlp_name), moe,
+            residual_multiplier,
+        )
+        for layer, moe in zip(layers, moe_parts, strict=True)
+    ]
+    return DecoderAdapter(
+        embed_tokens=decoder.embed_tokens,
+        rotary_emb=decoder.rotary_emb,
+        layers=layers,
+        norm=decoder.norm,
+        lm_head=model.lm_head,
+        sliding_windows=list(sliding_windows),
+        parts=parts,
+    )

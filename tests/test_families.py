@@ -1,0 +1,137 @@
+"""Every supported MoE family through the QLLMEngine: token-exact against `generate` under preemption,
+at iteration, layer and expert granularity.
+
+Each family's model is its conf/model/tiny_<family>.yaml shrunk (vocab 512, 2 layers, 4 experts)
+with the family's quirks switched on where it has them: Qwen2-MoE's shared expert, a sliding
+window on some layers and a dense (mlp_only) layer; Qwen3-MoE's renormalized top-k, a dense layer
+off the decoder_sparse_step grid and a window; OLMoE's qkv clipping; PhiMoE's sparsemixer, a
+window, and biased attention and LM head; GraniteMoE's four multipliers (and GraniteMoeShared's
+shared MLP), as in the YAMLs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from hydra.utils import instantiate
+
+from harness.recorder import Recorder
+from harness.request import Request
+from qllm.adapters import adapter_for
+from qllm.executor import ATTENTION, Executor, run_to_completion
+from qllm.models import load_model
+from qllm.sequence import Sequence
+from tests.engine_helpers import StepClock, build_engine, drive, make_request, oracle_tokens
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
+QUIRKS = {
+    "mixtral": dict(num_local_experts=4),
+    "qwen2_moe": dict(
+        num_experts=4, use_sliding_window=True, sliding_window=4, max_window_layers=2, mlp_only_layers=[1]
+    ),
+    "qwen3_moe": dict(num_experts=4, decoder_sparse_step=2, use_sliding_window=True, sliding_window=5),
+    "olmoe": dict(num_experts=4, clip_qkv=0.5),
+    "phimoe": dict(num_local_experts=4, sliding_window=6),
+    "granitemoe": dict(num_local_experts=4),
+    "granitemoeshared": dict(num_local_experts=4),
+}
+FAMILIES = list(QUIRKS)
+GRANULARITIES = ["iteration", "layer", "expert"]
+# Two long BE prompts at step 0; LS prompts arrive mid-pass; one more BE joins later.
+SPECS = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1), (3, 5, "BE", 2), (7, 3, "LS", 6), (4, 2, "LS", 13)]
+
+
+def model_yaml(name: str) -> dict:
+    return yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+
+
+@cache
+def family_model(family: str):
+    cfg = model_yaml(f"tiny_{family}")
+    config = {**cfg["config"], **SHRINK, **QUIRKS[family]}
+    return load_model(model_type=cfg["model_type"], config=config, seed=0)
+
+
+@cache
+def expected_tokens(family: str) -> dict[str, list[int]]:
+    model = family_model(family)
+    return {r.request_id: oracle_tokens(model, r) for r in requests()}
+
+
+def requests():
+    return [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(SPECS)]
+
+
+def run_engine(family: str, granularity: str, experts_per_checkpoint: int = 1) -> Recorder:
+    cfg = yaml.safe_load((CONF / "engine" / "qllm.yaml").read_text())["qllm"]
+    cfg["policy"]["max_batch_size"] = 3
+    cfg.update(granularity=granularity, experts_per_checkpoint=experts_per_checkpoint)
+    recorder = Recorder(StepClock())
+    drive(build_engine(cfg, family_model(family), recorder, "qllm"), recorder, requests())
+    return recorder
+
+
+def quantum_before(recorder: Recorder, request_id: str, t_s: float):
+    return [q for q in recorder.quanta if request_id in q.request_ids and q.t_start_s < t_s][-1]
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_matches_generate_under_preemption(family, granularity):
+    recorder = run_engine(family, granularity, experts_per_checkpoint=2 if family == "qwen2_moe" else 1)
+    for request_id, expected in expected_tokens(family).items():
+        assert recorder.requests[request_id].token_ids == expected, (family, granularity, request_id)
+    preempted = {rid: ev.preempted_s for rid, ev in recorder.requests.items() if ev.preempted_s}
+    if granularity == "iteration":
+        return
+    assert preempted, "the LS arrivals should preempt a BE pass mid-way"
+    stops = [quantum_before(recorder, rid, t) for rid, times in preempted.items() for t in times]
+    if granularity == "expert":  # inside a layer (after its attention half or an expert group), or a dense MLP
+        dense = {index for index, parts in enumerate(adapter_for(family_model(family)).parts) if parts.moe is None}
+        assert all(q.expert is not None or q.layer in dense for q in stops), stops
+        assert any(q.expert is not None for q in stops), stops
+    else:
+        assert all(q.expert is None and q.layer is not None for q in stops), stops
+
+
+def test_family_quirks_reach_the_adapter():
+    qwen2 = adapter_for(family_model("qwen2_moe"))
+    assert qwen2.sliding_windows == [4, None]  # layer 0 slides, layer 1 attends fully
+    assert qwen2.parts[0].moe.shared is not None and qwen2.parts[1].moe is None  # layer 1 is dense
+    qwen3 = adapter_for(family_model("qwen3_moe"))
+    assert qwen3.sliding_windows == [5, 5] and qwen3.parts[0].moe is None and qwen3.parts[1].moe is not None
+    assert adapter_for(family_model("phimoe")).parts[0].moe.router is family_model("phimoe").model.layers[0].mlp.router
+
+
+def test_a_dense_layer_checkpoints_after_attention_and_after_its_mlp():
+    executor = Executor(family_model("qwen3_moe"), granularity="expert", experts_per_checkpoint=8)
+    seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [1, 2, 3], executor.new_kv())
+    checkpoints = [(c.layer, c.expert) for c in executor.forward([seq])]
+    assert checkpoints[:3] == [(0, ATTENTION), (0, None), (1, ATTENTION)]  # dense layer 0: attention, MLP whole
+    assert len(checkpoints) == 4 and checkpoints[3][1] >= 0  # sparse layer 1: attention, then one group of 8
+
+
+def test_families_without_an_adapter_are_refused_with_what_to_add():
+    deepseek = SimpleNamespace(config=SimpleNamespace(model_type="deepseek_v3"))
+    with pytest.raises(ValueError, match=r"'deepseek_v3' \(multi-head latent attention.*supported: \['granitemoe', "):
+        adapter_for(deepseek)
+    unknown = SimpleNamespace(config=SimpleNamespace(model_type="my_moe"))
+    with pytest.raises(ValueError, match=r"'my_moe'; supported: .*'phimoe'.*qllm/adapters/my_moe.py"):
+        adapter_for(unknown)
+
+
+@pytest.mark.parametrize("name", [f"tiny_{family}" for family in FAMILIES if family != "mixtral"])
+def test_tiny_model_configs_load_and_run_at_expert_granularity(name):
+    torch.manual_seed(0)
+    model = instantiate(model_yaml(name))
+    assert model.config.vocab_size == 32000 and model.config.num_hidden_layers == 4
+    executor = Executor(model, granularity="expert")
+    seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [31999, 5, 7], executor.new_kv())
+    tokens = run_to_completion(executor.forward([seq]))
+    assert len(tokens) == 1 and 0 <= tokens[0] < 32000
