@@ -32,17 +32,31 @@ def allocated_kv_bytes(sequences: Iterable[Sequence]) -> int:
 
 
 def suspended_bytes(batch: Batch) -> int:
-    """Bytes of the tensors a suspended pass keeps in its generator frames."""
-    total, seen = 0, set()
+    """Bytes of the tensors a suspended pass keeps alive: its generator frames' locals, and the
+    tensors held by objects there (an expert-by-expert MoE run's partial sums, say). Model
+    weights are not state; views count their whole storage, once."""
+    storages = {}
     generator = batch.forward_pass
     while generator is not None and generator.gi_frame is not None:
         for value in generator.gi_frame.f_locals.values():
-            for tensor in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(tensor, torch.Tensor) and id(tensor) not in seen:
-                    seen.add(id(tensor))
-                    total += tensor.nbytes
+            for tensor in _held_tensors(value, depth=1):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
         generator = generator.gi_yieldfrom
-    return total
+    return sum(storages.values())
+
+
+def _held_tensors(value, depth: int):
+    if isinstance(value, torch.nn.Parameter) or isinstance(value, torch.nn.Module):
+        return
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _held_tensors(item, depth)
+    elif depth > 0 and hasattr(value, "__dict__"):
+        for item in vars(value).values():
+            yield from _held_tensors(item, depth - 1)
 
 
 class MemoryBudget:

@@ -34,7 +34,8 @@ class CheckpointState:
     running_is_urgent: bool  # the running batch holds LS (or promoted) work
     running_is_prefill: bool
     layer: int  # the decoder layer the pass has just completed (or is inside, with `expert`)
-    expert: int | None  # the expert (group) just completed inside `layer`; None at a layer boundary
+    expert: int | None  # inside `layer` (expert granularity): -1 after attention, else the last expert
+    # of the group just run (the last group's checkpoint ends the layer); None at a layer boundary
     num_layers: int
     run_s: float  # compute time the running pass has used so far, suspensions excluded
     waiting: tuple[WaitingRequest, ...]  # every queued sequence, in no particular order
@@ -51,7 +52,8 @@ class CheckpointState:
 
     @property
     def remaining_s(self) -> float:
-        """The running pass's remaining compute time, extrapolated from the layers done so far."""
+        """The running pass's remaining compute time, extrapolated from the layers done so far
+        (a layer in progress counts as not done: the estimate errs towards preempting)."""
         layers_done = self.layer if self.expert is not None else self.layer + 1
         if layers_done == 0:
             return self.run_s * self.num_layers
