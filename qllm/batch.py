@@ -19,6 +19,7 @@ class Batch:
     is_resuming: bool = False  # the next quantum continues a preempted pass
     run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
     suspended_s: float | None = None  # when it was last set aside
+    suspended_bytes: int = 0  # tensors its pass keeps while set aside (measured when suspended)
 
     @property
     def request_ids(self) -> tuple[str, ...]:

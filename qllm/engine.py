@@ -14,7 +14,7 @@ from qllm.batch import Batch
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget, allocated_kv_bytes, kv_bytes_per_token, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy
-from qllm.preemption import CheckpointPolicy, CheckpointState, NeverPreempt, WaitingRequest
+from qllm.preemption import CheckpointPolicy, CheckpointState, NeverPreempt
 from qllm.prompts import prompt_token_ids
 from qllm.sequence import Sequence, SequenceStatus
 
@@ -68,8 +68,9 @@ class QLLMEngine:
         )
 
     def step(self) -> None:
-        for sequence in self.memory.admit(self._suspended_bytes()):
-            self.policy.add(sequence)
+        if self.memory.pending:
+            for sequence in self.memory.admit(self._suspended_bytes()):
+                self.policy.add(sequence)
         running = self.running
         if running is not None and running.checkpoint is not None and self.policy.has_waiting():
             if self.checkpoint_policy.should_preempt(self._checkpoint_state(running)):
@@ -81,17 +82,6 @@ class QLLMEngine:
 
     def _checkpoint_state(self, batch: Batch) -> CheckpointState:
         now_s = self.recorder.now()
-        waiting = tuple(
-            WaitingRequest(
-                request_id=s.request_id,
-                priority_class=s.request.priority_class,
-                is_urgent=s.is_urgent,
-                is_prefill=s.is_prefill,
-                waited_s=now_s - s.request.arrival_s,
-                queued_s=now_s - s.ready_s,
-            )
-            for s in self.policy.waiting(now_s)
-        )
         return CheckpointState(
             now_s=now_s,
             running_classes=tuple(s.request.priority_class for s in batch.sequences),
@@ -101,18 +91,19 @@ class QLLMEngine:
             expert=batch.checkpoint.expert,
             num_layers=self.executor.num_layers,
             run_s=batch.run_s,
-            waiting=waiting,
             num_suspended=len(self.suspended),
+            queued=tuple(self.policy.waiting(now_s)),
         )
 
     def _suspended_bytes(self) -> int:
-        return sum(suspended_bytes(batch) for batch in self.suspended)
+        return sum(batch.suspended_bytes for batch in self.suspended)
 
     def _suspend(self, batch: Batch) -> None:
         for sequence in batch.sequences:
             sequence.status = SequenceStatus.SUSPENDED
         self.recorder.preempted(batch.request_ids)
         batch.suspended_s = self.recorder.now()
+        batch.suspended_bytes = suspended_bytes(batch)  # the frame is frozen until it resumes
         self.suspended.append(batch)
         self.running = None
 
@@ -156,7 +147,7 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
-                **self._state_gauges(),
+                **(self._state_gauges() if next_tokens is not None else {}),
             )
         )
         batch.is_resuming = False
@@ -164,7 +155,8 @@ class QLLMEngine:
             self._finish_pass(batch, next_tokens)
 
     def _state_gauges(self) -> dict:
-        """Queues and memory as the quantum ends, for the timeline."""
+        """Queues and memory as a pass ends, for the timeline (not after every quantum: it costs
+        a walk over every queued sequence)."""
         queued = list(self.policy.waiting(self.recorder.now()))
         in_suspended = [s for batch in self.suspended for s in batch.sequences]
         in_running = self.running.sequences if self.running is not None else []

@@ -9,7 +9,8 @@ config); it never touches the engine, the queues or a tensor.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 from harness.request import LS
@@ -38,17 +39,30 @@ class CheckpointState:
     # of the group just run (the last group's checkpoint ends the layer); None at a layer boundary
     num_layers: int
     run_s: float  # compute time the running pass has used so far, suspensions excluded
-    waiting: tuple[WaitingRequest, ...]  # every queued sequence, in no particular order
     num_suspended: int  # batches set aside earlier, waiting to resume
+    queued: tuple = field(repr=False)  # the engine's queued sequences; policies read `waiting`
+
+    @cached_property
+    def waiting(self) -> tuple[WaitingRequest, ...]:
+        """Every queued sequence, in no particular order (built on first use: strict priority
+        needs no more than a look at `queued`)."""
+        return tuple(
+            WaitingRequest(
+                request_id=s.request_id,
+                priority_class=s.request.priority_class,
+                is_urgent=s.is_urgent,
+                is_prefill=s.is_prefill,
+                waited_s=self.now_s - s.request.arrival_s,
+                queued_s=self.now_s - s.ready_s,
+            )
+            for s in self.queued
+        )
 
     @property
     def queue_lengths(self) -> Counter:
         """Waiting sequences per (priority class, phase), e.g. `state.queue_lengths["LS", "prefill"]`."""
         return Counter((w.priority_class, "prefill" if w.is_prefill else "decode") for w in self.waiting)
 
-    @property
-    def has_urgent_waiting(self) -> bool:
-        return any(w.is_urgent for w in self.waiting)
 
     @property
     def remaining_s(self) -> float:
@@ -66,10 +80,30 @@ class CheckpointPolicy(Protocol):
 
 
 class StrictPriority:
-    """The paper's rule: preempt a batch holding no LS work as soon as any LS work waits."""
+    """Preempt a batch holding no LS work as soon as an LS prompt waits (the paper: "when an LS
+    request arrives, the running BE batch is preempted and the LS prefill runs").
+
+    `for_decodes`: waiting LS decodes preempt BE work too, as the authors' prototype does; that
+    only suits its batch order, where BE prompts never run while LS sequences decode.
+    `prompts_first`: an LS prompt also preempts a decode batch that holds LS sequences (never a
+    prompt batch), so LS TTFT waits for at most one checkpoint of any work, at the cost of one
+    prefill pass added to those sequences' next token.
+    """
+
+    def __init__(self, for_decodes: bool = False, prompts_first: bool = False) -> None:
+        self.for_decodes = for_decodes
+        self.prompts_first = prompts_first
 
     def should_preempt(self, state: CheckpointState) -> bool:
-        return not state.running_is_urgent and state.has_urgent_waiting
+        if state.running_is_urgent:
+            return self.prompts_first and not state.running_is_prefill and _ls_prompt_waits(state)
+        if self.for_decodes:
+            return any(s.is_urgent for s in state.queued)
+        return _ls_prompt_waits(state)
+
+
+def _ls_prompt_waits(state: CheckpointState) -> bool:
+    return any(s.is_urgent and s.is_prefill for s in state.queued)
 
 
 class SLOSlack:

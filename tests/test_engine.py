@@ -13,7 +13,7 @@ from harness.recorder import Recorder
 from tests.engine_helpers import StepClock, build_engine, drive, make_request, oracle_tokens, tiny_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "engine"
-POLICIES = ["qllm", "fcfs_rtc", "fcfs_cb", "priority_cb"]
+POLICIES = ["qllm", "qllm_prototype", "fcfs_rtc", "fcfs_cb", "priority_cb"]
 
 
 def engine_config(name: str, **policy_overrides) -> dict:

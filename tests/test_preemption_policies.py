@@ -6,24 +6,33 @@ from harness.metrics import max_wait_s
 from harness.recorder import Recorder
 from qllm.engine import QLLMEngine
 from qllm.policies.qllm_priority import QLLMPolicy
-from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority, WaitingRequest
+from qllm.kv import SequenceKV
+from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority
+from qllm.sequence import Sequence
 from tests.engine_helpers import StepClock, drive, make_request, oracle_tokens, tiny_model
 
 
-def state(running_is_urgent: bool, waiting: list[WaitingRequest], layer=0, run_s=1.0, num_layers=4):
+def state(running_is_urgent: bool, waiting: list[Sequence], layer=0, run_s=1.0, num_layers=4):
     return CheckpointState(
         now_s=10.0, running_classes=("LS",) if running_is_urgent else ("BE",), running_is_urgent=running_is_urgent,
         running_is_prefill=True, layer=layer, expert=None, num_layers=num_layers, run_s=run_s,
-        waiting=tuple(waiting), num_suspended=0,
+        num_suspended=0, queued=tuple(waiting),
     )  # fmt: skip
 
 
-def ls_prompt(waited_s: float) -> WaitingRequest:
-    return WaitingRequest("a", "LS", is_urgent=True, is_prefill=True, waited_s=waited_s, queued_s=waited_s)
+def queued(priority_class: str, waited_s: float, is_prefill: bool = True) -> Sequence:
+    request = make_request(0, 4, 2, priority_class, arrival_s=10.0 - waited_s)
+    sequence = Sequence(request=request, prompt_ids=[1, 2, 3, 4], kv=SequenceKV(), ready_s=request.arrival_s)
+    sequence.kv.num_tokens = 0 if is_prefill else 4
+    return sequence
 
 
-def be_prompt() -> WaitingRequest:
-    return WaitingRequest("b", "BE", is_urgent=False, is_prefill=True, waited_s=9.0, queued_s=9.0)
+def ls_prompt(waited_s: float) -> Sequence:
+    return queued("LS", waited_s)
+
+
+def be_prompt() -> Sequence:
+    return queued("BE", 9.0)
 
 
 def test_strict_priority_preempts_only_be_batches_and_only_for_ls_work():
@@ -31,13 +40,17 @@ def test_strict_priority_preempts_only_be_batches_and_only_for_ls_work():
     assert policy.should_preempt(state(False, [ls_prompt(0.0)]))
     assert not policy.should_preempt(state(True, [ls_prompt(0.0)]))
     assert not policy.should_preempt(state(False, [be_prompt()]))
+    ls_decode = queued("LS", 1.0, is_prefill=False)
+    assert not policy.should_preempt(state(False, [ls_decode]))
+    assert StrictPriority(for_decodes=True).should_preempt(state(False, [ls_decode]))
     assert not NeverPreempt().should_preempt(state(False, [ls_prompt(0.0)]))
 
 
 def test_state_extrapolates_the_remaining_time_and_counts_queues():
-    s = state(False, [ls_prompt(0.0), be_prompt(), be_prompt()], layer=0, run_s=1.0, num_layers=4)
+    s = state(False, [ls_prompt(0.0), be_prompt(), be_prompt(), queued("LS", 2.0, is_prefill=False)], run_s=1.0)
     assert s.remaining_s == 3.0  # one layer took 1 s; three remain
-    assert s.queue_lengths["BE", "prefill"] == 2 and s.queue_lengths["LS", "decode"] == 0
+    assert s.queue_lengths["BE", "prefill"] == 2 and s.queue_lengths["LS", "decode"] == 1
+    assert sorted(w.waited_s for w in s.waiting) == [0.0, 2.0, 9.0, 9.0]
 
 
 def test_slo_slack_preempts_only_when_the_slo_would_otherwise_be_missed():
@@ -48,10 +61,10 @@ def test_slo_slack_preempts_only_when_the_slo_would_otherwise_be_missed():
     assert not policy.should_preempt(state(True, [ls_prompt(waited_s=2.9)]))
 
 
-def run_qllm(specs, checkpoint_policy, be_aging_s=None, max_batch_size=4):
+def run_qllm(specs, checkpoint_policy, be_aging_s=None, max_batch_size=4, prototype_order=False):
     model = tiny_model()
     recorder = Recorder(StepClock())
-    policy = QLLMPolicy(max_batch_size=max_batch_size, be_aging_s=be_aging_s)
+    policy = QLLMPolicy(max_batch_size=max_batch_size, be_aging_s=be_aging_s, prototype_order=prototype_order)
     engine = QLLMEngine(model, recorder, policy, checkpoint_policy=checkpoint_policy, granularity="layer")
     requests = [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(specs)]
     drive(engine, recorder, requests)
@@ -89,8 +102,12 @@ def endless_ls_stream(num_ls: int) -> list[tuple]:
     return be + [(3, 4, "LS", t) for t in range(1, num_ls + 1)]
 
 
+# The prototype's order starves BE work under an LS stream (the paper's stated limit); aging bounds it.
+PROTOTYPE = dict(checkpoint_policy=StrictPriority(for_decodes=True), prototype_order=True)
+
+
 def test_without_aging_an_ls_stream_starves_be_work():
-    recorder = run_qllm(endless_ls_stream(30), StrictPriority())
+    recorder = run_qllm(endless_ls_stream(30), **PROTOTYPE)
     last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
     assert recorder.requests["r0"].finish_s > last_ls_finish
     assert recorder.waits["r0"] > 100
@@ -98,7 +115,7 @@ def test_without_aging_an_ls_stream_starves_be_work():
 
 def test_aging_bounds_every_be_wait_under_an_ls_stream():
     bound = 6.0
-    recorder = run_qllm(endless_ls_stream(30), StrictPriority(), be_aging_s=bound)
+    recorder = run_qllm(endless_ls_stream(30), be_aging_s=bound, **PROTOTYPE)
     last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
     for request_id in ("r0", "r1"):
         assert recorder.requests[request_id].finish_s < last_ls_finish

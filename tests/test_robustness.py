@@ -101,7 +101,7 @@ def test_a_prompt_longer_than_the_context_is_rejected_per_request_not_fatal(tmp_
 def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    overrides = ["engine=[hf_generate]", "trace.time_scale=20", "progress=false", *TINY_MODEL]
+    overrides = ["engine=[hf_generate]", "trace.num_requests=40", "trace.time_scale=20", "progress=false", *TINY_MODEL]
     timer = threading.Timer(4.0, os.kill, args=(os.getpid(), signal.SIGTERM))
     timer.start()
     try:

@@ -26,8 +26,8 @@ from harness.trace_sources import (
 REPO = Path(__file__).resolve().parents[1]
 SHAREGPT_PART = "sharegpt/ShareGPT_V3_unfiltered_cleaned_split.head2000.part{}of4.json"
 # The exact arguments of the command in traces/README.md that built traces/sharegpt_default.parquet.
-DEFAULT_TRACE_ARGS = dict(num_requests=40, seed=0, arrival="poisson", rate=4.0, ls_fraction=0.2,
-                          max_prompt_len=64, max_output_len=32)
+DEFAULT_TRACE_ARGS = dict(num_requests=200, seed=0, arrival="poisson", rate=25.0, ls_fraction=0.2,
+                          max_prompt_len=64, max_output_len=64)
 
 
 @pytest.fixture(scope="module")
@@ -199,8 +199,8 @@ def test_shipped_default_trace_is_rebuilt_byte_for_byte(sharegpt_parts, tmp_path
     rebuilt = save_trace(build_trace("sharegpt", sharegpt_parts, **DEFAULT_TRACE_ARGS), tmp_path / "default.parquet")
     assert rebuilt.read_bytes() == (REPO / "traces/sharegpt_default.parquet").read_bytes()
     trace = load_trace(rebuilt)
-    assert len(trace) == 40 and (trace["priority_class"] == "LS").sum() == 8
-    assert trace["prompt_len"].max() <= 64 and trace["output_len"].max() <= 32
+    assert len(trace) == 200 and (trace["priority_class"] == "LS").sum() == 40
+    assert trace["prompt_len"].max() <= 64 and trace["output_len"].max() <= 64
     requests = requests_from_trace(trace)
     assert all(len(request.prompt_ids) == request.prompt_len for request in requests)
 
