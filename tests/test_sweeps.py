@@ -1,0 +1,184 @@
+"""Sweeps: the gather callback, `qllm-report`, rerunning a sweep, and the launcher configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from harness import gather
+from harness.results import is_complete
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+# A sweep point that runs in about a second: 1 layer, 6 short requests, half of them LS.
+TINY = [
+    "engine=[qllm,fcfs_rtc]", "model.config.num_hidden_layers=1", "trace.num_requests=6",
+    "trace.max_prompt_len=16", "trace.max_output_len=3", "trace.ls_fraction=0.5", "warmup_tokens=0", "torch_threads=1",
+    "progress=false",
+]  # fmt: skip
+# The launcher plugins' own config names, and the plugin module each needs.
+PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+           "ray": "hydra_plugins.hydra_ray_launcher"}  # fmt: skip
+
+
+def run_app(*overrides: str) -> subprocess.CompletedProcess:
+    """`qllm-bench` in a fresh process (as a user runs it), from the repository root."""
+    done = subprocess.run([sys.executable, "-m", "harness.app", *overrides], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, f"qllm-bench {' '.join(overrides)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def has_plugin(name: str) -> bool:
+    return importlib.util.find_spec(PLUGINS[name]) is not None
+
+
+@pytest.mark.slow
+def test_sweep_is_gathered_and_a_rerun_redoes_only_the_unfinished_point(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep_args = ["-m", *TINY, "trace.rate=20,40", f"hydra.sweep.dir={sweep}"]
+    run_app(*sweep_args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")  # two points in parallel
+
+    jobs = gather.find_complete_runs(sweep)
+    assert len(jobs) == 2 and "trace.rate=20" in jobs[0].name and "trace.rate=40" in jobs[1].name
+    summary = pd.read_parquet(sweep / "sweep_summary.parquet")
+    assert len(summary) == 2 * 2 * 3  # rates x engines x (LS, BE, all)
+    assert sorted(summary["rate"].unique()) == [20, 40] and set(summary["engine"]) == {"qllm", "fcfs_rtc"}
+    assert summary.loc[0, ["num_hidden_layers", "num_requests", "max_output_len"]].tolist() == [1, 6, 3]
+    assert list(summary.columns).index("num_requests") < list(summary.columns).index("priority_class")
+    for name in ("ttft_vs_rate", "slo_vs_rate", "throughput_vs_rate", "turnaround", "ttft_cdf", "timeline"):
+        assert (sweep / "figures" / f"{name}.png").is_file() and (sweep / "figures" / f"{name}.pdf").is_file()
+
+    kept, killed = jobs
+    kept_stamp = (kept / "manifest.json").stat().st_mtime_ns
+    killed_stamp = (killed / "manifest.json").stat().st_mtime_ns
+    (killed / "DONE").unlink()  # as if the run was killed before it finished
+    out = run_app(*sweep_args, "hydra.callbacks.gather.figures=false")  # figures were checked above
+    assert f"already complete, skipped: {kept}" in out.stdout
+    assert (kept / "manifest.json").stat().st_mtime_ns == kept_stamp  # not rerun
+    assert (killed / "manifest.json").stat().st_mtime_ns != killed_stamp and is_complete(killed)  # rerun
+    assert len(pd.read_parquet(sweep / "sweep_summary.parquet")) == len(summary)
+
+
+def test_qllm_report_gathers_any_results_folder_after_the_fact(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for rate in (2, 4):  # two hand-written runs, as the app writes them
+        run_dir = sweep / f"trace.rate={rate}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(f"- trace.rate={rate}\n- trace.time_scale=0.5\n- engine=[a]\n")
+        write_run(run_dir, rate)
+    (sweep / "unfinished").mkdir()  # no DONE: ignored
+    gather.main([str(sweep), "--out", str(tmp_path / "report")])
+    printed = capsys.readouterr().out
+    assert "2 runs" in printed and "TTFT p50" in printed
+    summary = pd.read_parquet(tmp_path / "report" / "sweep_summary.parquet")
+    assert summary["time_scale"].tolist() == [0.5] * 4 and "engine" in summary and "run_dir" in summary
+    assert summary["offered_rps"].tolist() == pytest.approx([2.0, 2.0, 4.0, 4.0])  # = rate
+    assert (tmp_path / "report" / "figures" / "ttft_vs_rate.png").is_file()
+
+
+def write_run(run_dir: Path, rate: float) -> None:
+    """A minimal complete run: two requests of qllm, one per class, arriving 1/rate s apart."""
+    from harness.results import mark_complete, write_tables
+
+    requests = pd.DataFrame({
+        "run_id": run_dir.name, "engine": "qllm", "request_id": ["a", "b"], "priority_class": ["LS", "BE"],
+        "arrival_s": [0.0, 1.0 / rate], "ttft_s": [0.1, 0.2], "slo_ttft_s": [0.5, None], "e2e_s": [0.3, 0.4],
+    })  # fmt: skip
+    summary = pd.DataFrame({
+        "run_id": run_dir.name, "engine": "qllm", "rate": rate, "priority_class": ["LS", "BE"],
+        "n": 1, "ttft_s_mean": [0.1, 0.2], "ttft_s_p50": [0.1, 0.2], "ttft_s_p99": [0.1, 0.2], "tpot_s_mean": 0.01,
+        "e2e_s_mean": [0.3, 0.4], "e2e_s_p50": [0.3, 0.4], "e2e_s_p99": [0.3, 0.4], "slo_attainment": [1.0, 1.0],
+        "throughput_tok_s": 10.0, "throughput_rps": 1.0,
+    })  # fmt: skip
+    timeline = pd.DataFrame({
+        "engine": "qllm", "t_start_s": [0.0], "t_end_s": [0.1], "duration_s": [0.1], "kind": ["prefill"],
+        "layer": pd.array([None], "Int64"), "request_ids": [["a", "b"]], "is_resume": [False], "num_ls": [1],
+    })  # fmt: skip
+    write_tables(run_dir, {"requests": requests, "summary": summary, "timeline": timeline})
+    mark_complete(run_dir)
+
+
+def test_qllm_report_help_and_console_script(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gather.main(["--help"])
+    assert exit_info.value.code == 0 and "DONE" in capsys.readouterr().out
+    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["qllm-report"] == "harness.gather:main"
+
+
+def test_qllm_report_says_when_there_is_nothing_to_gather(tmp_path):
+    with pytest.raises(SystemExit, match="no complete run"):
+        gather.main([str(tmp_path)])
+
+
+def test_parameter_columns_are_short_unique_names():
+    names = gather.parameter_names(
+        ["trace.rate", "trace.time_scale", "trace.seed", "engine.qllm.policy.max_batch_size",
+         "engine.fcfs_rtc.policy.max_batch_size", "model"], existing=["rate", "seed", "model"])  # fmt: skip
+    assert names == {
+        "trace.rate": None, "trace.time_scale": "time_scale", "trace.seed": "trace.seed", "model": None,
+        "engine.qllm.policy.max_batch_size": "engine.qllm.policy.max_batch_size",
+        "engine.fcfs_rtc.policy.max_batch_size": "engine.fcfs_rtc.policy.max_batch_size",
+    }  # fmt: skip
+
+
+def compose_launcher(name: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
+
+
+@pytest.fixture
+def ray_stand_in():
+    """Without hydra-ray-launcher, register a copy of its `ray` node's fields (RayLauncherConf:
+    _target_, ray.init, ray.remote) so our ray_gpu.yaml can be composed on top of it."""
+    if has_plugin("ray"):
+        yield
+        return
+    store = ConfigStore.instance()
+    node = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
+            "ray": {"init": {"address": None}, "remote": {}}}  # fmt: skip
+    store.store(group="hydra/launcher", name="ray", node=node, provider="test stand-in")
+    yield
+    del store.repo["hydra"]["launcher"]["ray.yaml"]
+
+
+@pytest.mark.parametrize("name", ["joblib", "submitit_slurm", "ray"])
+def test_plugin_launchers_compose(name):
+    if not has_plugin(name):
+        pytest.skip(f"{PLUGINS[name]} not installed (pip install -e '.[{'slurm' if name == 'submitit_slurm' else name}]')")
+    assert compose_launcher(name)._target_.startswith(PLUGINS[name])
+
+
+def test_slurm_gpu_launcher_asks_for_one_gpu_per_point():
+    if has_plugin("submitit_slurm"):
+        launcher = compose_launcher("slurm_gpu")
+        assert launcher._target_.endswith("SlurmLauncher")
+    else:  # the plugin's schema is needed to compose; check our file's own fields at least
+        launcher = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "slurm_gpu.yaml")
+        assert launcher.defaults == ["submitit_slurm"]
+    assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+
+
+def test_ray_gpu_launcher_asks_for_one_gpu_per_point(ray_stand_in):
+    launcher = compose_launcher("ray_gpu")
+    assert launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+    assert launcher.ray.remote.num_gpus == 1 and launcher.ray.init.address == "auto"
+
+
+def test_sweep_axis_is_the_swept_parameter_and_a_replay_is_plotted_against_its_load():
+    runs = pd.DataFrame({"run_dir": ["a", "b"], "rate": [None, None], "burstiness": [1.0, 1.0],
+                         "offered_rps": [9.5, 10.5], "trace.seed": [0, 1]})  # fmt: skip
+    assert gather.sweep_axis(runs) is None  # seeds are replicates; offered_rps merely varies with them
+    assert gather.sweep_axis(runs.assign(time_scale=[0.5, 1.0])) == "offered_rps"
+    assert gather.sweep_axis(runs.assign(rate=[2.0, 4.0], time_scale=[0.5, 1.0])) == "rate"
+    assert gather.focus_run(runs.assign(rate=[4.0, 2.0]), "rate") == "a"  # the most loaded point
