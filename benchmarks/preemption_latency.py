@@ -103,7 +103,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     requests = requests_from_trace(load_workload(OmegaConf.create(conf("trace", "sharegpt_default"))))
     model = instantiate(conf("model", "tiny_mixtral"))
-    warm_up(model, 4)
+    warm_up(conf("engine", "qllm")["qllm"], model, 4)
     results: dict[str, list] = {g: [] for g in GRANULARITIES}
     for _ in range(args.repeats):
         for granularity in GRANULARITIES:

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from harness.app import run_engine, warm_up
+from harness.app import run_engine
 from harness.replay import requests_from_trace
 from harness.workload import PROJECT_ROOT, load_workload
 
@@ -37,7 +37,6 @@ def main() -> None:
         cfg.pop("hydra", None)
     requests = requests_from_trace(load_workload(cfg.trace))
     model = instantiate(cfg.model)
-    warm_up(model, cfg.warmup_tokens)
     params = {"run_id": "behaviour"}
     summaries = {name: run_engine(name, cfg.engine[name], model, requests, cfg, params)["summary"] for name in ENGINES}
     alone = [dataclasses.replace(r, arrival_s=0.0) for r in requests if r.priority_class == "LS"]

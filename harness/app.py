@@ -17,6 +17,7 @@ from harness.clock import RealClock
 from harness.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
+from harness.request import DEFAULT_PRIORITY, PRIORITY_CLASSES, Request
 from harness.report import comparison_table
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
@@ -25,12 +26,17 @@ from harness.workload import PROJECT_ROOT, load_workload
 TABLES = ("requests", "summary", "timeline")
 
 
-def warm_up(model, num_tokens: int) -> None:
-    """One short greedy generate, so lazy initialisation is not charged to the first request."""
-    if num_tokens > 0:
-        with torch.inference_mode():
-            prompt = torch.ones(1, 8, dtype=torch.long, device=model.device)
-            model.generate(prompt, max_new_tokens=num_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+def warm_up(engine_cfg, model, num_tokens: int) -> None:
+    """Serve two short requests (LS and BE) on a throwaway engine of the same config, so lazy
+    initialisation along the engine's own path is not charged to the first timed request."""
+    if num_tokens <= 0:
+        return
+    recorder = Recorder(RealClock())
+    engine = instantiate(engine_cfg, model=model, recorder=recorder, name="warm-up")
+    for i, priority_class in enumerate(PRIORITY_CLASSES):
+        engine.submit(Request(f"warm-up-{i}", 0.0, 8, num_tokens, priority_class, DEFAULT_PRIORITY[priority_class]))
+    while not engine.idle():
+        engine.step()
 
 
 @contextlib.contextmanager
@@ -51,6 +57,7 @@ def sigterm_as_interrupt():
 def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConfig, run_params: dict) -> dict:
     """Replay `requests` against one engine; returns its requests, timeline and summary tables,
     and under `interrupted` the reason the replay stopped early (None when it ran to the end)."""
+    warm_up(engine_cfg, model, cfg.warmup_tokens)
     torch.manual_seed(cfg.seed)
     recorder = Recorder(RealClock())
     engine = instantiate(engine_cfg, model=model, recorder=recorder, name=name)
@@ -93,7 +100,6 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
     write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
     model = instantiate(cfg.model)
-    warm_up(model, cfg.warmup_tokens)
     params = sweep_columns(cfg, run_dir.name, model_name)
     results = []
     with sigterm_as_interrupt():
