@@ -64,7 +64,7 @@ def load_model(
             model = quantized_copy(model, quant, device, attn_implementation)
     if quant is None:
         model = model.to(device)
-    return model.eval()
+    return model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
 
 
 def quantized_copy(

@@ -76,3 +76,19 @@ def oracle_tokens(model, request: Request) -> list[int]:
     """`model.generate` greedy output for the request alone."""
     prompt = prompt_token_ids(request, model.config.vocab_size)
     return greedy_generate(model, [prompt], request.output_len)[0]
+
+
+def ls_waits(timeline, requests, recorder) -> dict[str, list]:
+    """Per LS request, the BE-only quanta that ran between its arrival and its first scheduling.
+
+    StepClock: a step started at t occupies [t, t + 1), so an arrival at t + 0.5 lands while
+    that step's quantum runs; the engine sees it at the next step."""
+    be_only = timeline[timeline["num_ls"] == 0]
+    waits = {}
+    for request in requests:
+        if request.priority_class != "LS":
+            continue
+        arrival_s, scheduled_s = request.arrival_s, recorder.requests[request.request_id].first_scheduled_s
+        overlapping = (be_only["t_start_s"] + 1 > arrival_s) & (be_only["t_start_s"] < scheduled_s)
+        waits[request.request_id] = list(be_only[overlapping].itertuples())
+    return waits

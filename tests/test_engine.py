@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.metrics import timeline_table
 from harness.recorder import Recorder
-from tests.engine_helpers import StepClock, build_engine, drive, make_request, oracle_tokens, tiny_model
+from tests.engine_helpers import StepClock, build_engine, drive, ls_waits, make_request, oracle_tokens, tiny_model
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "engine"
 POLICIES = ["qllm", "qllm_prototype", "fcfs_rtc", "fcfs_cb", "priority_cb"]
@@ -97,3 +99,19 @@ def test_requests_longer_than_the_context_are_rejected_with_a_reason():
     _, recorder, _ = run("qllm", specs)
     assert "exceed the model's context of 256" in recorder.requests["r0"].rejected_reason
     assert recorder.requests["r1"].finish_s is not None
+
+
+def test_an_ls_prefill_waits_for_at_most_one_decoder_layer_of_be_work():
+    # BE prompts and decodes keep the engine busy; LS requests land in the middle of BE quanta.
+    specs = [(20 + i, 10, "BE", 0) for i in range(3)] + [(6, 2, "LS", t + 0.5) for t in (3, 11, 25, 40, 57)]
+    model, recorder, requests = run("qllm", specs)
+    classes = {r.request_id: r.priority_class for r in requests}
+    timeline = timeline_table(recorder, "run", "qllm", classes)
+    waits = ls_waits(timeline, requests, recorder)
+    assert sum(len(w) == 1 for w in waits.values()) >= 3, "most LS requests should arrive while BE work runs"
+    last_layer = model.config.num_hidden_layers - 1
+    for quanta in waits.values():
+        assert len(quanta) <= 1, waits
+        for q in quanta:  # one decoder layer, or the norm + LM head right after a pass's last layer
+            previous = timeline.loc[q.Index - 1]
+            assert not pd.isna(q.layer) or (previous["layer"] == last_layer and previous["request_ids"] == q.request_ids)

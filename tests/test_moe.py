@@ -25,7 +25,7 @@ from qllm.adapters import adapter_for
 from qllm.executor import ATTENTION, Executor
 from qllm.moe import ExpertByExpert
 from qllm.sequence import Sequence
-from tests.engine_helpers import StepClock, build_engine, drive, make_request
+from tests.engine_helpers import StepClock, build_engine, drive, ls_waits, make_request
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = {  # family -> (model yaml, overrides down to 4 experts)
@@ -104,22 +104,6 @@ def test_units_run_once_each_in_order_and_group_into_checkpoints():
         moe.output()
     with pytest.raises(RuntimeError, match="expected"):
         moe.run(moe.units[1])
-
-
-def ls_waits(timeline, requests, recorder) -> dict[str, list]:
-    """Per LS request, the BE-only quanta that ran between its arrival and its first scheduling.
-
-    StepClock: a step started at t occupies [t, t + 1), so an arrival at t + 0.5 lands while
-    that step's quantum runs; the engine sees it at the next step."""
-    be_only = timeline[timeline["num_ls"] == 0]
-    waits = {}
-    for request in requests:
-        if request.priority_class != "LS":
-            continue
-        arrival_s, scheduled_s = request.arrival_s, recorder.requests[request.request_id].first_scheduled_s
-        overlapping = (be_only["t_start_s"] + 1 > arrival_s) & (be_only["t_start_s"] < scheduled_s)
-        waits[request.request_id] = list(be_only[overlapping].itertuples())
-    return waits
 
 
 @pytest.mark.parametrize("experts_per_checkpoint", [1, 2])
