@@ -3,7 +3,8 @@
 Same model (conf/model/tiny_mixtral.yaml), same batch, same prompt and output lengths, greedy,
 no preemption. Decode tokens/s counts only the steps after the first token (the prefill is
 excluded on both sides); each variant runs `--repeats` times, interleaved, and the medians
-and their ratios are printed. Target: executor / generate >= 0.9. The `reorder` variant
+and their ratios are printed. Target: executor / generate >= 0.9, and the same for the whole
+engine (`QLLMEngine`: policy, a checkpoint after every layer, the recorder; no preemption). The `reorder` variant
 reverses the batch at every step, so its cache is re-gathered at every step: the worst case.
 
     python benchmarks/cache_overhead.py [--batch-size 8 --prompt-len 32 --new-tokens 64 --repeats 5 --threads 1]
@@ -20,9 +21,14 @@ import torch
 import yaml
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from harness.clock import RealClock
+from harness.recorder import Recorder
 from harness.request import Request
+from qllm.engine import QLLMEngine
 from qllm.executor import Executor, run_to_completion
 from qllm.models import load_model
+from qllm.policies.qllm_priority import QLLMPolicy
+from qllm.preemption import StrictPriority
 from qllm.sequence import Sequence
 
 MODEL_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny_mixtral.yaml"
@@ -87,6 +93,22 @@ def executor_decode_rate(
     return len(batch) * (new_tokens - 1) / elapsed, [seq.output_ids for seq in sequences]
 
 
+def engine_decode_rate(model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, list[list[int]]]:
+    """Decode tokens/s of the whole QLLM engine (policy, checkpoints at every layer, recorder),
+    all requests submitted at once so nothing is preempted, and the ids."""
+    recorder = Recorder(RealClock())
+    policy = QLLMPolicy(max_batch_size=len(prompts))
+    engine = QLLMEngine(model, recorder, policy, StrictPriority(prompts_first=True), granularity="layer")
+    for row, ids in enumerate(prompts.tolist()):
+        engine.submit(Request(str(row), 0.0, len(ids), new_tokens, "BE", 1, prompt_ids=tuple(ids)))
+    while not engine.idle():
+        engine.step()
+    events = [recorder.requests[str(row)] for row in range(len(prompts))]
+    start = max(e.token_s[0] for e in events)  # every prefill done
+    elapsed = max(e.token_s[-1] for e in events) - start
+    return len(prompts) * (new_tokens - 1) / elapsed, [e.token_ids for e in events]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -105,6 +127,7 @@ def main() -> None:
         "executor, layer": lambda: executor_decode_rate(Executor(model, "layer"), prompts, args.new_tokens),
         "executor, iteration": lambda: executor_decode_rate(Executor(model, "iteration"), prompts, args.new_tokens),
         "executor, layer, reorder": lambda: executor_decode_rate(Executor(model), prompts, args.new_tokens, True),
+        "QLLMEngine, layer": lambda: engine_decode_rate(model, prompts, args.new_tokens),
     }
     rates: dict[str, list[float]] = {name: [] for name in variants}
     outputs = {}
