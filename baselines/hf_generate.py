@@ -13,7 +13,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.recorder import Quantum, Recorder
 from harness.request import Request
-from qllm.prompts import prompt_token_ids
+from qllm.prompts import prompt_token_ids, rejection_reason
 
 
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stopping_criteria=None) -> list[list[int]]:
@@ -76,17 +76,12 @@ class HFGenerateEngine:
         self.recorder = recorder
         self.max_batch_size = max_batch_size
         self.name = name
-        self.context_len = model.config.max_position_embeddings
         self.waiting: deque[Request] = deque()
 
     def submit(self, request: Request) -> None:
-        total = request.prompt_len + request.output_len
-        if total > self.context_len:
-            self.recorder.rejected(
-                request.request_id,
-                f"prompt ({request.prompt_len}) + output ({request.output_len}) tokens exceed "
-                f"the model's context of {self.context_len}",
-            )
+        reason = rejection_reason(request, self.model.config)
+        if reason is not None:
+            self.recorder.rejected(request.request_id, reason)
             return
         self.waiting.append(request)
 

@@ -1,7 +1,8 @@
 """`QLLMEngine`: continuous batching on the real executor; a policy picks batches and preemptions.
 
 One `step()` runs one quantum: up to the next checkpoint of the running batch's forward pass
-(a decoder layer with `layer` granularity, the whole pass with `iteration`). At each checkpoint
+(a decoder layer with `layer` granularity, an attention half or an expert group with `expert`,
+the whole pass with `iteration`). At each checkpoint
 the checkpoint policy may set the running batch aside; its generator keeps the pass's state, so
 resuming recomputes nothing.
 """
@@ -15,7 +16,7 @@ from qllm.executor import Executor
 from qllm.memory import MemoryBudget, allocated_kv_bytes, kv_bytes_per_token, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy
 from qllm.preemption import CheckpointPolicy, CheckpointState, NeverPreempt
-from qllm.prompts import prompt_token_ids
+from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.sequence import Sequence, SequenceStatus
 
 
@@ -36,31 +37,20 @@ class QLLMEngine:
         self.policy = policy
         self.checkpoint_policy = checkpoint_policy or NeverPreempt()
         self.name = name
-        self.context_len = model.config.max_position_embeddings
-        self.vocab_size = model.config.vocab_size
+        self.config = model.config
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         self.memory = MemoryBudget(budget_bytes, kv_bytes_per_token(model.config, model.dtype))
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
 
     def submit(self, request: Request) -> None:
-        reason = self._rejection_reason(request)
+        reason = rejection_reason(request, self.config) or self.memory.rejection_reason(request)
         if reason is not None:
             self.recorder.rejected(request.request_id, reason)
             return
-        prompt = prompt_token_ids(request, self.vocab_size)
+        prompt = prompt_token_ids(request, self.config.vocab_size)
         kv = self.executor.new_kv()
         self.memory.wait(Sequence(request=request, prompt_ids=prompt, kv=kv, ready_s=request.arrival_s))
-
-    def _rejection_reason(self, request: Request) -> str | None:
-        if request.prompt_len + request.output_len > self.context_len:
-            return (
-                f"prompt ({request.prompt_len}) + output ({request.output_len}) tokens exceed "
-                f"the model's context of {self.context_len}"
-            )
-        if request.prompt_ids is not None and max(request.prompt_ids) >= self.vocab_size:
-            return f"prompt token id {max(request.prompt_ids)} is outside the model's vocabulary of {self.vocab_size}"
-        return self.memory.rejection_reason(request)
 
     def idle(self) -> bool:
         return (

@@ -9,6 +9,20 @@ import torch
 from harness.request import Request
 
 
+def rejection_reason(request: Request, config) -> str | None:
+    """Why a model with this config can never serve `request`, or None: what every engine checks
+    at submission, so a bad request is rejected with a reason instead of failing a batch."""
+    total = request.prompt_len + request.output_len
+    if total > config.max_position_embeddings:
+        return (
+            f"prompt ({request.prompt_len}) + output ({request.output_len}) tokens exceed "
+            f"the model's context of {config.max_position_embeddings}"
+        )
+    if request.prompt_ids is not None and not all(0 <= t < config.vocab_size for t in request.prompt_ids):
+        return f"prompt_ids outside the model's vocabulary [0, {config.vocab_size}): tokenized for another model?"
+    return None
+
+
 def prompt_token_ids(request: Request, vocab_size: int) -> list[int]:
     """`request.prompt_ids` when the trace has them, else `request.prompt_len` ids drawn from a
     generator seeded by a stable hash of the request id (zlib.crc32), so every run and every

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from harness.recorder import Recorder
 from harness.results import is_complete
-from harness.trace_schema import TraceError, load_trace
+from harness.trace_schema import TraceError, load_trace, save_trace
 from tests.engine_helpers import StepClock, build_engine, drive, make_request, tiny_model
 from tests.test_app import TINY_MODEL, run_app
 from tests.test_engine import engine_config
@@ -95,6 +95,17 @@ def test_a_prompt_longer_than_the_context_is_rejected_per_request_not_fatal(tmp_
     long = requests[requests["request_id"] == "b"]
     assert (long["status"] == "rejected").all()
     assert long["error"].str.contains("exceed the model's context of 256").all()
+    assert (requests[requests["request_id"] != "b"]["status"] == "finished").all()
+
+
+def test_prompt_ids_outside_the_vocabulary_are_rejected_per_request_by_every_engine(tmp_path):
+    trace = pd.DataFrame({**GOOD, "prompt_ids": [[1, 2, 3, 4], [5, 6, 40_000, 7, 8], [1, 2, 3, 4, 5, 6]]})
+    path = save_trace(trace, tmp_path / "ids.parquet")
+    overrides = [f"trace.path={path}", "trace.max_output_len=2", "progress=false", *TINY_MODEL]
+    requests = run_app(tmp_path / "run", overrides)["requests"]
+    bad = requests[requests["request_id"] == "b"]
+    assert len(bad) == 5 and (bad["status"] == "rejected").all()
+    assert bad["error"].str.contains("outside the model's vocabulary").all()
     assert (requests[requests["request_id"] != "b"]["status"] == "finished").all()
 
 
