@@ -34,7 +34,7 @@ class Quantum:
 class RequestEvents:
     """Every event of one request, in seconds on the run's clock."""
 
-    arrival_s: float | None = None  # when the harness submitted it to the engine
+    submitted_s: float | None = None  # when the harness submitted it (the trace's arrival_s may be earlier)
     first_scheduled_s: float | None = None
     token_s: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
@@ -55,7 +55,7 @@ class Recorder:
         return self.clock.now()
 
     def submitted(self, request_id: str) -> None:
-        self.requests[request_id].arrival_s = self.now()
+        self.requests[request_id].submitted_s = self.now()
 
     def scheduled(self, request_id: str) -> None:
         """The request's first work was put into a batch; later calls are ignored."""

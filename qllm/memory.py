@@ -66,7 +66,7 @@ class MemoryBudget:
         self.budget_bytes = budget_bytes  # None: unbounded
         self.bytes_per_token = bytes_per_token
         self.reserved_bytes = 0  # KV reserved by admitted, unfinished sequences
-        self.pending: list[tuple[tuple, Sequence]] = []  # heap by (priority, arrival, id)
+        self.pending: list[tuple[tuple, Sequence]] = []  # heap by Sequence.order
 
     def reservation(self, request: Request) -> int:
         return (request.prompt_len + request.output_len) * self.bytes_per_token
@@ -80,8 +80,7 @@ class MemoryBudget:
         return None
 
     def wait(self, sequence: Sequence) -> None:
-        request = sequence.request
-        heapq.heappush(self.pending, ((request.priority, request.arrival_s, request.request_id), sequence))
+        heapq.heappush(self.pending, (sequence.order, sequence))
 
     def admit(self, suspended_bytes: int) -> list[Sequence]:
         """Pending sequences that fit now, in priority order; the head blocks those behind it."""

@@ -73,6 +73,11 @@ class Sequence:
         return self.request.is_latency_sensitive
 
     @property
+    def order(self) -> tuple:
+        """vLLM's request order: priority, then arrival, then id (smaller first)."""
+        return (self.request.priority, self.request.arrival_s, self.request.request_id)
+
+    @property
     def is_urgent(self) -> bool:
         """Served with LS priority: an LS request, or a promoted BE one."""
         return self.request.is_latency_sensitive or self.is_promoted

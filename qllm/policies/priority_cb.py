@@ -10,12 +10,6 @@ from qllm.policies.protocol import Decision
 from qllm.sequence import Sequence
 
 
-def _order(sequence: Sequence) -> tuple:
-    """vLLM's request order: priority, then arrival, then id."""
-    request = sequence.request
-    return (request.priority, request.arrival_s, request.request_id)
-
-
 class PriorityContinuousBatchingPolicy:
     """Like `fcfs_cb`, but waiting work is taken in priority order, and when a more urgent prompt
     waits while B sequences run, the least urgent running sequence is preempted back to waiting."""
@@ -29,7 +23,7 @@ class PriorityContinuousBatchingPolicy:
 
     def add(self, sequence: Sequence) -> None:
         if sequence.is_prefill:
-            heapq.heappush(self.queue, (_order(sequence), sequence))
+            heapq.heappush(self.queue, (sequence.order, sequence))
         else:
             self.decode.append(sequence)
 
@@ -58,18 +52,18 @@ class PriorityContinuousBatchingPolicy:
             heapq.heappop(self.queue)
             self.num_running += 1
         if not decision.start:
-            decision.start, self.decode = sorted(self.decode, key=_order), []
+            decision.start, self.decode = sorted(self.decode, key=lambda s: s.order), []
         return decision
 
     def _preempt_for_waiting(self) -> list[Sequence]:
         """Make room for waiting work that is more urgent than the least urgent running sequence."""
         preempted = []
         while self.queue and self.decode and self.num_running >= self.max_batch_size:
-            victim = max(self.decode, key=_order)
-            if _order(victim) <= self.queue[0][0]:
+            victim = max(self.decode, key=lambda s: s.order)
+            if victim.order <= self.queue[0][0]:
                 break
             self.decode.remove(victim)
-            heapq.heappush(self.queue, (_order(victim), victim))
+            heapq.heappush(self.queue, (victim.order, victim))
             self.num_running -= 1
             preempted.append(victim)
         return preempted
