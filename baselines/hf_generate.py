@@ -11,9 +11,9 @@ from collections import deque
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from harness.recorder import Quantum, Recorder
-from harness.request import Request
+from qllm.events import Clock, EventSink, Quantum
 from qllm.prompts import prompt_token_ids, rejection_reason
+from qllm.request import Request
 
 
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stopping_criteria=None) -> list[list[int]]:
@@ -36,12 +36,13 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, stoppi
 
 
 class _TokenTimer(StoppingCriteria):
-    """Reports each generation step to the recorder as it happens; never stops generation."""
+    """Reports each generation step as it happens; never stops generation."""
 
-    def __init__(self, batch: list[Request], recorder: Recorder, t_start_s: float) -> None:
+    def __init__(self, batch: list[Request], clock: Clock, events: EventSink) -> None:
         self.batch = batch
-        self.recorder = recorder
-        self.t_last_s = t_start_s
+        self.clock = clock
+        self.events = events
+        self.t_last_s = clock.now()
         self.num_steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
@@ -49,13 +50,13 @@ class _TokenTimer(StoppingCriteria):
         new_tokens = input_ids[:, -1].tolist()
         # Rows past their own output length keep running (a static batch's waste) but report nothing.
         live = {r.request_id: new_tokens[i] for i, r in enumerate(self.batch) if r.output_len >= self.num_steps}
-        self.recorder.tokens(live)
+        self.events.tokens(live)
         for r in self.batch:
             if r.output_len == self.num_steps:
-                self.recorder.finished(r.request_id)
-        t_now = self.recorder.now()
+                self.events.finished(r.request_id)
+        t_now = self.clock.now()
         is_prefill = self.num_steps == 1
-        self.recorder.quantum(
+        self.events.quantum(
             Quantum(
                 t_start_s=self.t_last_s,
                 t_end_s=t_now,
@@ -71,9 +72,12 @@ class _TokenTimer(StoppingCriteria):
 class HFGenerateEngine:
     """FCFS: take up to `max_batch_size` waiting requests, generate until the longest is done."""
 
-    def __init__(self, model, recorder: Recorder, max_batch_size: int = 8, name: str = "hf_generate") -> None:
+    def __init__(
+        self, model, clock: Clock, events: EventSink, max_batch_size: int = 8, name: str = "hf_generate"
+    ) -> None:
         self.model = model
-        self.recorder = recorder
+        self.clock = clock
+        self.events = events
         self.max_batch_size = max_batch_size
         self.name = name
         self.waiting: deque[Request] = deque()
@@ -81,7 +85,7 @@ class HFGenerateEngine:
     def submit(self, request: Request) -> None:
         reason = rejection_reason(request, self.model.config)
         if reason is not None:
-            self.recorder.rejected(request.request_id, reason)
+            self.events.rejected(request.request_id, reason)
             return
         self.waiting.append(request)
 
@@ -92,8 +96,8 @@ class HFGenerateEngine:
         """One static batch, run to completion: not preemptible."""
         batch = [self.waiting.popleft() for _ in range(min(self.max_batch_size, len(self.waiting)))]
         for request in batch:
-            self.recorder.scheduled(request.request_id)
+            self.events.scheduled(request.request_id)
         vocab_size = self.model.config.vocab_size
         prompts = [prompt_token_ids(r, vocab_size) for r in batch]
-        timer = _TokenTimer(batch, self.recorder, self.recorder.now())
+        timer = _TokenTimer(batch, self.clock, self.events)
         greedy_generate(self.model, prompts, max(r.output_len for r in batch), stopping_criteria=[timer])

@@ -15,23 +15,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
-import yaml
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from harness.app import compose_config
 from harness.clock import RealClock
+from harness.engines import RunResources
 from harness.recorder import Recorder
-from harness.request import Request
-from qllm.engine import QLLMEngine
-from qllm.executor import Executor, run_to_completion
-from qllm.models import load_model
-from qllm.policies.qllm_priority import QLLMPolicy
-from qllm.preemption import StrictPriority
+from qllm.executor import run_to_completion
+from qllm.real_executor import RealExecutor
+from qllm.request import Request
 from qllm.sequence import Sequence
-
-MODEL_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny_mixtral.yaml"
 
 
 class StepTimes(StoppingCriteria):
@@ -44,12 +39,6 @@ class StepTimes(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         self.times.append(time.perf_counter())
         return self.never
-
-
-def load_tiny_mixtral():
-    config = yaml.safe_load(MODEL_CONFIG.read_text())
-    kwargs = {key: value for key, value in config.items() if key not in ("_target_", "name")}
-    return load_model(**kwargs)
 
 
 def generate_decode_rate(model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, list[list[int]]]:
@@ -70,7 +59,7 @@ def generate_decode_rate(model, prompts: torch.Tensor, new_tokens: int) -> tuple
 
 
 def executor_decode_rate(
-    executor: Executor, prompts: torch.Tensor, new_tokens: int, reorder: bool = False
+    executor: RealExecutor, prompts: torch.Tensor, new_tokens: int, reorder: bool = False
 ) -> tuple[float, list[list[int]]]:
     """Decode tokens/s of the executor driven as an engine would (no preemption), and the ids.
 
@@ -93,12 +82,14 @@ def executor_decode_rate(
     return len(batch) * (new_tokens - 1) / elapsed, [seq.output_ids for seq in sequences]
 
 
-def engine_decode_rate(model, prompts: torch.Tensor, new_tokens: int) -> tuple[float, list[list[int]]]:
+def engine_decode_rate(resources: RunResources, prompts: torch.Tensor, new_tokens: int) -> tuple[float, list[list[int]]]:
     """Decode tokens/s of the whole QLLM engine (policy, checkpoints at every layer, recorder),
     all requests submitted at once so nothing is preempted, and the ids."""
-    recorder = Recorder(RealClock())
-    policy = QLLMPolicy(max_batch_size=len(prompts))
-    engine = QLLMEngine(model, recorder, policy, StrictPriority(prompts_first=True), granularity="layer")
+    clock = RealClock()
+    recorder = Recorder(clock)
+    engine_cfg = resources.cfg.engine.qllm.copy()
+    engine_cfg.policy.max_batch_size = len(prompts)
+    engine = resources.build_engine(engine_cfg, "qllm", clock, recorder)
     for row, ids in enumerate(prompts.tolist()):
         engine.submit(Request(str(row), 0.0, len(ids), new_tokens, "BE", 1, prompt_ids=tuple(ids)))
     while not engine.idle():
@@ -119,15 +110,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_tiny_mixtral()
+    cfg = compose_config("engine=[qllm]")
+    resources = RunResources(cfg)
+    model = resources.model
     generator = torch.Generator().manual_seed(0)
     prompts = torch.randint(0, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=generator)
     variants = {
         "generate (DynamicCache)": lambda: generate_decode_rate(model, prompts, args.new_tokens),
-        "executor, layer": lambda: executor_decode_rate(Executor(model, "layer"), prompts, args.new_tokens),
-        "executor, iteration": lambda: executor_decode_rate(Executor(model, "iteration"), prompts, args.new_tokens),
-        "executor, layer, reorder": lambda: executor_decode_rate(Executor(model), prompts, args.new_tokens, True),
-        "QLLMEngine, layer": lambda: engine_decode_rate(model, prompts, args.new_tokens),
+        "executor, layer": lambda: executor_decode_rate(RealExecutor(model, "layer"), prompts, args.new_tokens),
+        "executor, iteration": lambda: executor_decode_rate(RealExecutor(model, "iteration"), prompts, args.new_tokens),
+        "executor, layer, reorder": lambda: executor_decode_rate(RealExecutor(model), prompts, args.new_tokens, True),
+        "QLLMEngine, layer": lambda: engine_decode_rate(resources, prompts, args.new_tokens),
     }
     rates: dict[str, list[float]] = {name: [] for name in variants}
     outputs = {}

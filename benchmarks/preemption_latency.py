@@ -19,38 +19,34 @@ One layer's time: the median duration of the whole-layer quanta of the layer-gra
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from harness.app import warm_up
+from harness.app import compose_config, warm_up
 from harness.clock import RealClock
+from harness.engines import RunResources
 from harness.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.workload import load_workload
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 GRANULARITIES = ("iteration", "layer", "expert")
 
 
-def conf(group: str, name: str) -> dict:
-    return yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
-
-
-def run_once(model, requests, granularity: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_once(cfg, resources: RunResources, requests, granularity: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replay the trace once in real time; the requests and timeline tables."""
-    engine_cfg = conf("engine", "qllm")["qllm"] | {"granularity": granularity}
-    recorder = Recorder(RealClock())
-    engine = instantiate(engine_cfg, model=model, recorder=recorder, name=f"qllm-{granularity}")
+    engine_cfg = cfg.engine.qllm.copy()
+    engine_cfg.granularity = granularity
+    clock = RealClock()
+    recorder = Recorder(clock)
+    engine = resources.build_engine(engine_cfg, f"qllm-{granularity}", clock, recorder)
     replay(requests, engine, recorder, progress=False)
     classes = {r.request_id: r.priority_class for r in requests}
-    requests_df = requests_table(requests, recorder, conf("slo", "paper"), granularity, engine.name)
+    slo = OmegaConf.to_container(cfg.slo, resolve=True)
+    requests_df = requests_table(requests, recorder, slo, granularity, engine.name)
     return requests_df, timeline_table(recorder, granularity, engine.name, classes)
 
 
@@ -101,13 +97,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a busy machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    requests = requests_from_trace(load_workload(OmegaConf.create(conf("trace", "sharegpt_default"))))
-    model = instantiate(conf("model", "tiny_mixtral"))
-    warm_up(conf("engine", "qllm")["qllm"], model, 4)
+    cfg = compose_config("engine=[qllm]", "slo=paper")
+    requests = requests_from_trace(load_workload(cfg.trace))
+    resources = RunResources(cfg)
+    warm_up(cfg.engine.qllm, resources, 4)
     results: dict[str, list] = {g: [] for g in GRANULARITIES}
     for _ in range(args.repeats):
         for granularity in GRANULARITIES:
-            results[granularity].append(run_once(model, requests, granularity))
+            results[granularity].append(run_once(cfg, resources, requests, granularity))
     layer_s = layer_time_s([t for _, t in results["layer"]])
     print(f"tiny_mixtral, sharegpt_default ({len(requests)} requests), {args.repeats} replays per granularity, "
           f"{torch.get_num_threads()} threads; one layer (median whole-layer quantum): {1e3 * layer_s:.3f} ms")

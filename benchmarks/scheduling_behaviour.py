@@ -14,13 +14,11 @@ import argparse
 import dataclasses
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import open_dict
 
-from harness.app import run_engine
+from harness.app import compose_config, run_engine
+from harness.engines import RunResources
 from harness.replay import requests_from_trace
-from harness.workload import PROJECT_ROOT, load_workload
+from harness.workload import load_workload
 
 ENGINES = ("qllm", "fcfs_rtc", "fcfs_cb")
 
@@ -31,17 +29,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/config.yaml")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"engine=[{','.join(ENGINES)}]", "progress=false", *args.overrides])
-    with open_dict(cfg):
-        cfg.pop("hydra", None)
+    cfg = compose_config(f"engine=[{','.join(ENGINES)}]", "progress=false", *args.overrides)
     requests = requests_from_trace(load_workload(cfg.trace))
-    model = instantiate(cfg.model)
+    resources = RunResources(cfg)
     params = {"run_id": "behaviour"}
-    summaries = {name: run_engine(name, cfg.engine[name], model, requests, cfg, params)["summary"] for name in ENGINES}
+    summaries = {
+        name: run_engine(name, cfg.engine[name], resources, requests, cfg, params)["summary"] for name in ENGINES
+    }
     alone = [dataclasses.replace(r, arrival_s=0.0) for r in requests if r.priority_class == "LS"]
     alone_ttft = [
-        run_engine("qllm", cfg.engine.qllm, model, [r], cfg, params)["requests"]["ttft_s"].iloc[0] for r in alone
+        run_engine("qllm", cfg.engine.qllm, resources, [r], cfg, params)["requests"]["ttft_s"].iloc[0] for r in alone
     ]
     report(summaries, torch.tensor(alone_ttft, dtype=torch.float64), args.threads)
 

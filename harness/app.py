@@ -7,32 +7,41 @@ import signal
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from harness.clock import RealClock
+from harness.comparison import comparison_table
+from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
-from harness.request import DEFAULT_PRIORITY, PRIORITY_CLASSES, Request
-from harness.report import comparison_table
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
+from qllm.request import DEFAULT_PRIORITY, PRIORITY_CLASSES, Request
 
 
 TABLES = ("requests", "summary", "timeline")
+CONF_DIR = PROJECT_ROOT / "conf"
 
 
-def warm_up(engine_cfg, model, num_tokens: int) -> None:
+def compose_config(*overrides: str, with_hydra: bool = False) -> DictConfig:
+    """conf/config.yaml with command-line `overrides`, composed as `qllm-bench` composes it, for
+    scripts and tests (`with_hydra`: keep Hydra's own node)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=with_hydra)
+
+
+def warm_up(engine_cfg, resources: RunResources, num_tokens: int) -> None:
     """Serve two short requests (LS and BE) on a throwaway engine of the same config, so lazy
     initialisation along the engine's own path is not charged to the first timed request."""
     if num_tokens <= 0:
         return
-    recorder = Recorder(RealClock())
-    engine = instantiate(engine_cfg, model=model, recorder=recorder, name="warm-up")
+    clock = RealClock()
+    engine = resources.build_engine(engine_cfg, "warm-up", clock, Recorder(clock))
     for i, priority_class in enumerate(PRIORITY_CLASSES):
         engine.submit(Request(f"warm-up-{i}", 0.0, 8, num_tokens, priority_class, DEFAULT_PRIORITY[priority_class]))
     while not engine.idle():
@@ -54,13 +63,16 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_engine(name: str, engine_cfg: DictConfig, model, requests, cfg: DictConfig, run_params: dict) -> dict:
+def run_engine(
+    name: str, engine_cfg: DictConfig, resources: RunResources, requests, cfg: DictConfig, run_params: dict
+) -> dict:
     """Replay `requests` against one engine; returns its requests, timeline and summary tables,
     and under `interrupted` the reason the replay stopped early (None when it ran to the end)."""
-    warm_up(engine_cfg, model, cfg.warmup_tokens)
+    warm_up(engine_cfg, resources, cfg.warmup_tokens)
     torch.manual_seed(cfg.seed)
-    recorder = Recorder(RealClock())
-    engine = instantiate(engine_cfg, model=model, recorder=recorder, name=name)
+    clock = RealClock()
+    recorder = Recorder(clock)
+    engine = resources.build_engine(engine_cfg, name, clock, recorder)
     interrupted = None
     try:
         replay(requests, engine, recorder, progress=cfg.progress)
@@ -99,12 +111,12 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
     (run_dir / "INCOMPLETE").unlink(missing_ok=True)
     write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
-    model = instantiate(cfg.model)
+    resources = RunResources(cfg)
     params = sweep_columns(cfg, run_dir.name, model_name)
     results = []
     with sigterm_as_interrupt():
         for name, engine_cfg in cfg.engine.items():
-            results.append(run_engine(name, engine_cfg, model, requests, cfg, params))
+            results.append(run_engine(name, engine_cfg, resources, requests, cfg, params))
             if results[-1]["interrupted"]:
                 break
     tables = {name: pd.concat([r[name] for r in results], ignore_index=True) for name in TABLES}
@@ -117,7 +129,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
     return tables
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

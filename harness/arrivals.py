@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harness.request import BE, LS
+from qllm.request import BE, LS
 
 Seed = int | Sequence[int]  # anything numpy.random.default_rng accepts as entropy
 

@@ -16,20 +16,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from harness import arrivals, trace_sources
-from harness.request import DEFAULT_PRIORITY
+from harness import trace_sources
+from harness.reshape import ARRIVAL_PROCESSES, PROMPT_CAPS, reshape_trace
 from harness.trace_schema import save_trace, validate_trace
 
 SOURCES = ("sharegpt", "azure", "burstgpt", "mooncake", "length_table", "synthetic")
-ARRIVAL_PROCESSES = ("source", "poisson", "gamma")
-PROMPT_CAPS = ("truncate", "drop")
-# Independent random streams under one seed: numpy default_rng((seed, stream)).
-SAMPLE_STREAM, ARRIVAL_STREAM, CLASS_STREAM = 1, 2, 3
-
-log = logging.getLogger(__name__)
 
 
 def build_trace(
@@ -57,19 +50,14 @@ def build_trace(
     truncated (with their prompt_ids) or dropped, as `prompt_cap` says.
     source_options: extra keyword arguments for the reader (see harness.trace_sources).
     """
-    if prompt_cap not in PROMPT_CAPS:
-        raise ValueError(f"prompt_cap must be one of {PROMPT_CAPS}, got {prompt_cap!r}")
     # Readers may stop early only when no later step can drop rows.
     read_limit = num_requests if max_prompt_len is None or prompt_cap == "truncate" else None
     frame = read_source(source, paths, num_requests=read_limit, seed=seed, options=source_options or {})
-    frame = cap_lengths(frame, max_prompt_len, max_output_len, prompt_cap)
-    frame = _select_requests(frame, num_requests, seed, already_random=source in ("sharegpt", "synthetic"))
-    frame["arrival_s"] = _arrival_times(frame, arrival, rate, burstiness, time_scale, seed)
-    if ls_fraction is not None:
-        frame["priority_class"] = arrivals.assign_classes(len(frame), ls_fraction, seed=(seed, CLASS_STREAM))
-    elif "priority_class" not in frame.columns:
-        raise ValueError(f"ls_fraction=None keeps the source's priority_class, but {source!r} has none")
-    frame["priority"] = frame["priority_class"].map(DEFAULT_PRIORITY)
+    frame = reshape_trace(
+        frame, num_requests=num_requests, max_prompt_len=max_prompt_len, max_output_len=max_output_len,
+        prompt_cap=prompt_cap, arrival=arrival, rate=rate, burstiness=burstiness, time_scale=time_scale,
+        ls_fraction=ls_fraction, seed=seed, is_shuffled=source in ("sharegpt", "synthetic"),
+    )
     return validate_trace(frame, source=f"trace built from {source}")
 
 
@@ -96,55 +84,6 @@ def read_source(
     if len(path_list) != 1:
         raise ValueError(f"source {source!r} reads exactly one file, got {len(path_list)}")
     return readers[source](path_list[0], **options)
-
-
-def cap_lengths(
-    frame: pd.DataFrame, max_prompt_len: int | None, max_output_len: int | None, prompt_cap: str = "truncate"
-) -> pd.DataFrame:
-    """Clip output_len to max_output_len; truncate (prompt_ids too) or drop longer prompts."""
-    frame = frame.copy()
-    if max_output_len is not None:
-        frame["output_len"] = frame["output_len"].clip(upper=max_output_len)
-    if max_prompt_len is None:
-        return frame
-    if prompt_cap == "drop":
-        too_long = frame["prompt_len"] > max_prompt_len
-        log.info("dropped %d requests with prompts over %d tokens", int(too_long.sum()), max_prompt_len)
-        return frame[~too_long].reset_index(drop=True)
-    frame["prompt_len"] = frame["prompt_len"].clip(upper=max_prompt_len)
-    if "prompt_ids" in frame.columns:
-        frame["prompt_ids"] = [None if ids is None else list(ids[:max_prompt_len]) for ids in frame["prompt_ids"]]
-    return frame
-
-
-def _select_requests(frame: pd.DataFrame, num_requests: int | None, seed: int, already_random: bool) -> pd.DataFrame:
-    """The first rows of timed or already shuffled data; a seeded sample of an untimed table."""
-    if num_requests is None:
-        return frame
-    if num_requests > len(frame):
-        raise ValueError(f"asked for {num_requests} requests but the source has only {len(frame)} "
-                         "after its filters and caps")
-    if already_random or "arrival_s" in frame.columns:
-        return frame.head(num_requests).reset_index(drop=True)
-    rows = np.random.default_rng((seed, SAMPLE_STREAM)).choice(len(frame), size=num_requests, replace=False)
-    return frame.iloc[rows].reset_index(drop=True)
-
-
-def _arrival_times(
-    frame: pd.DataFrame, arrival: str, rate: float | None, burstiness: float, time_scale: float, seed: int
-) -> np.ndarray:
-    if arrival == "source":
-        if "arrival_s" not in frame.columns:
-            raise ValueError("this source has no timestamps; use arrival='poisson' or 'gamma' with a rate")
-        return arrivals.source_arrivals(frame["arrival_s"].to_numpy(), time_scale)
-    if arrival not in ARRIVAL_PROCESSES:
-        raise ValueError(f"arrival must be one of {ARRIVAL_PROCESSES}, got {arrival!r}")
-    if rate is None:
-        raise ValueError(f"arrival={arrival!r} needs a rate (requests per second)")
-    if time_scale != 1.0:
-        log.warning("time_scale=%s is ignored: it scales only the source's own timestamps", time_scale)
-    burstiness = burstiness if arrival == "gamma" else 1.0
-    return arrivals.gamma_arrivals(len(frame), rate, burstiness, seed=(seed, ARRIVAL_STREAM))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

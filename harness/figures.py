@@ -16,6 +16,8 @@ from matplotlib.figure import Figure  # figures without pyplot: no backend, no g
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from harness.atomic import atomic_write
+
 # Fixed engine -> color (and legend label), so an engine looks the same in every figure.
 ENGINE_COLORS = {
     "qllm": "#d62728", "fcfs_rtc": "#1f77b4", "fcfs_cb": "#2ca02c",
@@ -56,10 +58,8 @@ def engine_order(engines) -> list[str]:
 def save_figure(fig: Figure, out_dir: Path, name: str) -> Path:
     """Write `<name>.png` and `<name>.pdf` into `out_dir`, close the figure; returns the PNG path."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / f"{name}.png", dpi=150, bbox_inches="tight")
-    fig.savefig(out_dir / f"{name}.pdf", bbox_inches="tight")
-    return out_dir / f"{name}.png"
+    atomic_write(out_dir / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", bbox_inches="tight"))
+    return atomic_write(out_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
 
 
 def _panels(num: int, sharey: bool = False) -> tuple[Figure, np.ndarray]:

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from harness import figures
-from harness.report import comparison_table
+from harness.comparison import comparison_table
 from harness.results import DONE_FILE, is_complete, write_tables
 
 SWEEP_TABLE = "sweep_summary"

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.recorder import Recorder, RequestEvents
-from harness.request import BE, LS, PRIORITY_CLASSES, Request
+from qllm.request import BE, LS, PRIORITY_CLASSES, Request
 
 FINISHED, REJECTED, UNFINISHED = "finished", "rejected", "unfinished"
 UNFINISHED_ERROR = "not finished when the run ended"

@@ -1,7 +1,7 @@
 """What engines report while they run; the harness turns it into tables (harness.metrics).
 
-Engines call these methods at the moment something happens; the recorder stamps each
-event with the clock. It never computes a metric.
+The `Recorder` is the harness's `qllm.events.EventSink`: engines call its methods at the moment
+something happens, and it stamps each event with the run's clock. It never computes a metric.
 """
 
 from __future__ import annotations
@@ -9,32 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Quantum:
-    """One non-preemptible piece of work an engine executed."""
-
-    t_start_s: float
-    t_end_s: float
-    kind: str  # "prefill", "decode" or "mixed"
-    request_ids: tuple[str, ...]  # the sequences in the batch
-    num_tokens: int  # tokens fed to the model in this quantum (prompt or decode tokens)
-    layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass
-    expert: int | None = None  # expert (group) the quantum ended after, inside `layer`
-    is_resume: bool = False  # the quantum continued a batch that had been preempted
-    # The engine's state when the quantum ended, where the engine reports it (QLLM: at pass ends):
-    num_queued: int | None = None  # requests waiting for memory or for a batch
-    num_suspended: int | None = None  # sequences inside preempted batches
-    kv_reserved_bytes: int | None = None  # KV the admitted sequences may grow to (what a budget bounds)
-    kv_allocated_bytes: int | None = None  # KV cache storage actually allocated
-    suspended_bytes: int | None = None  # tensors kept by preempted forward passes
+from qllm.events import Quantum
 
 
 @dataclass
 class RequestEvents:
     """Every event of one request, in seconds on the run's clock."""
 
-    submitted_s: float | None = None  # when the harness submitted it (the trace's arrival_s may be earlier)
     first_scheduled_s: float | None = None
     token_s: list[float] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
@@ -53,9 +34,6 @@ class Recorder:
 
     def now(self) -> float:
         return self.clock.now()
-
-    def submitted(self, request_id: str) -> None:
-        self.requests[request_id].submitted_s = self.now()
 
     def scheduled(self, request_id: str) -> None:
         """The request's first work was put into a batch; later calls are ignored."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness.engine import Engine
+from harness.engines import Engine
 from harness.recorder import Recorder
-from harness.request import DEFAULT_PRIORITY, Request
+from qllm.request import DEFAULT_PRIORITY, Request
 
 
 def requests_from_trace(trace: pd.DataFrame) -> list[Request]:
@@ -44,7 +44,6 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder, progress
     with tqdm(total=len(pending), desc=f"replay {engine.name}", unit="req", disable=not progress) as bar:
         while next_index < len(pending) or not engine.idle():
             while next_index < len(pending) and pending[next_index].arrival_s <= clock.now():
-                recorder.submitted(pending[next_index].request_id)
                 engine.submit(pending[next_index])
                 next_index += 1
             if engine.idle():

@@ -23,34 +23,17 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from harness.atomic import atomic_write, write_text
 
 DONE_FILE = "DONE"
 # Reported even when the project is not installed (its own dependencies are read otherwise).
 CORE_PACKAGES = ("torch", "transformers", "pandas", "pyarrow", "numpy", "hydra-core", "omegaconf")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _is_list_column(col: pd.Series) -> bool:
@@ -67,12 +50,12 @@ def write_tables(run_dir: Path, tables: dict[str, pd.DataFrame]) -> None:
     """Write each table as `<name>.parquet` and `<name>.csv` (list columns as JSON strings)."""
     run_dir = Path(run_dir)
     for name, df in tables.items():
-        _atomic_write(run_dir / f"{name}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
+        atomic_write(run_dir / f"{name}.parquet", lambda tmp: df.to_parquet(tmp, index=False))
         csv_df = df.copy()
         for col in csv_df.columns:
             if _is_list_column(csv_df[col]):
                 csv_df[col] = csv_df[col].map(_list_to_json)
-        _atomic_write(run_dir / f"{name}.csv", lambda tmp: csv_df.to_csv(tmp, index=False))
+        atomic_write(run_dir / f"{name}.csv", lambda tmp: csv_df.to_csv(tmp, index=False))
 
 
 def read_run(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -147,7 +130,7 @@ def write_manifest(run_dir: Path, extra: dict | None = None) -> dict:
         "hostname": socket.gethostname(),
         **(extra or {}),
     }
-    _write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+    write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest
 
 
@@ -156,12 +139,12 @@ def write_config(run_dir: Path, cfg) -> None:
     from omegaconf import OmegaConf
 
     cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg)
-    _write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def mark_complete(run_dir: Path) -> None:
     """Write the completion marker; call it after every other file of the run is written."""
-    _write_text(Path(run_dir) / DONE_FILE, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds") + "\n")
+    write_text(Path(run_dir) / DONE_FILE, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds") + "\n")
 
 
 def is_complete(run_dir: Path) -> bool:

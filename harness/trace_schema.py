@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.request import DEFAULT_PRIORITY, PRIORITY_CLASSES
+from harness.atomic import atomic_write
+from qllm.request import DEFAULT_PRIORITY, PRIORITY_CLASSES
 
 REQUIRED_COLUMNS = ("request_id", "arrival_s", "prompt_len", "output_len", "priority_class")
 OPTIONAL_COLUMNS = ("priority", "prompt_ids", "source")
@@ -234,24 +235,16 @@ def save_trace(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     frame = validate_trace(frame, source=f"trace to be saved as {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temp file beside the target, then a rename: readers never see half a trace.
-    temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
-    try:
-        if suffix in PARQUET_SUFFIXES:
-            _write_parquet(frame, temp_name)
-        elif suffix in CSV_SUFFIXES:
-            _to_text_frame(frame).to_csv(temp_name, index=False, lineterminator="\n")
-        elif suffix in JSONL_SUFFIXES:
-            _write_jsonl(frame, temp_name)
-        else:
-            raise TraceError(f"{path}: unknown trace format {suffix!r}; expected one of "
-                             f"{', '.join(PARQUET_SUFFIXES + CSV_SUFFIXES + JSONL_SUFFIXES)}")
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
-    return path
+    if suffix in PARQUET_SUFFIXES:
+        write = lambda tmp: _write_parquet(frame, str(tmp))  # noqa: E731
+    elif suffix in CSV_SUFFIXES:
+        write = lambda tmp: _to_text_frame(frame).to_csv(tmp, index=False, lineterminator="\n")  # noqa: E731
+    elif suffix in JSONL_SUFFIXES:
+        write = lambda tmp: _write_jsonl(frame, str(tmp))  # noqa: E731
+    else:
+        raise TraceError(f"{path}: unknown trace format {suffix!r}; expected one of "
+                         f"{', '.join(PARQUET_SUFFIXES + CSV_SUFFIXES + JSONL_SUFFIXES)}")
+    return atomic_write(path, write)
 
 
 def _write_parquet(frame: pd.DataFrame, path: str) -> None:

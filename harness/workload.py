@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import arrivals
-from harness.build_trace import ARRIVAL_STREAM, CLASS_STREAM, cap_lengths
-from harness.request import DEFAULT_PRIORITY
+from harness.reshape import reshape_trace
 from harness.trace_schema import load_trace, validate_trace
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -23,19 +21,20 @@ def resolve_path(path: str) -> Path:
 
 
 def load_workload(cfg) -> pd.DataFrame:
-    """Load `cfg.path` and apply, in order: num_requests, length caps, arrivals, LS fraction."""
+    """Load `cfg.path` and reshape it (harness.reshape): length caps, num_requests, then arrivals
+    redrawn at `rate` (Gamma with `burstiness`) or the file's own scaled by `time_scale`, then the
+    LS fraction."""
     path = resolve_path(cfg.path)
-    trace = load_trace(path)
-    if cfg.get("num_requests") is not None:
-        trace = trace.head(cfg.num_requests)
-    trace = cap_lengths(trace, cfg.get("max_prompt_len"), cfg.get("max_output_len"))
-    if cfg.get("rate") is not None:
-        trace["arrival_s"] = arrivals.gamma_arrivals(
-            len(trace), cfg.rate, cfg.get("burstiness", 1.0), seed=(cfg.seed, ARRIVAL_STREAM)
-        )
-    elif cfg.get("time_scale", 1.0) != 1.0:
-        trace["arrival_s"] = arrivals.source_arrivals(trace["arrival_s"].to_numpy(), cfg.time_scale)
-    if cfg.get("ls_fraction") is not None:
-        trace["priority_class"] = arrivals.assign_classes(len(trace), cfg.ls_fraction, seed=(cfg.seed, CLASS_STREAM))
-        trace["priority"] = trace["priority_class"].map(DEFAULT_PRIORITY)
+    trace = reshape_trace(
+        load_trace(path),
+        num_requests=cfg.get("num_requests"),
+        max_prompt_len=cfg.get("max_prompt_len"),
+        max_output_len=cfg.get("max_output_len"),
+        arrival="source" if cfg.get("rate") is None else "gamma",
+        rate=cfg.get("rate"),
+        burstiness=cfg.get("burstiness", 1.0),
+        time_scale=cfg.get("time_scale", 1.0),
+        ls_fraction=cfg.get("ls_fraction"),
+        seed=cfg.get("seed", 0),
+    )
     return validate_trace(trace, source=str(path))

@@ -12,14 +12,18 @@ from qllm.sequence import Sequence
 @dataclass(eq=False)
 class Batch:
     sequences: list[Sequence]
-    forward_pass: Generator[Checkpoint, None, list[int]]  # its frame holds the pass's state while suspended
     is_prefill: bool  # a batch runs one phase: prompts, or one decode token each
     num_tokens: int  # tokens the pass feeds to the model
+    # The executor's pass, started at the batch's first quantum; its frame holds the pass's state while suspended.
+    forward_pass: Generator[Checkpoint, None, list[int]] | None = None
     checkpoint: Checkpoint | None = None  # where the pass last paused; None before its first quantum
     is_resuming: bool = False  # the next quantum continues a preempted pass
     run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
-    suspended_s: float | None = None  # when it was last set aside
     suspended_bytes: int = 0  # tensors its pass keeps while set aside (measured when suspended)
+
+    @classmethod
+    def of(cls, sequences: list[Sequence]) -> Batch:
+        return cls(sequences, is_prefill=sequences[0].is_prefill, num_tokens=sum(s.num_new_tokens for s in sequences))
 
     @property
     def request_ids(self) -> tuple[str, ...]:
@@ -27,5 +31,5 @@ class Batch:
 
     @property
     def is_urgent(self) -> bool:
-        """Holds LS work (or BE work promoted by aging): never preempted for other work."""
+        """Holds LS work (or BE work promoted by aging)."""
         return any(s.is_urgent for s in self.sequences)

@@ -23,6 +23,13 @@ CAPACITY_GROWTH = 1.5  # block capacity as a multiple of the tokens it must hold
 MIN_CAPACITY = 16  # tokens
 
 
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Keys and values of one token across every decoder layer."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = torch.empty((), dtype=dtype).element_size()
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element
+
+
 def capacity_for(num_tokens: int) -> int:
     """Token capacity of a new block whose longest sequence needs `num_tokens`."""
     return max(MIN_CAPACITY, math.ceil(num_tokens * CAPACITY_GROWTH))

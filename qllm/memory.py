@@ -8,21 +8,13 @@ sums), measured, not estimated.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 
 import torch
 
-from harness.request import Request
 from qllm.batch import Batch
+from qllm.request import Request
 from qllm.sequence import Sequence
-
-
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Keys and values of one token across every decoder layer."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    element = torch.empty((), dtype=dtype).element_size()
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element
 
 
 def allocated_kv_bytes(sequences: Iterable[Sequence]) -> int:
@@ -60,13 +52,12 @@ def _held_tensors(value, depth: int):
 
 
 class MemoryBudget:
-    """Admits waiting sequences, most urgent first, while reserved KV plus suspended state fits."""
+    """Reserved KV of admitted sequences, and whether one more fits beside the suspended state."""
 
     def __init__(self, budget_bytes: int | None, bytes_per_token: int) -> None:
         self.budget_bytes = budget_bytes  # None: unbounded
         self.bytes_per_token = bytes_per_token
         self.reserved_bytes = 0  # KV reserved by admitted, unfinished sequences
-        self.pending: list[tuple[tuple, Sequence]] = []  # heap by Sequence.order
 
     def reservation(self, request: Request) -> int:
         return (request.prompt_len + request.output_len) * self.bytes_per_token
@@ -79,21 +70,12 @@ class MemoryBudget:
             )
         return None
 
-    def wait(self, sequence: Sequence) -> None:
-        heapq.heappush(self.pending, (sequence.order, sequence))
+    def fits(self, sequence: Sequence, suspended_bytes: int) -> bool:
+        need = self.reserved_bytes + suspended_bytes + self.reservation(sequence.request)
+        return self.budget_bytes is None or need <= self.budget_bytes
 
-    def admit(self, suspended_bytes: int) -> list[Sequence]:
-        """Pending sequences that fit now, in priority order; the head blocks those behind it."""
-        admitted = []
-        while self.pending:
-            sequence = self.pending[0][1]
-            need = self.reserved_bytes + suspended_bytes + self.reservation(sequence.request)
-            if self.budget_bytes is not None and need > self.budget_bytes:
-                break
-            heapq.heappop(self.pending)
-            self.reserved_bytes += self.reservation(sequence.request)
-            admitted.append(sequence)
-        return admitted
+    def reserve(self, sequence: Sequence) -> None:
+        self.reserved_bytes += self.reservation(sequence.request)
 
     def release(self, sequence: Sequence) -> None:
         self.reserved_bytes -= self.reservation(sequence.request)

@@ -13,10 +13,10 @@ the router's weights are float32), and summed the way the implementation sums: `
 into a running sum in ascending expert order; `grouped_mm` and `batched_mm` keep one weighted
 output per (token, top-k slot), sum over the slots at the end, then cast to the model dtype.
 
-Measured against the block's own forward (tests/test_moe.py): bit-identical for `eager` and
-`grouped_mm` (the CPU default) in float32 and bfloat16 (float16 too, checked by hand);
-`batched_mm` is bit-identical in bfloat16 but in float32 differs by up to ~3e-9 (bmm picks its
-kernel by batch count, and one expert's rows are a smaller batch than all tokens' rows).
+Against the block's own forward (tests/test_moe.py): bit-identical for `eager` and `grouped_mm`
+(the CPU default) in float32 and bfloat16; `batched_mm` is bit-identical in bfloat16 but in
+float32 differs in the last bits, within the test's tolerance (bmm picks its kernel by batch
+count, and one expert's rows are a smaller batch than all tokens' rows).
 """
 
 from __future__ import annotations

@@ -1,19 +1,22 @@
 """Checkpoint policies: at each checkpoint of a running forward pass, continue or preempt.
 
 The engine hands a policy a `CheckpointState`, a snapshot of everything a decision may need, and
-the policy answers `should_preempt(state)`. A user's policy is one class with that method and a
-YAML node naming it (`checkpoint_policy: {_target_: my_module.MyPolicy, ...}` in an engine
-config); it never touches the engine, the queues or a tensor.
+the policy answers `should_preempt(state)`. Which queued work is worth preempting for is the
+scheduling policy's ranking (`state.outranking`): the checkpoint policy decides when. A user's
+policy is one class with that method and a YAML file in conf/checkpoint/; it never touches the
+engine, the queues or a tensor.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
 
-from harness.request import LS
+from qllm.request import LS
+from qllm.sequence import Sequence
 
 
 @dataclass(frozen=True)
@@ -40,29 +43,29 @@ class CheckpointState:
     num_layers: int
     run_s: float  # compute time the running pass has used so far, suspensions excluded
     num_suspended: int  # batches set aside earlier, waiting to resume
-    queued: tuple = field(repr=False)  # the engine's queued sequences; policies read `waiting`
+    queued: tuple[Sequence, ...] = field(repr=False)  # the scheduler's queued sequences; policies read `waiting`
+    # The scheduling policy's ranking: True for a queued sequence the running batch should give way to.
+    outranks: Callable[[Sequence], bool] = field(repr=False)
+
+    @property
+    def is_outranked(self) -> bool:
+        """Some queued work ranks above the running batch (stops at the first found)."""
+        return any(self.outranks(s) for s in self.queued)
+
+    @cached_property
+    def outranking(self) -> tuple[WaitingRequest, ...]:
+        """The queued sequences that rank above the running batch."""
+        return tuple(self._view(s) for s in self.queued if self.outranks(s))
 
     @cached_property
     def waiting(self) -> tuple[WaitingRequest, ...]:
-        """Every queued sequence, in no particular order (built on first use: strict priority
-        needs no more than a look at `queued`)."""
-        return tuple(
-            WaitingRequest(
-                request_id=s.request_id,
-                priority_class=s.request.priority_class,
-                is_urgent=s.is_urgent,
-                is_prefill=s.is_prefill,
-                waited_s=self.now_s - s.request.arrival_s,
-                queued_s=self.now_s - s.ready_s,
-            )
-            for s in self.queued
-        )
+        """Every queued sequence, in no particular order (built on first use)."""
+        return tuple(self._view(s) for s in self.queued)
 
     @property
     def queue_lengths(self) -> Counter:
         """Waiting sequences per (priority class, phase), e.g. `state.queue_lengths["LS", "prefill"]`."""
         return Counter((w.priority_class, "prefill" if w.is_prefill else "decode") for w in self.waiting)
-
 
     @property
     def remaining_s(self) -> float:
@@ -73,6 +76,16 @@ class CheckpointState:
             return self.run_s * self.num_layers
         return self.run_s * (self.num_layers - layers_done) / layers_done
 
+    def _view(self, sequence: Sequence) -> WaitingRequest:
+        return WaitingRequest(
+            request_id=sequence.request_id,
+            priority_class=sequence.request.priority_class,
+            is_urgent=sequence.is_urgent,
+            is_prefill=sequence.is_prefill,
+            waited_s=self.now_s - sequence.request.arrival_s,
+            queued_s=self.now_s - sequence.ready_s,
+        )
+
 
 class CheckpointPolicy(Protocol):
     def should_preempt(self, state: CheckpointState) -> bool:
@@ -80,34 +93,15 @@ class CheckpointPolicy(Protocol):
 
 
 class StrictPriority:
-    """Preempt a batch holding no LS work as soon as an LS prompt waits (the paper: "when an LS
-    request arrives, the running BE batch is preempted and the LS prefill runs").
-
-    `for_decodes`: waiting LS decodes preempt BE work too, as the authors' prototype does; that
-    only suits its batch order, where BE prompts never run while LS sequences decode.
-    `prompts_first`: an LS prompt also preempts a decode batch that holds LS sequences (never a
-    prompt batch), so LS TTFT waits for at most one checkpoint of any work, at the cost of one
-    prefill pass added to those sequences' next token.
-    """
-
-    def __init__(self, for_decodes: bool = False, prompts_first: bool = False) -> None:
-        self.for_decodes = for_decodes
-        self.prompts_first = prompts_first
+    """Preempt as soon as queued work outranks the running batch (the paper: "when an LS request
+    arrives, the running BE batch is preempted and the LS prefill runs")."""
 
     def should_preempt(self, state: CheckpointState) -> bool:
-        if state.running_is_urgent:
-            return self.prompts_first and not state.running_is_prefill and _ls_prompt_waits(state)
-        if self.for_decodes:
-            return any(s.is_urgent for s in state.queued)
-        return _ls_prompt_waits(state)
-
-
-def _ls_prompt_waits(state: CheckpointState) -> bool:
-    return any(s.is_urgent and s.is_prefill for s in state.queued)
+        return state.is_outranked
 
 
 class SLOSlack:
-    """Preempt only when a waiting LS prompt would otherwise miss its TTFT SLO: when its slack
+    """Preempt only when an outranking LS prompt would otherwise miss its TTFT SLO: when its slack
     (SLO minus time waited) no longer covers the running pass's remaining time plus `margin_s`.
     Fewer preemptions than strict priority, at the cost of LS TTFT closer to the SLO."""
 
@@ -116,12 +110,10 @@ class SLOSlack:
         self.margin_s = margin_s  # covers the LS prefill itself and estimation error
 
     def should_preempt(self, state: CheckpointState) -> bool:
-        if state.running_is_urgent:
-            return False
         budget_s = state.remaining_s + self.margin_s
         return any(
             w.priority_class == LS and w.is_prefill and self.ttft_slo_s - w.waited_s <= budget_s
-            for w in state.waiting
+            for w in state.outranking
         )
 
 

@@ -6,7 +6,7 @@ import zlib
 
 import torch
 
-from harness.request import Request
+from qllm.request import Request
 
 
 def rejection_reason(request: Request, config) -> str | None:

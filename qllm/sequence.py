@@ -5,18 +5,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from harness.request import Request
 from qllm.kv import SequenceKV
+from qllm.request import Request
 
 
 class SequenceStatus(enum.IntEnum):
-    """Ordered: every state from FINISHED on is final (`status >= FINISHED`)."""
+    """Where a sequence is; the source of truth. Ordered: every state from FINISHED on is final."""
 
-    WAITING = 0  # queued, not in a batch
-    RUNNING = 1  # in the batch being executed
-    SUSPENDED = 2  # its batch was preempted mid forward pass
-    FINISHED = 3
-    REJECTED = 4
+    WAITING = 0  # submitted, waiting for memory to be admitted
+    QUEUED = 1  # admitted, in the scheduling policy's queues, ready for its next pass
+    RUNNING = 2  # in the batch being executed
+    SUSPENDED = 3  # its batch was preempted mid forward pass
+    FINISHED = 4  # generated its last token
 
 
 @dataclass(eq=False)
@@ -26,17 +26,12 @@ class Sequence:
     kv: SequenceKV  # this sequence's own keys and values, every layer
     output_ids: list[int] = field(default_factory=list)  # generated tokens, appended by the engine
     status: SequenceStatus = SequenceStatus.WAITING
-    ready_s: float = 0.0  # when it last became ready for a pass (arrival, or its previous token)
+    ready_s: float = 0.0  # when it last became ready for a pass (arrival, its previous token) or was set aside
     is_promoted: bool = False  # a BE sequence that aged past its bound and is now served as LS
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
-
-    @property
-    def token_ids(self) -> list[int]:
-        """Prompt then generated tokens."""
-        return self.prompt_ids + self.output_ids
 
     @property
     def num_tokens(self) -> int:
@@ -65,12 +60,12 @@ class Sequence:
         return self.num_cached_tokens == 0
 
     @property
-    def is_finished(self) -> bool:
+    def has_all_tokens(self) -> bool:
         return len(self.output_ids) >= self.request.output_len
 
     @property
-    def is_latency_sensitive(self) -> bool:
-        return self.request.is_latency_sensitive
+    def is_finished(self) -> bool:
+        return self.status >= SequenceStatus.FINISHED
 
     @property
     def order(self) -> tuple:

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the composed config, the run's resources, the shared data folder."""
 
 from __future__ import annotations
 
@@ -7,6 +7,46 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from harness.app import run_benchmark
+from harness.engines import RunResources
+from tests.helpers import APP_SHRINK, SHRINK, compose_config
+
+
+@pytest.fixture(scope="session")
+def config():
+    """conf/config.yaml composed once and shrunk (tests.helpers.SHRINK): a tiny model, every engine."""
+    return compose_config(*SHRINK)
+
+
+@pytest.fixture(scope="session")
+def resources(config) -> RunResources:
+    """The shrunk config's model and executor factory, built once for the session."""
+    return RunResources(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(resources):
+    return resources.model
+
+
+@pytest.fixture
+def run_app(tmp_path):
+    """`qllm-bench` in this process: the real config composed with Hydra's node and `overrides` on
+    the app's tiny model (tests.helpers.APP_SHRINK), writing into `run_dir` (default: tmp_path)."""
+
+    def run(*overrides: str, run_dir: Path | None = None) -> dict:
+        run_dir = run_dir or tmp_path
+        cfg = compose_config(*APP_SHRINK, *overrides, f"hydra.run.dir={run_dir}", with_hydra=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return run_benchmark(cfg, run_dir, model_name="tiny_mixtral")
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from harness.request import Request
-from qllm.executor import ATTENTION, Checkpoint, Executor, run_to_completion
+from qllm.request import Request
+from qllm.executor import ATTENTION, Checkpoint, run_to_completion
+from qllm.real_executor import RealExecutor
 from qllm.models import load_model
 from qllm.sequence import Sequence
 
@@ -51,7 +52,7 @@ def oracle(model, prompt: tuple[int, ...], output_len: int) -> tuple[list[int], 
     return output.sequences[0, len(prompt):].tolist(), (top2[:, 0] - top2[:, 1]).min().item()
 
 
-def make_sequences(executor: Executor, prompts: list[list[int]], output_lens: list[int]) -> list[Sequence]:
+def make_sequences(executor: RealExecutor, prompts: list[list[int]], output_lens: list[int]) -> list[Sequence]:
     return [
         Sequence(Request(f"r{i}", 0.0, len(prompt), n, "BE", 1), list(prompt), executor.new_kv())
         for i, (prompt, n) in enumerate(zip(prompts, output_lens))
@@ -68,12 +69,12 @@ def append(batch: list[Sequence], token_ids: list[int]) -> None:
         seq.output_ids.append(token_id)
 
 
-def step(executor: Executor, batch: list[Sequence]) -> None:
+def step(executor: RealExecutor, batch: list[Sequence]) -> None:
     append(batch, run_to_completion(executor.forward(batch)))
 
 
 def unfinished(sequences: list[Sequence]) -> list[Sequence]:
-    return [seq for seq in sequences if not seq.is_finished]
+    return [seq for seq in sequences if not seq.has_all_tokens]
 
 
 def assert_matches_oracle(model, sequences: list[Sequence]) -> None:
@@ -85,7 +86,7 @@ def assert_matches_oracle(model, sequences: list[Sequence]) -> None:
 
 def test_a_right_padded_batch_matches_generate_for_each_sequence():
     model = tiny_model()
-    executor = Executor(model)
+    executor = RealExecutor(model)
     sequences = make_sequences(executor, random_prompts(256, [7, 1, 12, 3], seed=0), [5, 8, 3, 6])
     while unfinished(sequences):
         step(executor, unfinished(sequences))
@@ -94,7 +95,7 @@ def test_a_right_padded_batch_matches_generate_for_each_sequence():
 
 def test_sequences_join_and_leave_batches_between_steps():
     model = tiny_model(num_layers=3)
-    executor = Executor(model, granularity="iteration")
+    executor = RealExecutor(model, granularity="iteration")
     a, b, c, d = make_sequences(executor, random_prompts(256, [5, 9, 2, 6], seed=1), [6, 6, 5, 4])
     for batch in ([a, b], [a], [c, b], [b, a, c], [d, c], [a, d, b], [c, d], [a, b, c, d]):
         step(executor, unfinished(batch))
@@ -105,7 +106,7 @@ def test_sequences_join_and_leave_batches_between_steps():
 
 def test_a_preempted_pass_resumes_after_other_batches_ran_to_completion():
     model = tiny_model(num_layers=3)
-    executor = Executor(model, granularity="layer")
+    executor = RealExecutor(model, granularity="layer")
     sequences = make_sequences(executor, random_prompts(256, [4, 6, 3, 8, 5], seed=2), [4, 5, 3, 4, 3])
     background, urgent = sequences[:3], sequences[3:]
     step(executor, background)  # prefill
@@ -123,7 +124,7 @@ def test_a_preempted_pass_resumes_after_other_batches_ran_to_completion():
 
 def test_a_prefill_preempted_mid_pass_resumes_and_a_closed_pass_leaves_no_trace():
     model = tiny_model()
-    executor = Executor(model)
+    executor = RealExecutor(model)
     a, b, c = make_sequences(executor, random_prompts(256, [10, 3, 5], seed=3), [3, 3, 3])
     abandoned = executor.forward([c])
     next(abandoned)
@@ -143,13 +144,13 @@ def test_a_prefill_preempted_mid_pass_resumes_and_a_closed_pass_leaves_no_trace(
 def test_granularity_sets_the_checkpoints():
     model = tiny_model(num_layers=3)
     for granularity, expected in (("layer", [Checkpoint(0), Checkpoint(1), Checkpoint(2)]), ("iteration", [])):
-        executor = Executor(model, granularity=granularity)
+        executor = RealExecutor(model, granularity=granularity)
         assert executor.num_layers == 3
         (seq,) = make_sequences(executor, [[1, 2, 3]], [1])
         checkpoints = list(executor.forward([seq]))
         assert checkpoints == expected and seq.num_cached_tokens == 3
     for per_checkpoint in (1, 2, 4):
-        executor = Executor(model, granularity="expert", experts_per_checkpoint=per_checkpoint)
+        executor = RealExecutor(model, granularity="expert", experts_per_checkpoint=per_checkpoint)
         (seq,) = make_sequences(executor, [[1, 2, 3]], [1])
         checkpoints = list(executor.forward([seq]))
         for layer in range(3):  # attention half, then one checkpoint per group of the experts that got tokens
@@ -161,7 +162,7 @@ def test_granularity_sets_the_checkpoints():
 
 def test_a_pass_preempted_between_experts_resumes_with_its_partial_sums():
     model = tiny_model(num_layers=2)
-    executor = Executor(model, granularity="expert")
+    executor = RealExecutor(model, granularity="expert")
     sequences = make_sequences(executor, random_prompts(256, [9, 4, 6, 3], seed=7), [4, 3, 4, 3])
     background, urgent = sequences[:2], sequences[2:]
     preempted = executor.forward(background)  # a prefill: 9 + 4 tokens reach most experts
@@ -187,7 +188,7 @@ def _checkpoints_until_done(forward_pass, batch):
 
 
 def test_a_sequence_cannot_be_in_two_unfinished_passes():
-    executor = Executor(tiny_model())
+    executor = RealExecutor(tiny_model())
     a, b = make_sequences(executor, [[1, 2], [3]], [2, 2])
     first = executor.forward([a])
     next(first)
@@ -199,7 +200,7 @@ def test_a_sequence_cannot_be_in_two_unfinished_passes():
 @pytest.mark.parametrize("granularity", ["layer", "expert"])
 def test_sliding_window_and_eager_attention_match_generate(granularity):
     for model in (tiny_model(seed=4, sliding_window=3), tiny_model(seed=5, attn_implementation="eager")):
-        executor = Executor(model, granularity=granularity)
+        executor = RealExecutor(model, granularity=granularity)
         sequences = make_sequences(executor, random_prompts(256, [6, 2, 9], seed=4), [5, 7, 4])
         while unfinished(sequences):
             step(executor, unfinished(sequences))
@@ -210,16 +211,16 @@ def test_unsupported_models_are_named_in_the_error():
     llama = load_model(model_type="llama", config=dict(vocab_size=64, hidden_size=32, intermediate_size=32,
                                                        num_hidden_layers=1, num_attention_heads=2))
     with pytest.raises(ValueError, match="no QLLM adapter for model_type 'llama'.*qllm/adapters/llama.py"):
-        Executor(llama)
+        RealExecutor(llama)
     with pytest.raises(ValueError, match=r"granularity 'token': expected one of \('iteration', 'layer', 'expert'\)"):
-        Executor(tiny_model(), granularity="token")
+        RealExecutor(tiny_model(), granularity="token")
     with pytest.raises(ValueError, match="experts_per_checkpoint must be >= 1"):
-        Executor(tiny_model(), granularity="expert", experts_per_checkpoint=0)
+        RealExecutor(tiny_model(), granularity="expert", experts_per_checkpoint=0)
     model = tiny_model(seed=6)
     model.config._attn_implementation = "flex_attention"
     try:
         with pytest.raises(ValueError, match="'flex_attention'.*attn_implementation='sdpa'"):
-            Executor(model)
+            RealExecutor(model)
     finally:
         model.config._attn_implementation = "sdpa"
 
@@ -246,7 +247,7 @@ def test_any_schedule_of_joins_leaves_and_preemptions_matches_generate(workload,
     for prompt, n in zip(prompts, output_lens):
         assume(oracle(model, tuple(prompt), n)[1] > MIN_MARGIN)
     granularity = data.draw(st.sampled_from(["layer", "expert"]))
-    executor = Executor(model, granularity=granularity, experts_per_checkpoint=data.draw(st.integers(1, 3)))
+    executor = RealExecutor(model, granularity=granularity, experts_per_checkpoint=data.draw(st.integers(1, 3)))
     checkpoints_per_pass = num_layers * (5 if granularity == "expert" else 1)  # at most: attention + 4 expert groups
     sequences = make_sequences(executor, prompts, output_lens)
     suspended: list[tuple[list[Sequence], object]] = []

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from harness import build_trace
 from harness.trace_schema import load_trace
-from harness.workload import load_workload, resolve_path
+from harness.workload import PROJECT_ROOT, load_workload, resolve_path
+from tests.helpers import CONF_DIR, ENGINES, compose_config
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-ENGINES = {p.stem for p in (CONF_DIR / "engine").glob("*.yaml")}
 # The paper's figures and the extra sweeps the issue asks for, each one preset.
 EXPECTED = {"ttft_vs_rate", "slo_vs_rate", "turnaround", "throughput_vs_rate", "ls_fraction", "burstiness",
             "azure_replay", "burstgpt_replay"}  # fmt: skip
@@ -35,8 +30,7 @@ TRACE_BUILDS = {
 
 
 def compose_preset(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=True)
+    return compose_config(f"experiment={name}", *overrides, with_hydra=True)
 
 
 def sweep_points(cfg) -> list[tuple[str, str]]:
@@ -53,7 +47,7 @@ def test_every_expected_preset_exists():
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_composes_for_the_cpu(name):
     cfg = compose_preset(name)
-    assert set(cfg.engine) <= ENGINES and "qllm" in cfg.engine and "fcfs_rtc" in cfg.engine
+    assert set(cfg.engine) <= set(ENGINES) and "qllm" in cfg.engine and "fcfs_rtc" in cfg.engine
     assert cfg.hydra.runtime.choices.slo == "cpu_scaled" and cfg.slo.LS.ttft_s < 3.0
     assert cfg.hydra.runtime.choices.model == "tiny_mixtral"
     # A fixed sweep dir per experiment and model: a second run finds and skips the finished points.
@@ -87,4 +81,4 @@ def test_experiment_traces_are_rebuilt_byte_for_byte(shared_data, tmp_path, name
     paths = [str(shared_data / a) for a in args if a.endswith((".csv", ".json"))]
     options = [a for a in args if not a.endswith((".csv", ".json"))]
     build_trace.main([source, *paths, *options, "-o", str(tmp_path / f"{name}.parquet")])
-    assert (tmp_path / f"{name}.parquet").read_bytes() == (REPO_ROOT / "traces" / f"{name}.parquet").read_bytes()
+    assert (tmp_path / f"{name}.parquet").read_bytes() == (PROJECT_ROOT / "traces" / f"{name}.parquet").read_bytes()

@@ -12,23 +12,20 @@ shared MLP), as in the YAMLs.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-import yaml
 from hydra.utils import instantiate
 
+from harness.engines import RunResources
 from harness.recorder import Recorder
-from harness.request import Request
 from qllm.adapters import adapter_for
-from qllm.executor import ATTENTION, Executor, run_to_completion
-from qllm.models import load_model
+from qllm.executor import ATTENTION, run_to_completion
+from qllm.real_executor import RealExecutor
+from qllm.request import Request
 from qllm.sequence import Sequence
-from tests.engine_helpers import StepClock, build_engine, drive, make_request, oracle_tokens
+from tests.helpers import compose_config, engine_config, oracle_tokens, replay_on_steps, requests_of
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 QUIRKS = {
     "mixtral": dict(num_local_experts=4),
@@ -47,34 +44,28 @@ GRANULARITIES = ["iteration", "layer", "expert"]
 SPECS = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1), (3, 5, "BE", 2), (7, 3, "LS", 6), (4, 2, "LS", 13)]
 
 
-def model_yaml(name: str) -> dict:
-    return yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
-
-
 @cache
+def family_resources(family: str) -> RunResources:
+    """conf/config.yaml with model=tiny_<family>, shrunk, the family's quirks switched on."""
+    overrides = [f"++model.config.{key}={value}" for key, value in {**SHRINK, **QUIRKS[family]}.items()]
+    return RunResources(compose_config(f"model=tiny_{family}", "engine=[qllm]", *overrides))
+
+
 def family_model(family: str):
-    cfg = model_yaml(f"tiny_{family}")
-    config = {**cfg["config"], **SHRINK, **QUIRKS[family]}
-    return load_model(model_type=cfg["model_type"], config=config, seed=0)
+    return family_resources(family).model
 
 
 @cache
 def expected_tokens(family: str) -> dict[str, list[int]]:
     model = family_model(family)
-    return {r.request_id: oracle_tokens(model, r) for r in requests()}
-
-
-def requests():
-    return [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(SPECS)]
+    return {r.request_id: oracle_tokens(model, r) for r in requests_of(SPECS)}
 
 
 def run_engine(family: str, granularity: str, experts_per_checkpoint: int = 1) -> Recorder:
-    cfg = yaml.safe_load((CONF / "engine" / "qllm.yaml").read_text())["qllm"]
-    cfg["policy"]["max_batch_size"] = 3
-    cfg.update(granularity=granularity, experts_per_checkpoint=experts_per_checkpoint)
-    recorder = Recorder(StepClock())
-    drive(build_engine(cfg, family_model(family), recorder, "qllm"), recorder, requests())
-    return recorder
+    resources = family_resources(family)
+    cfg = engine_config(resources.cfg, "qllm", policy__max_batch_size=3, granularity=granularity,
+                        experts_per_checkpoint=experts_per_checkpoint)  # fmt: skip
+    return replay_on_steps(resources, cfg, requests_of(SPECS))
 
 
 def quantum_before(recorder: Recorder, request_id: str, t_s: float):
@@ -110,7 +101,7 @@ def test_family_quirks_reach_the_adapter():
 
 
 def test_a_dense_layer_checkpoints_after_attention_and_after_its_mlp():
-    executor = Executor(family_model("qwen3_moe"), granularity="expert", experts_per_checkpoint=8)
+    executor = RealExecutor(family_model("qwen3_moe"), granularity="expert", experts_per_checkpoint=8)
     seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [1, 2, 3], executor.new_kv())
     checkpoints = [(c.layer, c.expert) for c in executor.forward([seq])]
     assert checkpoints[:3] == [(0, ATTENTION), (0, None), (1, ATTENTION)]  # dense layer 0: attention, MLP whole
@@ -128,10 +119,9 @@ def test_families_without_an_adapter_are_refused_with_what_to_add():
 
 @pytest.mark.parametrize("name", [f"tiny_{family}" for family in FAMILIES if family != "mixtral"])
 def test_tiny_model_configs_load_and_run_at_expert_granularity(name):
-    torch.manual_seed(0)
-    model = instantiate(model_yaml(name))
+    model = instantiate(compose_config(f"model={name}").model)
     assert model.config.vocab_size == 32000 and model.config.num_hidden_layers == 4
-    executor = Executor(model, granularity="expert")
+    executor = RealExecutor(model, granularity="expert")
     seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [31999, 5, 7], executor.new_kv())
     tokens = run_to_completion(executor.forward([seq]))
     assert len(tokens) == 1 and 0 <= tokens[0] < 32000

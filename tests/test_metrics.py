@@ -17,61 +17,8 @@ from harness.metrics import (
     suspended_s,
     timeline_table,
 )
-from harness.recorder import Quantum, Recorder, RequestEvents
-from harness.request import Request
-
-SLO = {"LS": {"ttft_s": 3.0}, "BE": {"ttft_s": None, "tpot_s": 4.0}}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-
-def request(rid: str, cls: str, arrival_s: float, output_len: int) -> Request:
-    priority = 0 if cls == "LS" else 1
-    return Request(rid, arrival_s, prompt_len=4, output_len=output_len, priority_class=cls, priority=priority)
-
-
-REQUESTS = [
-    request("a", "LS", 0.0, 3),  # preempted once; meets its TTFT SLO
-    request("b", "LS", 0.5, 2),  # TTFT 3.5 misses the 3 s SLO
-    request("c", "BE", 1.0, 2),  # long suspension; meets the BE TPOT SLO
-    request("d", "BE", 2.0, 5),  # rejected
-    request("e", "LS", 3.0, 2),  # still running when the run ended
-]
-
-
-def recorded_run() -> Recorder:
-    clock = FakeClock()
-    rec = Recorder(clock)
-    events = [
-        (0.1, "submitted", "a"),  # submitted late: metrics still count from the trace arrival 0.0
-        (0.5, "scheduled", "a"), (0.5, "submitted", "b"),
-        (1.0, "tokens", {"a": 11}), (1.0, "submitted", "c"), (1.0, "scheduled", "b"),
-        (1.1, "scheduled", "c"), (1.2, "tokens", {"c": 31}),
-        (1.2, "preempted", ["a"]), (1.4, "resumed", ["a"]),
-        (1.5, "tokens", {"a": 12}), (1.5, "preempted", ["c"]),
-        (2.0, "submitted", "d"), (2.0, "rejected", "d"),
-        (2.5, "tokens", {"a": 13}), (2.5, "finished", "a"),
-        (3.0, "submitted", "e"), (3.0, "resumed", ["c"]), (3.2, "scheduled", "e"),
-        (3.4, "tokens", {"e": 51}),
-        (4.0, "tokens", {"b": 21}), (4.5, "tokens", {"b": 22}), (4.5, "finished", "b"),
-        (5.0, "tokens", {"c": 32}), (5.0, "finished", "c"),
-    ]  # fmt: skip
-    for t, what, arg in events:
-        clock.t = t
-        if what == "rejected":
-            rec.rejected(arg, "prompt longer than the context")
-        else:
-            getattr(rec, what)(arg)
-    rec.quantum(Quantum(1.0, 1.5, "decode", ("a", "c"), num_tokens=2, layer=3, expert=1, is_resume=True))
-    rec.quantum(Quantum(1.5, 2.5, "prefill", ("b",), num_tokens=4))
-    return rec
-
+from harness.recorder import Recorder, RequestEvents
+from tests.helpers import REQUESTS, SLO, StepClock, recorded_run, request
 
 @pytest.fixture
 def table():
@@ -113,9 +60,8 @@ def test_rejected_and_unfinished_are_kept_with_a_reason(table):
 
 
 def test_tpot_is_nan_for_a_single_token_and_token_ids_column():
-    clock = FakeClock()
+    clock = StepClock()
     rec = Recorder(clock)
-    rec.submitted("x")
     clock.t = 2.0
     rec.tokens({"x": 7})
     rec.finished("x")
@@ -183,4 +129,4 @@ def test_timeline_table():
     assert t.loc[0, "layer"] == 3 and t.loc[0, "expert"] == 1 and t["is_resume"].tolist() == [True, False]
     assert t["layer"].isna().tolist() == [False, True]
     assert timeline_table(rec, "r1", "qllm")["num_ls"].isna().all()
-    assert timeline_table(Recorder(FakeClock()), "r1", "qllm").empty
+    assert timeline_table(Recorder(StepClock()), "r1", "qllm").empty

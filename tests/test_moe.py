@@ -10,24 +10,21 @@ is held to assert_close(atol=1e-6, rtol=1e-5). The layer split is bit-exact.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
-import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from harness.engines import RunResources
 from harness.metrics import timeline_table
-from harness.recorder import Recorder
-from harness.request import Request
 from qllm.adapters import adapter_for
-from qllm.executor import ATTENTION, Executor
+from qllm.executor import ATTENTION
 from qllm.moe import ExpertByExpert
+from qllm.real_executor import RealExecutor
+from qllm.request import Request
 from qllm.sequence import Sequence
-from tests.engine_helpers import StepClock, build_engine, drive, ls_waits, make_request
+from tests.helpers import compose_config, engine_config, ls_waits, make_request, replay_on_steps
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = {  # family -> (model yaml, overrides down to 4 experts)
     "mixtral": ("tiny_mixtral", dict(num_local_experts=4)),
     "qwen2_moe": ("tiny_qwen2_moe", dict(num_experts=4)),
@@ -43,9 +40,9 @@ TOKEN_COUNTS = [1, 2, 5, 17, 40]
 
 def family_model(family: str, implementation: str = "grouped_mm", dtype=torch.float32, num_layers: int = 1):
     name, overrides = FAMILIES[family]
-    cfg = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
-    config = {**cfg["config"], **overrides, "vocab_size": 128, "num_hidden_layers": num_layers}
-    hf_config = AutoConfig.for_model(cfg["model_type"], **config)
+    cfg = compose_config(f"model={name}").model
+    config = {**cfg.config, **overrides, "vocab_size": 128, "num_hidden_layers": num_layers}
+    hf_config = AutoConfig.for_model(cfg.model_type, **config)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, experts_implementation=implementation)
     return model.eval()
@@ -107,14 +104,12 @@ def test_units_run_once_each_in_order_and_group_into_checkpoints():
 
 
 @pytest.mark.parametrize("experts_per_checkpoint", [1, 2])
-def test_expert_granularity_holds_an_ls_prefill_back_by_at_most_one_expert_group(experts_per_checkpoint):
-    cfg = yaml.safe_load((CONF / "engine" / "qllm.yaml").read_text())["qllm"]
-    cfg.update(granularity="expert", experts_per_checkpoint=experts_per_checkpoint)
-    recorder = Recorder(StepClock())
-    engine = build_engine(cfg, family_model("mixtral", num_layers=2), recorder, "qllm")
+def test_expert_granularity_holds_an_ls_prefill_back_by_at_most_one_expert_group(config, experts_per_checkpoint):
+    cfg = engine_config(config, "qllm", granularity="expert", experts_per_checkpoint=experts_per_checkpoint)
+    resources = RunResources(config, model=family_model("mixtral", num_layers=2))
     be = [make_request(i, 20 + i, 10, "BE", 0.0) for i in range(3)]
     ls = [make_request(3 + i, 6, 2, "LS", t) for i, t in enumerate([3.5, 17.5, 40.5, 77.5, 101.5])]
-    drive(engine, recorder, be + ls)
+    recorder = replay_on_steps(resources, cfg, be + ls)
     classes = {r.request_id: r.priority_class for r in be + ls}
     timeline = timeline_table(recorder, "run", "qllm", classes)
     waits = ls_waits(timeline, be + ls, recorder)
@@ -129,7 +124,7 @@ def test_a_pass_suspended_between_experts_holds_plain_tensors_in_visible_frames(
     """Grad mode on (as outside the tests): the suspended state builds no autograd graph, and every
     frame of the pass is reachable through gi_yieldfrom (what qllm.memory walks to measure it)."""
     model = family_model("qwen2_moe", num_layers=2)
-    executor = Executor(model, granularity="expert")
+    executor = RealExecutor(model, granularity="expert")
     sequence = Sequence(Request("r0", 0.0, 9, 1, "BE", 1), list(range(1, 10)), executor.new_kv())
     forward_pass = executor.forward([sequence])
     with torch.enable_grad():

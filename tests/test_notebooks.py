@@ -8,16 +8,17 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.test_sweeps import REPO_ROOT, TINY, run_app
+from harness.workload import PROJECT_ROOT
+from tests.helpers import TINY_SWEEP, run_cli
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
+NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
 
 @pytest.fixture(scope="module")
 def tiny_rate_sweep(tmp_path_factory) -> Path:
     """`experiment=ttft_vs_rate` shrunk to QLLM and the FCFS baseline, 6 requests, 2 rates."""
     sweep = tmp_path_factory.mktemp("notebook_results") / "ttft_vs_rate"
-    run_app("-m", "experiment=ttft_vs_rate", *TINY, "trace.rate=20,40", f"hydra.sweep.dir={sweep}")
+    run_cli("-m", "experiment=ttft_vs_rate", *TINY_SWEEP, "trace.rate=20,40", f"hydra.sweep.dir={sweep}")
     return sweep
 
 

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from harness.metrics import max_wait_s
-from harness.recorder import Recorder
-from qllm.engine import QLLMEngine
-from qllm.policies.qllm_priority import QLLMPolicy
 from qllm.kv import SequenceKV
 from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority
 from qllm.sequence import Sequence
-from tests.engine_helpers import StepClock, drive, make_request, oracle_tokens, tiny_model
+from tests.helpers import assert_matches_oracle, engine_config, make_request, replay_on_steps, requests_of
 
 
 def state(running_is_urgent: bool, waiting: list[Sequence], layer=0, run_s=1.0, num_layers=4):
+    """A snapshot with the qllm policy's ranking: an urgent prompt outranks a non-urgent batch."""
     return CheckpointState(
         now_s=10.0, running_classes=("LS",) if running_is_urgent else ("BE",), running_is_urgent=running_is_urgent,
         running_is_prefill=True, layer=layer, expert=None, num_layers=num_layers, run_s=run_s,
         num_suspended=0, queued=tuple(waiting),
+        outranks=lambda s: s.is_urgent and s.is_prefill and not running_is_urgent,
     )  # fmt: skip
 
 
@@ -35,14 +34,12 @@ def be_prompt() -> Sequence:
     return queued("BE", 9.0)
 
 
-def test_strict_priority_preempts_only_be_batches_and_only_for_ls_work():
+def test_strict_priority_preempts_exactly_when_queued_work_outranks_the_running_batch():
     policy = StrictPriority()
     assert policy.should_preempt(state(False, [ls_prompt(0.0)]))
     assert not policy.should_preempt(state(True, [ls_prompt(0.0)]))
     assert not policy.should_preempt(state(False, [be_prompt()]))
-    ls_decode = queued("LS", 1.0, is_prefill=False)
-    assert not policy.should_preempt(state(False, [ls_decode]))
-    assert StrictPriority(for_decodes=True).should_preempt(state(False, [ls_decode]))
+    assert not policy.should_preempt(state(False, [queued("LS", 1.0, is_prefill=False)]))
     assert not NeverPreempt().should_preempt(state(False, [ls_prompt(0.0)]))
 
 
@@ -51,6 +48,7 @@ def test_state_extrapolates_the_remaining_time_and_counts_queues():
     assert s.remaining_s == 3.0  # one layer took 1 s; three remain
     assert s.queue_lengths["BE", "prefill"] == 2 and s.queue_lengths["LS", "decode"] == 1
     assert sorted(w.waited_s for w in s.waiting) == [0.0, 2.0, 9.0, 9.0]
+    assert [w.priority_class for w in s.outranking] == ["LS"]
 
 
 def test_slo_slack_preempts_only_when_the_slo_would_otherwise_be_missed():
@@ -58,27 +56,31 @@ def test_slo_slack_preempts_only_when_the_slo_would_otherwise_be_missed():
     # 3 s of the running pass remain; slack 3 - waited.
     assert not policy.should_preempt(state(False, [ls_prompt(waited_s=-1.0)]))  # slack 4 > 3.5
     assert policy.should_preempt(state(False, [ls_prompt(waited_s=0.0)]))  # slack 3 <= 3.5
-    assert not policy.should_preempt(state(True, [ls_prompt(waited_s=2.9)]))
+    assert not policy.should_preempt(state(True, [ls_prompt(waited_s=2.9)]))  # nothing outranks an LS batch
 
 
-def run_qllm(specs, checkpoint_policy, be_aging_s=None, max_batch_size=4, prototype_order=False):
-    model = tiny_model()
-    recorder = Recorder(StepClock())
-    policy = QLLMPolicy(max_batch_size=max_batch_size, be_aging_s=be_aging_s, prototype_order=prototype_order)
-    engine = QLLMEngine(model, recorder, policy, checkpoint_policy=checkpoint_policy, granularity="layer")
-    requests = [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(specs)]
-    drive(engine, recorder, requests)
-    for request in requests:
-        assert recorder.requests[request.request_id].token_ids == oracle_tokens(model, request)
+def run_qllm(config, resources, specs, checkpoint_policy: dict, engine="qllm", **overrides):
+    """`engine` with `checkpoint_policy` (a config node) on the step clock; every token checked."""
+    cfg = engine_config(config, engine, checkpoint_policy=checkpoint_policy, policy__max_batch_size=4, **overrides)
+    requests = requests_of(specs)
+    recorder = replay_on_steps(resources, cfg, requests)
+    assert_matches_oracle(resources.model, recorder, requests)
     recorder.waits = max_wait_s(requests, recorder)
     return recorder
 
 
-def test_slo_slack_lets_a_be_pass_finish_when_the_ls_request_has_time():
+STRICT = {"_target_": "qllm.preemption.StrictPriority"}
+
+
+def slo_slack(ttft_slo_s: float) -> dict:
+    return {"_target_": "qllm.preemption.SLOSlack", "ttft_slo_s": ttft_slo_s}
+
+
+def test_slo_slack_lets_a_be_pass_finish_when_the_ls_request_has_time(config, resources):
     specs = [(8, 2, "BE", 0), (4, 2, "LS", 1)]
-    relaxed = run_qllm(specs, SLOSlack(ttft_slo_s=100.0))
+    relaxed = run_qllm(config, resources, specs, slo_slack(100.0))
     assert not relaxed.requests["r0"].preempted_s
-    urgent = run_qllm(specs, SLOSlack(ttft_slo_s=2.0))  # steps are time units: 3 layers remain
+    urgent = run_qllm(config, resources, specs, slo_slack(2.0))  # steps are time units: 3 layers remain
     assert len(urgent.requests["r0"].preempted_s) == 1
 
 
@@ -89,8 +91,9 @@ class EvenLayersOnly:
         return state.layer % 2 == 0 and StrictPriority().should_preempt(state)
 
 
-def test_a_user_defined_policy_decides_where_preemption_happens():
-    recorder = run_qllm([(8, 2, "BE", 0), (4, 2, "LS", 1)], EvenLayersOnly())
+def test_a_user_defined_policy_decides_where_preemption_happens(config, resources):
+    user_policy = {"_target_": f"{__name__}.EvenLayersOnly"}
+    recorder = run_qllm(config, resources, [(8, 2, "BE", 0), (4, 2, "LS", 1)], user_policy)
     preempted_s = recorder.requests["r0"].preempted_s[0]
     layers_before = [q.layer for q in recorder.quanta if "r0" in q.request_ids and q.t_end_s <= preempted_s]
     assert layers_before[-1] % 2 == 0
@@ -103,19 +106,18 @@ def endless_ls_stream(num_ls: int) -> list[tuple]:
 
 
 # The prototype's order starves BE work under an LS stream (the paper's stated limit); aging bounds it.
-PROTOTYPE = dict(checkpoint_policy=StrictPriority(for_decodes=True), prototype_order=True)
 
 
-def test_without_aging_an_ls_stream_starves_be_work():
-    recorder = run_qllm(endless_ls_stream(30), **PROTOTYPE)
+def test_without_aging_an_ls_stream_starves_be_work(config, resources):
+    recorder = run_qllm(config, resources, endless_ls_stream(30), STRICT, engine="qllm_prototype")
     last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
     assert recorder.requests["r0"].finish_s > last_ls_finish
     assert recorder.waits["r0"] > 100
 
 
-def test_aging_bounds_every_be_wait_under_an_ls_stream():
+def test_aging_bounds_every_be_wait_under_an_ls_stream(config, resources):
     bound = 6.0
-    recorder = run_qllm(endless_ls_stream(30), be_aging_s=bound, **PROTOTYPE)
+    recorder = run_qllm(config, resources, endless_ls_stream(30), STRICT, engine="qllm_prototype", be_aging_s=bound)
     last_ls_finish = max(recorder.requests[f"r{i}"].finish_s for i in range(2, 32))
     for request_id in ("r0", "r1"):
         assert recorder.requests[request_id].finish_s < last_ls_finish

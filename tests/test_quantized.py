@@ -16,18 +16,17 @@ here: this test leaves it (and lm_head) unquantized through `llm_int8_skip_modul
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from bitsandbytes.nn import Linear4bit
 
-from harness.recorder import Recorder
-from qllm.models import load_model, quantization_config, quantized_copy
-from tests.engine_helpers import StepClock, build_engine, drive, make_request, oracle_tokens
+from hydra.utils import instantiate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from harness.engines import RunResources
+from qllm.models import quantization_config, quantized_copy
+from tests.helpers import assert_matches_oracle, compose_config, engine_config, replay_on_steps, requests_of
+
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 FAMILIES = {"mixtral": dict(num_local_experts=4), "qwen2_moe": dict(num_experts=4)}
 SPECS = [(10, 4, "BE", 0), (9, 3, "BE", 0), (5, 3, "LS", 1), (6, 3, "LS", 5)]
@@ -35,13 +34,12 @@ SPECS = [(10, 4, "BE", 0), (9, 3, "BE", 0), (5, 3, "LS", 1), (6, 3, "LS", 5)]
 
 @cache
 def quantized_model(family: str):
-    cfg = yaml.safe_load((CONF / "model" / f"tiny_{family}.yaml").read_text())
-    config = {**cfg["config"], **SHRINK, **FAMILIES[family]}
+    shrink = [f"model.config.{key}={value}" for key, value in {**SHRINK, **FAMILIES[family]}.items()]
     if family == "mixtral":
-        return load_model(model_type=cfg["model_type"], config=config, seed=0, quantization="bnb4")
+        return instantiate(compose_config("model=tiny_mixtral", "model.quantization=bnb4", *shrink).model)
     quant = quantization_config("bnb4", compute_dtype="float32")
     quant.llm_int8_skip_modules = ["shared_expert_gate", "lm_head"]  # see the module docstring
-    model = load_model(model_type=cfg["model_type"], config=config, seed=0)
+    model = instantiate(compose_config(f"model=tiny_{family}", *shrink).model)
     return quantized_copy(model, quant, "cpu", "sdpa").eval()
 
 
@@ -54,13 +52,9 @@ def test_attention_is_4bit_and_routed_experts_stay_in_the_compute_dtype():
 
 @pytest.mark.parametrize("granularity", ["layer", "expert"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_4bit_model_matches_generate_on_the_same_model_under_preemption(family, granularity):
+def test_a_4bit_model_matches_generate_on_the_same_model_under_preemption(config, family, granularity):
     model = quantized_model(family)
-    cfg = yaml.safe_load((CONF / "engine" / "qllm.yaml").read_text())["qllm"]
-    cfg.update(granularity=granularity)
-    recorder = Recorder(StepClock())
-    requests = [make_request(i, p, o, c, float(a)) for i, (p, o, c, a) in enumerate(SPECS)]
-    drive(build_engine(cfg, model, recorder, "qllm"), recorder, requests)
+    requests = requests_of(SPECS)
+    recorder = replay_on_steps(RunResources(config, model=model), engine_config(config, "qllm", granularity=granularity), requests)
     assert any(events.preempted_s for events in recorder.requests.values())
-    for request in requests:
-        assert recorder.requests[request.request_id].token_ids == oracle_tokens(model, request), request
+    assert_matches_oracle(model, recorder, requests)

@@ -1,4 +1,4 @@
-"""harness.results (run directory files) and harness.report (the printed comparison)."""
+"""harness.results (run directory files) and harness.comparison (the printed comparison)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from harness import results
+from harness.atomic import atomic_write
 from harness.metrics import itl_s, requests_table, summary_table
-from harness.report import comparison_table
-from tests.test_metrics import REQUESTS, SLO, recorded_run
+from harness.comparison import comparison_table
+from tests.helpers import REQUESTS, SLO, recorded_run
 
 
 def sample_tables() -> dict[str, pd.DataFrame]:
@@ -50,7 +51,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        results._atomic_write(target, fail)
+        atomic_write(target, fail)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 

@@ -12,12 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.recorder import Recorder
 from harness.results import is_complete
 from harness.trace_schema import TraceError, load_trace, save_trace
-from tests.engine_helpers import StepClock, build_engine, drive, make_request, tiny_model
-from tests.test_app import TINY_MODEL, run_app
-from tests.test_engine import engine_config
+from tests.helpers import ENGINES, engine_config, replay_on_steps, requests_of
 
 GOOD = {
     "request_id": ["a", "b", "c"],
@@ -85,39 +82,39 @@ def test_empty_unreadable_and_headless_files_are_named_errors(tmp_path, content,
         load_trace(path)
 
 
-def test_a_prompt_longer_than_the_context_is_rejected_per_request_not_fatal(tmp_path):
+ALL_ENGINES = f"engine=[{','.join(ENGINES)}]"
+
+
+def test_a_prompt_longer_than_the_context_is_rejected_per_request_not_fatal(run_app, tmp_path):
     trace = pd.DataFrame({**GOOD, "prompt_len": [4, 100_000, 6]})
     path = tmp_path / "long.csv"
     trace.to_csv(path, index=False)
-    overrides = [f"trace.path={path}", "trace.max_output_len=2", "progress=false", *TINY_MODEL]
-    requests = run_app(tmp_path / "run", overrides)["requests"]
-    assert len(requests) == 3 * 5  # every engine, every request
+    requests = run_app(ALL_ENGINES, f"trace.path={path}", "trace.max_output_len=2", run_dir=tmp_path / "run")["requests"]
+    assert len(requests) == 3 * len(ENGINES)  # every engine, every request
     long = requests[requests["request_id"] == "b"]
     assert (long["status"] == "rejected").all()
     assert long["error"].str.contains("exceed the model's context of 256").all()
     assert (requests[requests["request_id"] != "b"]["status"] == "finished").all()
 
 
-def test_prompt_ids_outside_the_vocabulary_are_rejected_per_request_by_every_engine(tmp_path):
+def test_prompt_ids_outside_the_vocabulary_are_rejected_per_request_by_every_engine(run_app, tmp_path):
     trace = pd.DataFrame({**GOOD, "prompt_ids": [[1, 2, 3, 4], [5, 6, 40_000, 7, 8], [1, 2, 3, 4, 5, 6]]})
     path = save_trace(trace, tmp_path / "ids.parquet")
-    overrides = [f"trace.path={path}", "trace.max_output_len=2", "progress=false", *TINY_MODEL]
-    requests = run_app(tmp_path / "run", overrides)["requests"]
+    requests = run_app(ALL_ENGINES, f"trace.path={path}", "trace.max_output_len=2", run_dir=tmp_path / "run")["requests"]
     bad = requests[requests["request_id"] == "b"]
-    assert len(bad) == 5 and (bad["status"] == "rejected").all()
+    assert len(bad) == len(ENGINES) and (bad["status"] == "rejected").all()
     assert bad["error"].str.contains("outside the model's vocabulary").all()
     assert (requests[requests["request_id"] != "b"]["status"] == "finished").all()
 
 
-def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(tmp_path):
+def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(run_app, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    overrides = ["engine=[hf_generate]", "trace.num_requests=40", "trace.time_scale=20", "progress=false", *TINY_MODEL]
     timer = threading.Timer(4.0, os.kill, args=(os.getpid(), signal.SIGTERM))
     timer.start()
     try:
         with pytest.raises(SystemExit, match="interrupted by SIGTERM"):
-            run_app(run_dir, overrides)
+            run_app("engine=[hf_generate]", "trace.num_requests=40", "trace.time_scale=20", run_dir=run_dir)
     finally:
         timer.cancel()
     assert not is_complete(run_dir) and (run_dir / "INCOMPLETE").exists()
@@ -126,20 +123,10 @@ def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(tmp_path)
     assert (requests["status"] == "unfinished").any() and (requests["status"] == "finished").any()
 
 
-def run_twice_identical(name: str):
-    runs = []
-    for _ in range(2):
-        recorder = Recorder(StepClock())
-        engine = build_engine(engine_config(name), tiny_model(), recorder, name)
-        specs = [(3 + i % 7, 1 + i % 4, "LS" if i % 3 == 0 else "BE", i // 2) for i in range(12)]
-        drive(engine, recorder, [make_request(i, *spec[:3], float(spec[3])) for i, spec in enumerate(specs)])
-        runs.append(recorder)
-    return runs
-
-
 @pytest.mark.parametrize("name", ["qllm", "priority_cb"])
-def test_the_same_trace_gives_identical_tokens_and_schedules(name):
-    first, second = run_twice_identical(name)
+def test_the_same_trace_gives_identical_tokens_and_schedules(config, resources, name):
+    specs = [(3 + i % 7, 1 + i % 4, "LS" if i % 3 == 0 else "BE", i // 2) for i in range(12)]
+    first, second = (replay_on_steps(resources, engine_config(config, name), requests_of(specs), name) for _ in range(2))
     assert {r: e.token_ids for r, e in first.requests.items()} == {r: e.token_ids for r, e in second.requests.items()}
     schedule = lambda rec: [(q.kind, q.request_ids, q.layer, q.is_resume) for q in rec.quanta]  # noqa: E731
     assert schedule(first) == schedule(second)

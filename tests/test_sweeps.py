@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from harness import gather
 from harness.results import is_complete
+from harness.workload import PROJECT_ROOT
+from tests.helpers import CONF_DIR, TINY_SWEEP, compose_config, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
-# A sweep point that runs in about a second: 1 layer, 6 short requests, half of them LS.
-TINY = [
-    "engine=[qllm,fcfs_rtc]", "model.config.num_hidden_layers=1", "trace.num_requests=6",
-    "trace.max_prompt_len=16", "trace.max_output_len=3", "trace.ls_fraction=0.5", "warmup_tokens=0", "torch_threads=1",
-    "progress=false",
-]  # fmt: skip
 # The launcher plugins' own config names, and the plugin module each needs.
 PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
            "ray": "hydra_plugins.hydra_ray_launcher"}  # fmt: skip
-
-
-def run_app(*overrides: str) -> subprocess.CompletedProcess:
-    """`qllm-bench` in a fresh process (as a user runs it), from the repository root."""
-    done = subprocess.run([sys.executable, "-m", "harness.app", *overrides], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, f"qllm-bench {' '.join(overrides)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
 
 
 def has_plugin(name: str) -> bool:
@@ -45,8 +28,8 @@ def has_plugin(name: str) -> bool:
 @pytest.mark.slow
 def test_sweep_is_gathered_and_a_rerun_redoes_only_the_unfinished_point(tmp_path):
     sweep = tmp_path / "sweep"
-    sweep_args = ["-m", *TINY, "trace.rate=20,40", f"hydra.sweep.dir={sweep}"]
-    run_app(*sweep_args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")  # two points in parallel
+    sweep_args = ["-m", *TINY_SWEEP, "trace.rate=20,40", f"hydra.sweep.dir={sweep}"]
+    run_cli(*sweep_args, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")  # two points in parallel
 
     jobs = gather.find_complete_runs(sweep)
     assert len(jobs) == 2 and "trace.rate=20" in jobs[0].name and "trace.rate=40" in jobs[1].name
@@ -62,7 +45,7 @@ def test_sweep_is_gathered_and_a_rerun_redoes_only_the_unfinished_point(tmp_path
     kept_stamp = (kept / "manifest.json").stat().st_mtime_ns
     killed_stamp = (killed / "manifest.json").stat().st_mtime_ns
     (killed / "DONE").unlink()  # as if the run was killed before it finished
-    out = run_app(*sweep_args, "hydra.callbacks.gather.figures=false")  # figures were checked above
+    out = run_cli(*sweep_args, "hydra.callbacks.gather.figures=false")  # figures were checked above
     assert f"already complete, skipped: {kept}" in out.stdout
     assert (kept / "manifest.json").stat().st_mtime_ns == kept_stamp  # not rerun
     assert (killed / "manifest.json").stat().st_mtime_ns != killed_stamp and is_complete(killed)  # rerun
@@ -112,7 +95,7 @@ def test_qllm_report_help_and_console_script(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gather.main(["--help"])
     assert exit_info.value.code == 0 and "DONE" in capsys.readouterr().out
-    scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["qllm-report"] == "harness.gather:main"
 
 
@@ -133,8 +116,7 @@ def test_parameter_columns_are_short_unique_names():
 
 
 def compose_launcher(name: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"hydra/launcher={name}"], return_hydra_config=True).hydra.launcher
+    return compose_config(f"hydra/launcher={name}", with_hydra=True).hydra.launcher
 
 
 @pytest.fixture

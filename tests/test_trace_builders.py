@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from harness import arrivals, build_trace as build_trace_module
-from harness.build_trace import build_trace, cap_lengths
+from harness.build_trace import build_trace
+from harness.reshape import cap_lengths
 from harness.replay import requests_from_trace
 from harness.trace_schema import load_trace, save_trace
 from harness.trace_sources import (

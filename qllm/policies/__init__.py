@@ -1,5 +1,5 @@
-"""Scheduling policies: which sequences form the next batch, and whether to preempt at a checkpoint.
+"""Scheduling policies: which queued sequences form the next batch, and which outrank running work.
 
-One small class each; the same `QLLMEngine` runs them all. A user adds a policy by writing a class
-with the `SchedulingPolicy` methods and a YAML file in conf/engine/.
+One small class each (`protocol.SchedulingPolicy`) and one YAML file in conf/policy/; the same
+`QLLMEngine` runs them all.
 """

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import deque
+from itertools import chain
 
 from qllm.batch import Batch
-from qllm.policies.protocol import Decision, take_prefills
+from qllm.policies.protocol import Decision
+from qllm.queues import FCFSQueue, take_batch
 from qllm.sequence import Sequence
 
 
@@ -13,26 +14,30 @@ class FCFSRunToCompletionPolicy:
     """Up to B waiting prompts form a cohort; it decodes until every member has finished, and only
     then do the next prompts start. Nothing is ever preempted."""
 
+    serves_preemption = False
+
     def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.prefill: deque[Sequence] = deque()
-        self.cohort: list[Sequence] = []  # the running batch's unfinished sequences, ready to decode
+        self.prefill = FCFSQueue()
+        self.cohort = FCFSQueue()  # the running cohort's unfinished sequences, ready to decode
 
     def add(self, sequence: Sequence) -> None:
-        (self.prefill if sequence.is_prefill else self.cohort).append(sequence)
+        (self.prefill if sequence.is_prefill else self.cohort).add(sequence)
 
-    def has_waiting(self) -> bool:
-        return bool(self.prefill or self.cohort)
+    def queued(self):
+        return chain(self.prefill, self.cohort)
 
-    def waiting(self, now_s: float) -> list[Sequence]:
-        return [*self.prefill, *self.cohort]
+    def has_queued(self) -> bool:
+        return bool(len(self.prefill) or len(self.cohort))
+
+    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
+        return False
 
     def finished(self, sequence: Sequence) -> None:
         pass
 
-    def schedule(self, suspended: list[Batch], now_s: float) -> Decision:
-        if self.cohort:
-            batch, self.cohort = self.cohort, []
-            return Decision(start=batch)
-        return Decision(start=take_prefills(self.prefill, self.max_batch_size, self.max_batch_tokens))
+    def schedule(self) -> Decision:
+        if len(self.cohort):
+            return Decision(start=take_batch(self.cohort, len(self.cohort)))
+        return Decision(start=take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens))

@@ -1,12 +1,12 @@
-"""One request of a trace, as an engine sees it when it arrives."""
+"""One request, as an engine receives it: lengths, priority class and priority."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-LS, BE = "LS", "BE"
+LS, BE = "LS", "BE"  # latency-sensitive, best-effort
 PRIORITY_CLASSES = (LS, BE)
-DEFAULT_PRIORITY = {LS: 0, BE: 1}
+DEFAULT_PRIORITY = {LS: 0, BE: 1}  # lower = more urgent (vLLM's convention)
 
 
 @dataclass(frozen=True)

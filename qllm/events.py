@@ -1,0 +1,58 @@
+"""What an engine reports while it runs, and the clock it reads: the seam between an engine and
+whoever builds and measures it (DESIGN.md, "Layers"), such as a benchmark's recorder or a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Seconds since the run started."""
+
+
+@dataclass(frozen=True)
+class Quantum:
+    """One non-preemptible piece of work an engine executed."""
+
+    t_start_s: float
+    t_end_s: float
+    kind: str  # "prefill" or "decode"
+    request_ids: tuple[str, ...]  # the sequences in the batch
+    num_tokens: int  # tokens fed to the model in this quantum (prompt or decode tokens)
+    layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass
+    expert: int | None = None  # expert (group) the quantum ended after, inside `layer`
+    is_resume: bool = False  # the quantum continued a batch that had been preempted
+    # The engine's state when the quantum ended, where the engine reports it (QLLM: at pass ends):
+    num_queued: int | None = None  # requests waiting for memory or for a batch
+    num_suspended: int | None = None  # sequences inside preempted batches
+    kv_reserved_bytes: int | None = None  # KV the admitted sequences may grow to (what a budget bounds)
+    kv_allocated_bytes: int | None = None  # KV cache storage actually allocated
+    suspended_bytes: int | None = None  # tensors kept by preempted forward passes
+
+
+class EventSink(Protocol):
+    """Called at the moment something happens; the sink stamps each event with its clock."""
+
+    def scheduled(self, request_id: str) -> None:
+        """The request's first work was put into a batch (later calls are ignored)."""
+
+    def tokens(self, token_ids: dict[str, int]) -> None:
+        """One new token for each request in the mapping, all produced now."""
+
+    def finished(self, request_id: str) -> None:
+        """The request generated its last token."""
+
+    def rejected(self, request_id: str, reason: str) -> None:
+        """The request can never be served; `reason` says why."""
+
+    def preempted(self, request_ids: Iterable[str]) -> None:
+        """These requests' work was set aside (mid-pass, or back to the queue between iterations)."""
+
+    def resumed(self, request_ids: Iterable[str]) -> None:
+        """Work set aside earlier runs again."""
+
+    def quantum(self, quantum: Quantum) -> None:
+        """A quantum of work ended."""

@@ -1,0 +1,31 @@
+"""`qllm_prototype`: the authors' prototype's batch order, kept to compare with `qllm`."""
+
+from __future__ import annotations
+
+from qllm.batch import Batch
+from qllm.policies.protocol import Decision
+from qllm.policies.qllm import QLLMPolicy
+from qllm.queues import take_batch
+from qllm.sequence import Sequence
+
+
+class QLLMPrototypePolicy(QLLMPolicy):
+    """The prototype's order: (1) a full LS-decode batch when at least B LS sequences wait to
+    decode; else (2) the waiting LS prompts; else (3) the LS decodes, topped up with BE decodes;
+    then (4) BE decodes; else (5) BE prompts. Any waiting LS work outranks a batch without LS
+    work, so LS decodes preempt BE work too, and a suspended BE batch resumes after (3).
+
+    A BE prompt waits until no sequence is decoding: under a steady LS stream BE prompts starve,
+    and BE batches shrink as they drain (docs/reproducing.md measures what that costs).
+    """
+
+    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
+        return sequence.is_urgent and not batch.is_urgent
+
+    def schedule(self) -> Decision:
+        urgent = self._urgent_batch()
+        if urgent:
+            return Decision(start=urgent)
+        if len(self.decode):  # (3) and (4): LS decodes topped up with BE ones, or BE decodes alone
+            return Decision(start=self._decode_batch())
+        return Decision(start=take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens))

@@ -1,0 +1,171 @@
+"""The scheduler: owns every unfinished sequence, from submission to its last token.
+
+A sequence is waiting for memory, queued (in the scheduling policy's order), running (in the
+batch being executed) or suspended (in a batch set aside mid-pass); `Sequence.status` says which.
+The scheduler admits what memory allows, asks the checkpoint policy whether to set the running
+batch aside, and, when nothing runs, resumes a suspended batch or starts the policy's next one.
+"""
+
+from __future__ import annotations
+
+from qllm.batch import Batch
+from qllm.events import EventSink
+from qllm.memory import MemoryBudget, allocated_kv_bytes, suspended_bytes
+from qllm.policies.protocol import SchedulingPolicy
+from qllm.preemption import CheckpointPolicy, CheckpointState
+from qllm.queues import PriorityQueue
+from qllm.sequence import Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(
+        self,
+        policy: SchedulingPolicy,
+        checkpoint_policy: CheckpointPolicy,
+        memory: MemoryBudget,
+        events: EventSink,
+        num_layers: int,
+        be_aging_s: float | None = None,
+    ) -> None:
+        self.policy = policy
+        self.checkpoint_policy = checkpoint_policy
+        self.memory = memory
+        self.events = events
+        self.num_layers = num_layers
+        self.be_aging_s = be_aging_s  # a BE sequence waiting longer is served as LS (None: never)
+        self.waiting = PriorityQueue()  # submitted, not admitted yet: most urgent admitted first
+        self.running: Batch | None = None
+        self.suspended: list[Batch] = []  # preempted batches, oldest first
+        self.num_unfinished = 0
+
+    @property
+    def is_idle(self) -> bool:
+        return self.num_unfinished == 0
+
+    def add(self, sequence: Sequence) -> None:
+        sequence.status = SequenceStatus.WAITING
+        self.waiting.add(sequence)
+        self.num_unfinished += 1
+
+    def admit(self) -> None:
+        """Queue waiting sequences, most urgent first, while memory allows; the head blocks those behind it."""
+        held = self.suspended_bytes
+        while len(self.waiting) and self.memory.fits(self.waiting.peek(), held):
+            sequence = self.waiting.pop()
+            self.memory.reserve(sequence)
+            self._queue(sequence)
+
+    def checkpoint(self, now_s: float) -> None:
+        """At the running pass's checkpoint, set the batch aside if the checkpoint policy says so."""
+        batch = self.running
+        if batch is None or batch.checkpoint is None or not self.policy.has_queued():
+            return
+        self._promote_aged(now_s)
+        if self.checkpoint_policy.should_preempt(self._checkpoint_state(batch, now_s)):
+            self._suspend(batch, now_s)
+
+    def next_batch(self, now_s: float) -> Batch | None:
+        """The running batch; when none runs, a suspended batch that nothing queued outranks, else
+        the policy's next batch, else (the policy has nothing to start) the oldest suspended one."""
+        if self.running is None:
+            self._promote_aged(now_s)
+            resumable = self.suspended[0] if self.suspended else None
+            if resumable is not None and not self._is_outranked(resumable):
+                self._resume(resumable)
+            else:
+                decision = self.policy.schedule()
+                self.events.preempted(s.request_id for s in decision.preempted)
+                self.events.resumed(s.request_id for s in decision.readmitted)
+                if decision.start:
+                    self._start(decision.start)
+                elif resumable is not None:
+                    self._resume(resumable)
+        return self.running
+
+    def finish_pass(self, batch: Batch, now_s: float) -> None:
+        """The running pass is done and each sequence holds its new token: finished sequences leave,
+        the rest queue for their next one."""
+        self.running = None
+        for sequence in batch.sequences:
+            if sequence.has_all_tokens:
+                sequence.status = SequenceStatus.FINISHED
+                sequence.kv.free()
+                self.memory.release(sequence)
+                self.policy.finished(sequence)
+                self.num_unfinished -= 1
+                self.events.finished(sequence.request_id)
+            else:
+                sequence.ready_s = now_s
+                self._queue(sequence)
+
+    @property
+    def suspended_bytes(self) -> int:
+        return sum(batch.suspended_bytes for batch in self.suspended)
+
+    def gauges(self) -> dict:
+        """Queues and memory now, for the timeline (a walk over every queued sequence: not per quantum)."""
+        queued = list(self.policy.queued())
+        in_suspended = [s for batch in self.suspended for s in batch.sequences]
+        in_running = self.running.sequences if self.running is not None else []
+        return {
+            "num_queued": len(queued) + len(self.waiting),
+            "num_suspended": len(in_suspended),
+            "kv_reserved_bytes": self.memory.reserved_bytes,
+            "kv_allocated_bytes": allocated_kv_bytes([*queued, *in_suspended, *in_running]),
+            "suspended_bytes": self.suspended_bytes,
+        }
+
+    def _queue(self, sequence: Sequence) -> None:
+        sequence.status = SequenceStatus.QUEUED
+        self.policy.add(sequence)
+
+    def _is_outranked(self, batch: Batch) -> bool:
+        return any(self.policy.outranks(s, batch) for s in self.policy.queued())
+
+    def _checkpoint_state(self, batch: Batch, now_s: float) -> CheckpointState:
+        return CheckpointState(
+            now_s=now_s,
+            running_classes=tuple(s.request.priority_class for s in batch.sequences),
+            running_is_urgent=batch.is_urgent,
+            running_is_prefill=batch.is_prefill,
+            layer=batch.checkpoint.layer,
+            expert=batch.checkpoint.expert,
+            num_layers=self.num_layers,
+            run_s=batch.run_s,
+            num_suspended=len(self.suspended),
+            queued=tuple(self.policy.queued()),
+            outranks=lambda sequence: self.policy.outranks(sequence, batch),
+        )
+
+    def _start(self, sequences: list[Sequence]) -> None:
+        for sequence in sequences:
+            sequence.status = SequenceStatus.RUNNING
+            self.events.scheduled(sequence.request_id)
+        self.running = Batch.of(sequences)
+
+    def _suspend(self, batch: Batch, now_s: float) -> None:
+        for sequence in batch.sequences:
+            sequence.status = SequenceStatus.SUSPENDED
+            sequence.ready_s = now_s
+        self.events.preempted(batch.request_ids)
+        batch.suspended_bytes = suspended_bytes(batch)  # the frame is frozen until it resumes
+        self.suspended.append(batch)
+        self.running = None
+
+    def _resume(self, batch: Batch) -> None:
+        self.suspended.remove(batch)
+        for sequence in batch.sequences:
+            sequence.status = SequenceStatus.RUNNING
+        batch.is_resuming = True
+        batch.suspended_bytes = 0
+        self.events.resumed(batch.request_ids)
+        self.running = batch
+
+    def _promote_aged(self, now_s: float) -> None:
+        """BE aging: a BE sequence queued or suspended for longer than the bound is served as LS from now on."""
+        if self.be_aging_s is None:
+            return
+        suspended = (s for batch in self.suspended for s in batch.sequences)
+        for sequence in (*self.policy.queued(), *suspended):
+            if not sequence.is_urgent and now_s - sequence.ready_s > self.be_aging_s:
+                sequence.is_promoted = True

@@ -1,0 +1,73 @@
+"""Every config of every group instantiates: models, executors, engines, policies, checkpoint
+policies, SLOs and traces (experiment presets and launchers: tests/test_experiments.py, test_sweeps.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from harness.clock import RealClock
+from harness.recorder import Recorder
+from harness.workload import load_workload
+from qllm.request import PRIORITY_CLASSES
+from tests.helpers import CONF_DIR, ENGINES, compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_options():
+    for group in ("model", "executor", "engine", "engine_base", "policy", "checkpoint", "slo", "trace", "experiment"):
+        assert options(group), group
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_mixtral(tmp_path_factory):
+    """The default model saved to a folder, for the configs that load weights with from_pretrained."""
+    folder = tmp_path_factory.mktemp("tiny_mixtral")
+    instantiate(compose_config("model.config.num_hidden_layers=1").model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_config_instantiates(option, saved_tiny_mixtral):
+    cfg = compose_config(f"model={option}").model
+    if OmegaConf.is_missing(cfg, "pretrained") or cfg.pretrained is not None:  # weights from the hub: a local copy
+        cfg = compose_config(f"model={option}", f"model.pretrained={saved_tiny_mixtral}", "model.device=cpu",
+                             "model.dtype=float32").model  # fmt: skip
+    model = instantiate(cfg)
+    assert model.config.model_type == (cfg.model_type or "mixtral") and not model.training
+
+
+def test_every_executor_config_instantiates(tiny_model):
+    for option in options("executor"):
+        factory = instantiate(compose_config(f"executor={option}").executor)
+        executor = factory(model=tiny_model, granularity="layer", experts_per_checkpoint=1)
+        assert executor.num_layers == tiny_model.config.num_hidden_layers and executor.kv_bytes_per_token > 0
+
+
+@pytest.mark.parametrize("option", ENGINES)
+def test_every_engine_config_instantiates(config, resources, option):
+    clock = RealClock()
+    engine = resources.build_engine(config.engine[option], option, clock, Recorder(clock))
+    assert engine.idle() and engine.name == option
+
+
+@pytest.mark.parametrize("group, package", [("policy", "policy"), ("checkpoint", "checkpoint_policy")])
+def test_every_policy_and_checkpoint_config_instantiates(group, package):
+    for option in options(group):
+        cfg = compose_config("engine=[qllm]", f"{group}@engine.qllm.{package}={option}")
+        assert type(instantiate(cfg.engine.qllm[package])).__module__.startswith("qllm.")
+
+
+def test_every_slo_config_names_each_class():
+    for option in options("slo"):
+        slo = OmegaConf.to_container(compose_config(f"slo={option}").slo, resolve=True)
+        assert set(slo) == set(PRIORITY_CLASSES) and all(set(s) == {"ttft_s", "tpot_s", "e2e_s"} for s in slo.values())
+
+
+@pytest.mark.parametrize("option", options("trace"))
+def test_every_trace_config_loads(option):
+    assert len(load_workload(compose_config(f"trace={option}").trace)) > 0
