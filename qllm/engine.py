@@ -46,7 +46,7 @@ class QLLMEngine:
         self.events = events
         self.name = name
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-        memory = MemoryBudget(budget_bytes, self.executor.kv_bytes_per_token)
+        memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
 
     def submit(self, request: Request) -> None:
@@ -94,7 +94,7 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
-                **(self.scheduler.gauges() if next_tokens is not None else {}),
+                **self.scheduler.gauges(),  # after every admit and suspend, and every allocation
             )
         )
         batch.is_resuming = False

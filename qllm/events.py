@@ -25,11 +25,11 @@ class Quantum:
     layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass
     expert: int | None = None  # expert (group) the quantum ended after, inside `layer`
     is_resume: bool = False  # the quantum continued a batch that had been preempted
-    # The engine's state when the quantum ended, where the engine reports it (QLLM: at pass ends):
+    # The engine's state when the quantum ended, where the engine reports it (QLLM: every quantum):
     num_queued: int | None = None  # requests waiting for memory or for a batch
     num_suspended: int | None = None  # sequences inside preempted batches
     kv_reserved_bytes: int | None = None  # KV the admitted sequences may grow to (what a budget bounds)
-    kv_allocated_bytes: int | None = None  # KV cache storage actually allocated
+    kv_allocated_bytes: int | None = None  # KV blocks handed out to sequences
     suspended_bytes: int | None = None  # tensors kept by preempted forward passes
 
 

@@ -8,7 +8,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Protocol
 
-from qllm.kv import SequenceKV
+from qllm.kv import BlockPool, SequenceKV
 
 GRANULARITIES = ("iteration", "layer", "expert")  # where a pass yields: never, after each layer, inside layers
 ATTENTION = -1  # Checkpoint.expert after a layer's attention half, before any of its experts
@@ -28,7 +28,7 @@ class Checkpoint:
 class Executor(Protocol):
     config: object  # the model's Hugging Face config: context length, vocabulary, shape
     num_layers: int
-    kv_bytes_per_token: int  # keys and values of one token across every layer
+    kv_pool: BlockPool  # the KV blocks every sequence's cache is taken from
 
     def new_kv(self) -> SequenceKV:
         """An empty KV cache for a new sequence."""

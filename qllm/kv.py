@@ -1,26 +1,25 @@
-"""Per-sequence KV storage: each sequence owns its keys and values for every decoder layer.
+"""Paged KV storage: every sequence's keys and values in fixed-size blocks from one pool.
 
-A sequence's keys and values live in one row of a `KVBlock`, a tensor shared with the other
-sequences of the batch it last ran in. While a batch keeps the same sequences, in the same
-order, attention reads the block directly and each step only writes the new rows. When the
-composition changes, `gather` copies each sequence's committed tokens into a new block for the
-new batch; the sequences left behind in a source block move to a block of their own, so a
-block is never kept alive by a few of its rows.
+A `KVPool` hands out blocks of `block_size` token slots; a block holds those tokens' keys and
+values for every decoder layer. A sequence's `SequenceKV` lists its blocks in order (its block
+table) and counts its committed tokens. Blocks are taken as a sequence grows and go back to the
+pool when it finishes, so the KV held is each live sequence's tokens rounded up to a block.
 
-Only committed tokens are part of a sequence's cache (`SequenceKV.num_tokens`): rows that a
-forward pass writes past them belong to that pass until it commits, so a pass preempted
-between layers leaves every sequence consistent.
+`BlockPool` is the bookkeeping alone (which blocks are free, what the used ones weigh); `KVPool`
+adds the tensor. A forward pass gathers each layer's batch view from the block tables and writes
+its new tokens in place (qllm.unified_cache). Only committed tokens are part of a sequence's cache
+(`SequenceKV.num_tokens`): slots a pass writes past them belong to that pass until it commits,
+so a pass preempted between layers leaves every sequence consistent.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 
-CAPACITY_GROWTH = 1.5  # block capacity as a multiple of the tokens it must hold: amortized appends
-MIN_CAPACITY = 16  # tokens
+PADDING_BLOCK = 0  # never handed out: pads short block tables; zeros, so masked reads stay finite
+GROWTH = 1.25  # the pool's capacity grows by this factor when it runs out of free blocks
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -30,92 +29,101 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element
 
 
-def capacity_for(num_tokens: int) -> int:
-    """Token capacity of a new block whose longest sequence needs `num_tokens`."""
-    return max(MIN_CAPACITY, math.ceil(num_tokens * CAPACITY_GROWTH))
+class BlockPool:
+    """Which blocks are free and which are handed out; block 0 is the padding block."""
 
-
-class KVBlock:
-    """Keys and values of a group of sequences, one row each, for every decoder layer."""
-
-    def __init__(self, num_layers: int, num_rows: int, capacity: int, like: torch.Tensor) -> None:
-        _, kv_heads, _, head_dim = like.shape  # like: [batch, kv_heads, query, head_dim]
-        # storage: [num_layers, 2 (keys, values), num_rows, kv_heads, capacity, head_dim]; left
-        # uninitialized: `_move` fills every slot (committed tokens copied in, the rest zeroed)
-        self.storage = torch.empty(
-            num_layers, 2, num_rows, kv_heads, capacity, head_dim, dtype=like.dtype, device=like.device
-        )
-        self.owners: list[weakref.ref[SequenceKV]] = []  # row -> the sequence stored there
+    def __init__(self, block_size: int, bytes_per_token: int) -> None:
+        if block_size < 1:
+            raise ValueError(f"kv_block_size must be >= 1 token; got {block_size}")
+        self.block_size = block_size
+        self.block_bytes = block_size * bytes_per_token  # keys and values of a block's tokens, every layer
+        self.capacity = 1  # blocks, the padding block included
+        self.free_blocks: list[int] = []
+        self.num_used = 0
 
     @property
-    def num_rows(self) -> int:
-        return self.storage.shape[2]
+    def used_bytes(self) -> int:
+        """KV storage handed out to sequences."""
+        return self.num_used * self.block_bytes
 
-    @property
-    def capacity(self) -> int:
-        return self.storage.shape[4]
+    def blocks_for(self, num_tokens: int) -> int:
+        return math.ceil(num_tokens / self.block_size)
 
-    def live_owners(self) -> list[SequenceKV]:
-        """The sequences still stored here, in row order (moved and freed ones excluded)."""
-        owners = (ref() for ref in self.owners)
-        return [kv for kv in owners if kv is not None and kv.block is self]
+    def allocate(self) -> int:
+        if not self.free_blocks:
+            self._grow(max(self.capacity + 1, math.ceil(self.capacity * GROWTH)))
+        self.num_used += 1
+        return self.free_blocks.pop()
+
+    def release(self, blocks: list[int]) -> None:
+        self.free_blocks.extend(reversed(blocks))
+        self.num_used -= len(blocks)
+
+    def _grow(self, capacity: int) -> None:
+        self.free_blocks = list(range(capacity - 1, self.capacity - 1, -1)) + self.free_blocks
+        self.capacity = capacity
+
+
+class KVPool(BlockPool):
+    """Blocks backed by one tensor: [num_layers, 2 (keys, values), capacity, block_size, kv_heads, head_dim]."""
+
+    def __init__(self, config, dtype: torch.dtype, device: torch.device | str, block_size: int = 16) -> None:
+        super().__init__(block_size, kv_bytes_per_token(config, dtype))
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.storage = torch.zeros(config.num_hidden_layers, 2, 1, block_size, config.num_key_value_heads, head_dim,
+                                   dtype=dtype, device=device)  # fmt: skip
+
+    def layer(self, layer: int, kind: int) -> torch.Tensor:
+        """Keys (kind 0) or values (1) of one layer, every slot: [capacity * block_size, kv_heads, head_dim] (a view)."""
+        storage = self.storage[layer, kind]
+        return storage.view(-1, *storage.shape[2:])
+
+    def _grow(self, capacity: int) -> None:
+        # Fresh slots are zeros: a masked read of a slot never written must not be NaN (0 * NaN is NaN).
+        grown = self.storage.new_zeros(self.storage.shape[:2] + (capacity,) + self.storage.shape[3:])
+        grown[:, :, : self.capacity] = self.storage
+        self.storage = grown
+        super()._grow(capacity)
 
 
 class SequenceKV:
-    """One sequence's KV cache: where its rows are, and how many tokens are committed."""
+    """One sequence's KV cache: its blocks in order, and how many of its tokens are committed."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: BlockPool) -> None:
+        self.pool = pool
+        self.blocks: list[int] = []  # the block table: token t lives in blocks[t // block_size]
         self.num_tokens = 0  # committed tokens: every layer holds their keys and values
-        self.block: KVBlock | None = None  # storage holding this sequence's row; None before its first pass
-        self.row = 0  # this sequence's row in `block`
         self.is_in_flight = False  # part of a forward pass that has neither committed nor been abandoned
 
+    @property
+    def num_slots(self) -> int:
+        return len(self.blocks) * self.pool.block_size
+
+    def reserve(self, num_tokens: int) -> None:
+        """Take blocks until `num_tokens` tokens fit."""
+        while self.num_slots < num_tokens:
+            self.blocks.append(self.pool.allocate())
+
+    def free(self) -> None:
+        """Give every block back (the sequence finished or was abandoned)."""
+        if self.is_in_flight:
+            raise RuntimeError("cannot free the KV cache of a sequence in an unfinished forward pass")
+        self.pool.release(self.blocks)
+        self.blocks, self.num_tokens = [], 0
+
+    def slots(self, start: int, stop: int) -> list[int]:
+        """Pool slot indices of tokens start..stop-1 (see `KVPool.layer`)."""
+        size = self.pool.block_size
+        return [self.blocks[t // size] * size + t % size for t in range(start, stop)]
+
     def keys(self, layer: int) -> torch.Tensor:
-        """Committed keys of `layer`: [kv_heads, num_tokens, head_dim] (a view, not a copy)."""
+        """Committed keys of `layer`: [kv_heads, num_tokens, head_dim] (a copy)."""
         return self._committed(layer, 0)
 
     def values(self, layer: int) -> torch.Tensor:
-        """Committed values of `layer`: [kv_heads, num_tokens, head_dim] (a view, not a copy)."""
+        """Committed values of `layer`: [kv_heads, num_tokens, head_dim] (a copy)."""
         return self._committed(layer, 1)
 
-    def free(self) -> None:
-        """Drop this sequence's cache (it finished); its row is reclaimed with its block."""
-        if self.is_in_flight:
-            raise RuntimeError("cannot free the KV cache of a sequence in an unfinished forward pass")
-        self.block, self.row, self.num_tokens = None, 0, 0
-
     def _committed(self, layer: int, kind: int) -> torch.Tensor:
-        if self.block is None:
-            raise ValueError("this sequence has no KV cache yet: no forward pass has committed")
-        return self.block.storage[layer, kind, self.row, :, : self.num_tokens]
-
-
-def gather(kvs: list[SequenceKV], num_layers: int, capacity: int, like: torch.Tensor) -> KVBlock:
-    """A new block holding `kvs` in order, each sequence's committed tokens copied in.
-
-    Sequences left behind in the blocks the others came from move to a block of their own.
-    """
-    sources = _move(kvs, num_layers, capacity, like)
-    for source in sources:
-        left_behind = source.live_owners()
-        if left_behind:
-            longest = max(kv.num_tokens for kv in left_behind)
-            _move(left_behind, num_layers, capacity_for(longest), like)
-    return kvs[0].block
-
-
-def _move(kvs: list[SequenceKV], num_layers: int, capacity: int, like: torch.Tensor) -> list[KVBlock]:
-    """Copy `kvs` into a new block, row i for kvs[i]; returns the blocks they came from."""
-    block = KVBlock(num_layers, len(kvs), capacity, like)
-    # Slots past a row's tokens are read under the mask, and 0 * NaN is NaN: they must hold finite values.
-    block.storage[:, :, :, :, min(kv.num_tokens for kv in kvs) :].zero_()
-    for new_row, kv in enumerate(kvs):
-        if kv.block is not None and kv.num_tokens > 0:
-            # One strided copy per sequence, every layer at once: [num_layers, 2, kv_heads, num_tokens, head_dim]
-            committed = kv.block.storage[:, :, kv.row, :, : kv.num_tokens]
-            block.storage[:, :, new_row, :, : kv.num_tokens].copy_(committed)
-    sources = list(dict.fromkeys(kv.block for kv in kvs if kv.block is not None))
-    for new_row, kv in enumerate(kvs):
-        kv.block, kv.row = block, new_row
-    block.owners = [weakref.ref(kv) for kv in kvs]
-    return sources
+        slots = torch.tensor(self.slots(0, self.num_tokens), dtype=torch.long)
+        return self.pool.layer(layer, kind)[slots].transpose(0, 1)

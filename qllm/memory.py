@@ -1,26 +1,22 @@
-"""What the engine holds in memory: KV caches and the state of suspended forward passes.
+"""What the engine holds in memory: KV blocks and the state of suspended forward passes.
 
-A memory budget bounds both together. Each admitted sequence reserves the KV it will need at
-its longest (prompt + output tokens), as a server without KV eviction must; a suspended batch
-holds whatever tensors its forward pass's frame keeps (hidden states, residual, partial expert
-sums), measured, not estimated.
+A memory budget bounds both together, at every instant. Each admitted sequence reserves the KV
+blocks it will need at its longest (prompt + output tokens), as a server without KV eviction
+must, and takes them from the pool as it grows, so the KV allocated never exceeds the KV
+reserved. A suspended batch holds whatever tensors its forward pass's frame keeps (hidden states,
+residual, partial expert sums), measured, not estimated; a preemption whose state would not fit
+beside the reservations is not taken. So reserved + suspended <= budget bounds allocated +
+suspended.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
 from qllm.batch import Batch
+from qllm.kv import BlockPool
 from qllm.request import Request
 from qllm.sequence import Sequence
-
-
-def allocated_kv_bytes(sequences: Iterable[Sequence]) -> int:
-    """Storage of the KV blocks these sequences live in (each block counted once)."""
-    blocks = {id(s.kv.block): s.kv.block for s in sequences if s.kv.block is not None}
-    return sum(block.storage.nbytes for block in blocks.values())
 
 
 def suspended_bytes(batch: Batch) -> int:
@@ -52,15 +48,16 @@ def _held_tensors(value, depth: int):
 
 
 class MemoryBudget:
-    """Reserved KV of admitted sequences, and whether one more fits beside the suspended state."""
+    """KV reserved by admitted sequences, and whether one more sequence, or one more suspended pass, fits."""
 
-    def __init__(self, budget_bytes: int | None, bytes_per_token: int) -> None:
+    def __init__(self, budget_bytes: int | None, pool: BlockPool) -> None:
         self.budget_bytes = budget_bytes  # None: unbounded
-        self.bytes_per_token = bytes_per_token
+        self.pool = pool
         self.reserved_bytes = 0  # KV reserved by admitted, unfinished sequences
 
     def reservation(self, request: Request) -> int:
-        return (request.prompt_len + request.output_len) * self.bytes_per_token
+        """The blocks of the request's longest KV (prompt + output tokens), in bytes."""
+        return self.pool.blocks_for(request.prompt_len + request.output_len) * self.pool.block_bytes
 
     def rejection_reason(self, request: Request) -> str | None:
         if self.budget_bytes is not None and self.reservation(request) > self.budget_bytes:
@@ -70,9 +67,9 @@ class MemoryBudget:
             )
         return None
 
-    def fits(self, sequence: Sequence, suspended_bytes: int) -> bool:
-        need = self.reserved_bytes + suspended_bytes + self.reservation(sequence.request)
-        return self.budget_bytes is None or need <= self.budget_bytes
+    def fits(self, num_bytes: int, suspended_bytes: int) -> bool:
+        """`num_bytes` more (a reservation, or a pass to suspend) fit beside the reservations and suspended state."""
+        return self.budget_bytes is None or self.reserved_bytes + suspended_bytes + num_bytes <= self.budget_bytes
 
     def reserve(self, sequence: Sequence) -> None:
         self.reserved_bytes += self.reservation(sequence.request)

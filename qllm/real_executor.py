@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
-from qllm.kv import SequenceKV, kv_bytes_per_token
+from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
 from qllm.sequence import Sequence
 from qllm.unified_cache import UnifiedDynamicCache
@@ -51,7 +51,9 @@ class BatchInputs:
 class RealExecutor:
     """Runs a Hugging Face MoE model's own modules on torch (see the module docstring)."""
 
-    def __init__(self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1) -> None:
+    def __init__(
+        self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1, kv_block_size: int = 16
+    ) -> None:
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         if experts_per_checkpoint < 1:
@@ -64,7 +66,7 @@ class RealExecutor:
             )
         self.model = model
         self.config = model.config
-        self.kv_bytes_per_token = kv_bytes_per_token(model.config, model.dtype)
+        self.kv_pool = KVPool(model.config, model.dtype, model.device, kv_block_size)
         self.adapter = adapter_for(model)
         self.granularity = granularity
         self.experts_per_checkpoint = experts_per_checkpoint  # experts run between two checkpoints (expert granularity)
@@ -72,7 +74,7 @@ class RealExecutor:
         self.uses_additive_mask = attention == "eager"  # eager adds the mask to the attention scores
 
     def new_kv(self) -> SequenceKV:
-        return SequenceKV()
+        return SequenceKV(self.kv_pool)
 
     def forward(self, batch: list[Sequence]) -> Generator[Checkpoint, None, list[int]]:
         """One forward pass over `batch`; returns (StopIteration.value) each sequence's greedy next token.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from qllm.batch import Batch
 from qllm.events import EventSink
-from qllm.memory import MemoryBudget, allocated_kv_bytes, suspended_bytes
+from qllm.memory import MemoryBudget, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy
 from qllm.preemption import CheckpointPolicy, CheckpointState
 from qllm.queues import PriorityQueue
@@ -50,19 +50,22 @@ class Scheduler:
     def admit(self) -> None:
         """Queue waiting sequences, most urgent first, while memory allows; the head blocks those behind it."""
         held = self.suspended_bytes
-        while len(self.waiting) and self.memory.fits(self.waiting.peek(), held):
+        while len(self.waiting) and self.memory.fits(self.memory.reservation(self.waiting.peek().request), held):
             sequence = self.waiting.pop()
             self.memory.reserve(sequence)
             self._queue(sequence)
 
     def checkpoint(self, now_s: float) -> None:
-        """At the running pass's checkpoint, set the batch aside if the checkpoint policy says so."""
+        """At the running pass's checkpoint, set the batch aside if the checkpoint policy says so and
+        the state its pass holds fits the memory budget beside everything else."""
         batch = self.running
         if batch is None or batch.checkpoint is None or not self.policy.has_queued():
             return
         self._promote_aged(now_s)
         if self.checkpoint_policy.should_preempt(self._checkpoint_state(batch, now_s)):
-            self._suspend(batch, now_s)
+            held = suspended_bytes(batch)  # the frame is frozen until it resumes
+            if self.memory.fits(held, self.suspended_bytes):
+                self._suspend(batch, held, now_s)
 
     def next_batch(self, now_s: float) -> Batch | None:
         """The running batch; when none runs, a suspended batch that nothing queued outranks, else
@@ -103,15 +106,14 @@ class Scheduler:
         return sum(batch.suspended_bytes for batch in self.suspended)
 
     def gauges(self) -> dict:
-        """Queues and memory now, for the timeline (a walk over every queued sequence: not per quantum)."""
-        queued = list(self.policy.queued())
-        in_suspended = [s for batch in self.suspended for s in batch.sequences]
-        in_running = self.running.sequences if self.running is not None else []
+        """Queues and memory now, for the timeline."""
+        num_suspended = sum(len(batch.sequences) for batch in self.suspended)
+        num_running = len(self.running.sequences) if self.running is not None else 0
         return {
-            "num_queued": len(queued) + len(self.waiting),
-            "num_suspended": len(in_suspended),
+            "num_queued": self.num_unfinished - num_suspended - num_running,  # waiting for memory or a batch
+            "num_suspended": num_suspended,
             "kv_reserved_bytes": self.memory.reserved_bytes,
-            "kv_allocated_bytes": allocated_kv_bytes([*queued, *in_suspended, *in_running]),
+            "kv_allocated_bytes": self.memory.pool.used_bytes,
             "suspended_bytes": self.suspended_bytes,
         }
 
@@ -143,12 +145,12 @@ class Scheduler:
             self.events.scheduled(sequence.request_id)
         self.running = Batch.of(sequences)
 
-    def _suspend(self, batch: Batch, now_s: float) -> None:
+    def _suspend(self, batch: Batch, held_bytes: int, now_s: float) -> None:
         for sequence in batch.sequences:
             sequence.status = SequenceStatus.SUSPENDED
             sequence.ready_s = now_s
         self.events.preempted(batch.request_ids)
-        batch.suspended_bytes = suspended_bytes(batch)  # the frame is frozen until it resumes
+        batch.suspended_bytes = held_bytes
         self.suspended.append(batch)
         self.running = None
 

@@ -3,13 +3,13 @@
 The model's own attention modules call `update()` as they would on Hugging Face's
 `DynamicCache`. Each sequence of the batch feeds its uncached tokens, right-padded to the
 longest; `update()` writes each sequence's real new keys and values into that sequence's own
-storage (`qllm.kv`) and returns the batch view [batch, kv_heads, key_length, head_dim] that the
-attention reads, together with `attention_mask()`, which hides each row's padded slots.
+blocks (`qllm.kv`) and returns the batch view [batch, kv_heads, key_length, head_dim] that the
+attention reads, gathered from the block tables, together with `attention_mask()`, which hides
+each row's padded slots.
 
-One cache serves one forward pass. It prepares the storage at the first `update()`: when the
-batch is exactly the sequences of one block, in order, with room for the new tokens, the block
-is used as is (no copy); otherwise the sequences are gathered into a new block. Written rows
-become part of each sequence's cache only at `commit()`, after every layer has written them.
+One cache serves one forward pass. Its sequences take the blocks the pass will write when the
+cache is made; written slots become part of each sequence's cache only at `commit()`, after every
+layer has written them.
 """
 
 from __future__ import annotations
@@ -17,27 +17,29 @@ from __future__ import annotations
 import torch
 from transformers import Cache
 
-from qllm.kv import KVBlock, SequenceKV, capacity_for, gather
+from qllm.kv import PADDING_BLOCK, KVPool, SequenceKV
 
 
 class UnifiedDynamicCache(Cache):
     """The KV cache of one forward pass over a batch: row b is `kvs[b]`, feeding `num_new_tokens[b]` tokens."""
 
     def __init__(self, kvs: list[SequenceKV], num_new_tokens: list[int], num_layers: int) -> None:
-        super().__init__(layers=[])  # the per-layer state lives in the sequences' blocks, not in Cache.layers
+        super().__init__(layers=[])  # the per-layer state lives in the pool's blocks, not in Cache.layers
         _check_batch(kvs, num_new_tokens)
         self.kvs = kvs
+        self.pool: KVPool = kvs[0].pool
         self.num_layers = num_layers
         self.num_cached_tokens = [kv.num_tokens for kv in kvs]  # committed tokens per sequence
         self.num_new_tokens = list(num_new_tokens)  # tokens this pass feeds per sequence
         self.query_length = max(num_new_tokens)  # padded query length
         self.key_length = max(c + n for c, n in zip(self.num_cached_tokens, num_new_tokens))  # batch view length
-        self.block: KVBlock | None = None  # the storage attention reads; prepared at the first update
-        self._write_index: tuple[torch.Tensor, ...] = ()  # (row, query slot, key position) of each real new token
+        for kv, cached, num_new in zip(kvs, self.num_cached_tokens, num_new_tokens):
+            kv.reserve(cached + num_new)
+            kv.is_in_flight = True
         self.layers_written: set[int] = set()
         self.is_done = False  # committed or abandoned
-        for kv in kvs:
-            kv.is_in_flight = True
+        self._gather_index: torch.Tensor | None = None  # [batch * blocks per row]: the block tables, padded
+        self._write_index: tuple[torch.Tensor, ...] = ()  # (pool slot, row, query slot) of each real new token
 
     @property
     def batch_size(self) -> int:
@@ -72,18 +74,20 @@ class UnifiedDynamicCache(Cache):
         """Store this layer's new keys and values; return the batch view the attention reads.
 
         key_states, value_states: [batch, kv_heads, query_length, head_dim] (padded slots included).
-        Returns keys, values: [batch, kv_heads, key_length, head_dim], views of the block.
+        Returns keys, values: [batch, kv_heads, key_length, head_dim], gathered from the blocks.
         """
         if self.is_done:
             raise RuntimeError("this forward pass already committed or was abandoned; start a new one")
-        if self.block is None:
-            self._prepare(key_states)
-        keys, values = self.block.storage[layer_idx]  # each [batch, kv_heads, capacity, head_dim]
-        rows, slots, positions = self._write_index
-        keys[rows, :, positions] = key_states[rows, :, slots]  # [num_real_tokens, kv_heads, head_dim]
-        values[rows, :, positions] = value_states[rows, :, slots]
+        if self._gather_index is None:
+            self._prepare_indices(key_states.device)
+        slots, rows, query_slots = self._write_index
+        views = []
+        for kind, states in enumerate((key_states, value_states)):
+            storage = self.pool.layer(layer_idx, kind)  # [pool slots, kv_heads, head_dim]
+            storage.index_copy_(0, slots, states[rows, :, query_slots])  # [num_real_tokens, kv_heads, head_dim]
+            views.append(self._batch_view(storage))
         self.layers_written.add(layer_idx)
-        return keys[:, :, : self.key_length], values[:, :, : self.key_length]
+        return views[0], views[1]
 
     def commit(self) -> None:
         """Every layer has written the new tokens: they join each sequence's cache."""
@@ -95,7 +99,7 @@ class UnifiedDynamicCache(Cache):
         self.release()
 
     def release(self) -> None:
-        """End the pass; without a commit its written rows are simply never used (the next pass overwrites them)."""
+        """End the pass; without a commit its written slots are simply never used (a later pass overwrites them)."""
         if not self.is_done:
             self.is_done = True
             for kv in self.kvs:
@@ -114,28 +118,23 @@ class UnifiedDynamicCache(Cache):
     def get_max_length(self) -> int:
         return -1  # grows without bound, like DynamicCache
 
-    def _prepare(self, like: torch.Tensor) -> None:
-        """Use the batch's block as is when it holds exactly this batch with room; gather otherwise."""
-        block = self.kvs[0].block
-        is_reusable = (
-            block is not None
-            and block.num_rows == self.batch_size
-            and block.capacity >= self.key_length
-            and all(kv.block is block and kv.row == row for row, kv in enumerate(self.kvs))
-        )
-        if not is_reusable:
-            block = gather(self.kvs, self.num_layers, capacity_for(self.key_length), like)
-        self.block = block
-        self._write_index = self._real_token_index(like.device)
+    def _batch_view(self, storage: torch.Tensor) -> torch.Tensor:
+        """[batch, kv_heads, key_length, head_dim] from [pool slots, kv_heads, head_dim], one gather."""
+        blocks = storage.view(-1, self.pool.block_size, *storage.shape[1:])  # [pool blocks, block_size, heads, dim]
+        gathered = blocks.index_select(0, self._gather_index)  # [batch * blocks per row, block_size, heads, dim]
+        per_row = gathered.view(self.batch_size, -1, *storage.shape[1:])  # [batch, key slots, heads, dim]
+        return per_row[:, : self.key_length].transpose(1, 2)
 
-    def _real_token_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(row, query slot, key position) of every real new token: three [num_real_tokens] tensors."""
-        rows, slots, positions = [], [], []
-        for row, (cached, num_new) in enumerate(zip(self.num_cached_tokens, self.num_new_tokens)):
+    def _prepare_indices(self, device: torch.device) -> None:
+        width = self.pool.blocks_for(self.key_length)
+        tables = [kv.blocks[:width] + [PADDING_BLOCK] * (width - min(width, len(kv.blocks))) for kv in self.kvs]
+        self._gather_index = torch.tensor(tables, device=device).flatten()
+        slots, rows, query_slots = [], [], []
+        for row, (kv, cached, num_new) in enumerate(zip(self.kvs, self.num_cached_tokens, self.num_new_tokens)):
+            slots += kv.slots(cached, cached + num_new)
             rows += [row] * num_new
-            slots += range(num_new)
-            positions += range(cached, cached + num_new)
-        return tuple(torch.tensor(index, device=device) for index in (rows, slots, positions))
+            query_slots += range(num_new)
+        self._write_index = tuple(torch.tensor(index, device=device) for index in (slots, rows, query_slots))
 
 
 def _check_batch(kvs: list[SequenceKV], num_new_tokens: list[int]) -> None:
@@ -150,3 +149,5 @@ def _check_batch(kvs: list[SequenceKV], num_new_tokens: list[int]) -> None:
         raise ValueError("a sequence of this batch is already in an unfinished (suspended?) forward pass")
     if min(num_new_tokens) < 1:
         raise ValueError(f"every sequence must feed at least one token; got {num_new_tokens}")
+    if len({id(kv.pool) for kv in kvs}) != 1:
+        raise ValueError("the sequences of a batch must share one KV pool")

@@ -11,7 +11,8 @@ from harness.clock import RealClock
 from harness.recorder import Recorder
 from harness.workload import load_workload
 from qllm.request import PRIORITY_CLASSES
-from tests.helpers import CONF_DIR, ENGINES, compose_config
+from harness.app import CONF_DIR, compose_config
+from tests.helpers import ENGINES
 
 
 def options(group: str) -> list[str]:
@@ -45,7 +46,7 @@ def test_every_executor_config_instantiates(tiny_model):
     for option in options("executor"):
         factory = instantiate(compose_config(f"executor={option}").executor)
         executor = factory(model=tiny_model, granularity="layer", experts_per_checkpoint=1)
-        assert executor.num_layers == tiny_model.config.num_hidden_layers and executor.kv_bytes_per_token > 0
+        assert executor.num_layers == tiny_model.config.num_hidden_layers and executor.kv_pool.block_bytes > 0
 
 
 @pytest.mark.parametrize("option", ENGINES)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.metrics import max_wait_s
-from qllm.kv import SequenceKV
+from qllm.kv import BlockPool, SequenceKV
 from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority
 from qllm.sequence import Sequence
 from tests.helpers import assert_matches_oracle, engine_config, make_request, replay_on_steps, requests_of
@@ -21,7 +21,7 @@ def state(running_is_urgent: bool, waiting: list[Sequence], layer=0, run_s=1.0, 
 
 def queued(priority_class: str, waited_s: float, is_prefill: bool = True) -> Sequence:
     request = make_request(0, 4, 2, priority_class, arrival_s=10.0 - waited_s)
-    sequence = Sequence(request=request, prompt_ids=[1, 2, 3, 4], kv=SequenceKV(), ready_s=request.arrival_s)
+    sequence = Sequence(request=request, prompt_ids=[1, 2, 3, 4], kv=SequenceKV(BlockPool(16, 1)), ready_s=request.arrival_s)
     sequence.kv.num_tokens = 0 if is_prefill else 4
     return sequence
 
