@@ -58,6 +58,12 @@ class QLLMEngine:
         prompt = prompt_token_ids(request, config.vocab_size)
         self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
 
+    def abort(self, request_id: str) -> bool:
+        """Drop an unfinished request (its client went away) and free its KV; call between steps.
+        Other sequences of a batch in flight with it redo that batch's pass; nothing else changes.
+        False when no unfinished request has that id (finished, rejected or unknown)."""
+        return self.scheduler.abort(request_id)
+
     def idle(self) -> bool:
         return self.scheduler.is_idle
 

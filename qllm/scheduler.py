@@ -101,6 +101,29 @@ class Scheduler:
                 sequence.ready_s = now_s
                 self._queue(sequence)
 
+    def abort(self, request_id: str) -> bool:
+        """Drop an unfinished request wherever it is (its client went away): it leaves every queue,
+        and its KV and memory reservation are freed. A batch in flight that holds it (running, at a
+        checkpoint, or suspended) is dissolved: its pass is closed, which commits nothing, and its
+        other sequences queue again to redo that pass. False when no unfinished request has that id."""
+        for sequence in self.waiting:
+            if sequence.request_id == request_id:  # not admitted: nothing reserved or allocated yet
+                self.waiting.remove(sequence)
+                self._drop(sequence, is_admitted=False)
+                return True
+        for sequence in self.policy.queued():
+            if sequence.request_id == request_id:
+                self._drop(sequence)
+                return True
+        in_flight = [batch for batch in (self.running, *self.suspended) if batch is not None]
+        for batch in in_flight:
+            for sequence in batch.sequences:
+                if sequence.request_id == request_id:
+                    self._dissolve(batch)
+                    self._drop(sequence)
+                    return True
+        return False
+
     @property
     def suspended_bytes(self) -> int:
         return sum(batch.suspended_bytes for batch in self.suspended)
@@ -162,6 +185,29 @@ class Scheduler:
         batch.suspended_bytes = 0
         self.events.resumed(batch.request_ids)
         self.running = batch
+
+    def _dissolve(self, batch: Batch) -> None:
+        """Close `batch`'s pass (an unfinished pass commits nothing) and queue its sequences again,
+        each as it was before the pass."""
+        if batch.forward_pass is not None:
+            batch.forward_pass.close()
+        if batch is self.running:
+            self.running = None
+        else:
+            self.suspended.remove(batch)
+            self.events.resumed(batch.request_ids)  # their suspension ends: they queue again
+        for sequence in batch.sequences:
+            self.policy.remove(sequence)
+            self._queue(sequence)
+
+    def _drop(self, sequence: Sequence, is_admitted: bool = True) -> None:
+        """`sequence` leaves the engine unfinished: its queue entry, KV and reservation go."""
+        if is_admitted:
+            self.policy.remove(sequence)
+            sequence.kv.free()
+            self.memory.release(sequence)
+        sequence.status = SequenceStatus.ABORTED
+        self.num_unfinished -= 1
 
     def _promote_aged(self, now_s: float) -> None:
         """BE aging: a BE sequence queued or suspended for longer than the bound is served as LS from now on."""

@@ -17,6 +17,7 @@ class SequenceStatus(enum.IntEnum):
     RUNNING = 2  # in the batch being executed
     SUSPENDED = 3  # its batch was preempted mid forward pass
     FINISHED = 4  # generated its last token
+    ABORTED = 5  # dropped before its last token (its client went away)
 
 
 @dataclass(eq=False)

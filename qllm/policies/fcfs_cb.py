@@ -21,10 +21,18 @@ class FCFSContinuousBatchingPolicy:
         self.max_batch_tokens = max_batch_tokens
         self.prefill = FCFSQueue()
         self.decode = FCFSQueue()  # admitted sequences ready for their next token
-        self.num_running = 0  # admitted and not finished: decode-ready or inside the running batch
+        self.admitted: set[Sequence] = set()  # taken for their prompt pass, not finished: decode-ready or running
+
+    @property
+    def num_running(self) -> int:
+        return len(self.admitted)
 
     def add(self, sequence: Sequence) -> None:
-        (self.prefill if sequence.is_prefill else self.decode).add(sequence)
+        if sequence.is_prefill:
+            self.prefill.add(sequence)
+        else:
+            self.decode.add(sequence)
+            self.admitted.add(sequence)  # already there, unless its batch was dissolved (`remove`)
 
     def queued(self):
         return chain(self.prefill, self.decode)
@@ -36,12 +44,18 @@ class FCFSContinuousBatchingPolicy:
         return False
 
     def finished(self, sequence: Sequence) -> None:
-        self.num_running -= 1
+        self.admitted.discard(sequence)
+
+    def remove(self, sequence: Sequence) -> None:
+        for queue in (self.prefill, self.decode):
+            if sequence in queue:
+                queue.remove(sequence)
+        self.admitted.discard(sequence)
 
     def schedule(self) -> Decision:
         room = self.max_batch_size - self.num_running
         if len(self.prefill) and room > 0:
             batch = take_batch(self.prefill, room, self.max_batch_tokens)
-            self.num_running += len(batch)
+            self.admitted.update(batch)
             return Decision(start=batch)
         return Decision(start=take_batch(self.decode, len(self.decode)))

@@ -37,6 +37,11 @@ class FCFSRunToCompletionPolicy:
     def finished(self, sequence: Sequence) -> None:
         pass
 
+    def remove(self, sequence: Sequence) -> None:
+        for queue in (self.prefill, self.cohort):
+            if sequence in queue:
+                queue.remove(sequence)
+
     def schedule(self) -> Decision:
         if len(self.cohort):
             return Decision(start=take_batch(self.cohort, len(self.cohort)))

@@ -22,13 +22,18 @@ class PriorityContinuousBatchingPolicy:
         self.max_batch_tokens = max_batch_tokens
         self.waiting = PriorityQueue()  # new prompts and preempted sequences
         self.decode: list[Sequence] = []  # admitted sequences ready for their next token
-        self.num_running = 0  # admitted and not finished
+        self.admitted: set[Sequence] = set()  # taken from `waiting`, not finished nor preempted back to it
+
+    @property
+    def num_running(self) -> int:
+        return len(self.admitted)
 
     def add(self, sequence: Sequence) -> None:
         if sequence.is_prefill:
             self.waiting.add(sequence)
         else:
             self.decode.append(sequence)
+            self.admitted.add(sequence)  # already there, unless its batch was dissolved (`remove`)
 
     def queued(self):
         return chain(self.waiting, self.decode)
@@ -40,7 +45,13 @@ class PriorityContinuousBatchingPolicy:
         return False
 
     def finished(self, sequence: Sequence) -> None:
-        self.num_running -= 1
+        self.admitted.discard(sequence)
+
+    def remove(self, sequence: Sequence) -> None:
+        self.waiting.remove(sequence)
+        if sequence in self.decode:
+            self.decode.remove(sequence)
+        self.admitted.discard(sequence)
 
     def schedule(self) -> Decision:
         decision = Decision(preempted=self._preempt_for_waiting())
@@ -55,8 +66,7 @@ class PriorityContinuousBatchingPolicy:
             else:
                 decision.readmitted.append(sequence)
                 self.decode.append(sequence)
-            self.waiting.pop()
-            self.num_running += 1
+            self.admitted.add(self.waiting.pop())
         if not decision.start:
             decision.start, self.decode = sorted(self.decode, key=lambda s: s.order), []
         return decision
@@ -70,6 +80,6 @@ class PriorityContinuousBatchingPolicy:
                 break
             self.decode.remove(victim)
             self.waiting.add(victim)
-            self.num_running -= 1
+            self.admitted.discard(victim)
             preempted.append(victim)
         return preempted

@@ -47,3 +47,7 @@ class SchedulingPolicy(Protocol):
 
     def finished(self, sequence: Sequence) -> None:
         """`sequence` has generated its last token and left the engine."""
+
+    def remove(self, sequence: Sequence) -> None:
+        """Forget `sequence`, queued or inside a batch, as if it had never been added: it was
+        aborted, or its batch was dissolved (the scheduler then `add`s it again)."""

@@ -60,6 +60,11 @@ class QLLMPolicy:
     def finished(self, sequence: Sequence) -> None:
         pass
 
+    def remove(self, sequence: Sequence) -> None:
+        for queue in (self.prefill, self.decode):
+            if sequence in queue:
+                queue.remove(sequence)
+
     def outranks(self, sequence: Sequence, batch: Batch) -> bool:
         if not (sequence.is_urgent and sequence.is_prefill):
             return False
