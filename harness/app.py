@@ -21,7 +21,7 @@ from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
-from qllm.request import DEFAULT_PRIORITY, PRIORITY_CLASSES, Request
+from qllm.warmup import warm_up_engine
 
 
 TABLES = ("requests", "summary", "timeline")
@@ -36,16 +36,12 @@ def compose_config(*overrides: str, with_hydra: bool = False) -> DictConfig:
 
 
 def warm_up(engine_cfg, resources: RunResources, num_tokens: int) -> None:
-    """Serve two short requests (LS and BE) on a throwaway engine of the same config, so lazy
-    initialisation along the engine's own path is not charged to the first timed request."""
+    """Warm up a throwaway engine of the same config (qllm.warmup), so lazy initialisation along
+    the engine's own path is not charged to the first timed request."""
     if num_tokens <= 0:
         return
     clock = RealClock()
-    engine = resources.build_engine(engine_cfg, "warm-up", clock, Recorder(clock))
-    for i, priority_class in enumerate(PRIORITY_CLASSES):
-        engine.submit(Request(f"warm-up-{i}", 0.0, 8, num_tokens, priority_class, DEFAULT_PRIORITY[priority_class]))
-    while not engine.idle():
-        engine.step()
+    warm_up_engine(resources.build_engine(engine_cfg, "warm-up", clock, Recorder(clock)), num_tokens)
 
 
 @contextlib.contextmanager

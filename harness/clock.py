@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import time
 
+from qllm.clock import WallClock
 
-class RealClock:
-    """Wall-clock time from `time.perf_counter`, zero at construction."""
 
-    def __init__(self) -> None:
-        self._start = time.perf_counter()
-
-    def now(self) -> float:
-        return time.perf_counter() - self._start
+class RealClock(WallClock):
+    """Wall-clock time, zero at construction, that a replay can also sleep on."""
 
     def sleep_until(self, t_s: float) -> None:
         delay = t_s - self.now()
