@@ -1,0 +1,3 @@
+from qllm.server.main import main
+
+main()
