@@ -4,8 +4,8 @@ Definitions follow vLLM bench, counted from the TRACE arrival time (not the mome
 harness submitted the request, so lateness caused by a long engine step is the engine's):
 TTFT = first token - arrival; e2e (turnaround) = last token - arrival;
 TPOT = (e2e - TTFT) / (generated - 1); ITL = gaps between consecutive tokens.
-Latency metrics are given for finished requests only (NaN for rejected and unfinished
-ones), so every percentile is over completed requests, as vLLM bench does.
+Latency metrics are given for finished requests only (NaN for rejected, failed and
+unfinished ones), so every percentile is over completed requests, as vLLM bench does.
 Percentiles are numpy's default linear interpolation.
 """
 
@@ -17,7 +17,7 @@ import pandas as pd
 from harness.recorder import Recorder, RequestEvents
 from qllm.request import BE, LS, PRIORITY_CLASSES, Request
 
-FINISHED, REJECTED, UNFINISHED = "finished", "rejected", "unfinished"
+FINISHED, REJECTED, FAILED, UNFINISHED = "finished", "rejected", "failed", "unfinished"
 UNFINISHED_ERROR = "not finished when the run ended"
 SLO_METRICS = ("ttft_s", "tpot_s", "e2e_s")
 LATENCY_METRICS = ("ttft_s", "tpot_s", "itl_s", "e2e_s")
@@ -55,7 +55,10 @@ def suspended_s(events: RequestEvents) -> float:
 
 def max_wait_s(requests: list[Request], recorder: Recorder) -> dict[str, float]:
     """Each finished request's longest stretch between its arrival and its finish with no quantum
-    computing it: queueing and suspension alike. Bounding it is what BE aging is for."""
+    computing it: queueing and suspension alike. Bounding it is what BE aging is for. Unknown
+    (absent) for an engine that reports no quanta: a remote server's client cannot see them."""
+    if not recorder.quanta:
+        return {}
     busy: dict[str, list[tuple[float, float]]] = {}
     for q in recorder.quanta:
         for request_id in q.request_ids:
@@ -72,6 +75,8 @@ def max_wait_s(requests: list[Request], recorder: Recorder) -> dict[str, float]:
 def _status(events: RequestEvents) -> tuple[str, str | None]:
     if events.rejected_reason is not None:
         return REJECTED, events.rejected_reason
+    if events.failed_reason is not None:
+        return FAILED, events.failed_reason
     if events.finish_s is not None:
         return FINISHED, None
     return UNFINISHED, UNFINISHED_ERROR
@@ -160,6 +165,7 @@ def _class_row(df: pd.DataFrame, itl_by_request: dict[str, list[float]], makespa
         "n": len(df),
         "n_finished": len(finished),
         "n_rejected": int((df["status"] == REJECTED).sum()),
+        "n_failed": int((df["status"] == FAILED).sum()),
         "n_unfinished": int((df["status"] == UNFINISHED).sum()),
     }
     for metric in LATENCY_METRICS:

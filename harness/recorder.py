@@ -23,6 +23,7 @@ class RequestEvents:
     preempted_s: list[float] = field(default_factory=list)
     resumed_s: list[float] = field(default_factory=list)
     rejected_reason: str | None = None
+    failed_reason: str | None = None  # a remote engine's request that broke: HTTP error, timeout, disconnect
 
 
 class Recorder:
@@ -30,7 +31,7 @@ class Recorder:
         self.clock = clock
         self.requests: dict[str, RequestEvents] = defaultdict(RequestEvents)
         self.quanta: list[Quantum] = []
-        self.num_done = 0  # requests finished or rejected
+        self.num_done = 0  # requests finished, rejected or failed
 
     def now(self) -> float:
         return self.clock.now()
@@ -56,6 +57,13 @@ class Recorder:
     def rejected(self, request_id: str, reason: str) -> None:
         events = self.requests[request_id]
         events.rejected_reason = reason
+        events.finish_s = self.now()
+        self.num_done += 1
+
+    def failed(self, request_id: str, reason: str) -> None:
+        """The request broke on its way (an HTTP engine's error, timeout or disconnect); not an engine event."""
+        events = self.requests[request_id]
+        events.failed_reason = reason
         events.finish_s = self.now()
         self.num_done += 1
 

@@ -13,7 +13,8 @@ from omegaconf import open_dict
 
 from harness.app import compose_config, run_benchmark
 from harness.engines import RunResources
-from tests.helpers import APP_SHRINK, SHRINK
+from harness.server_process import ServerProcess
+from tests.helpers import APP_SHRINK, SERVE_SHRINK, SHRINK
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +48,13 @@ def run_app(tmp_path):
         return run_benchmark(cfg, run_dir, model_name="tiny_mixtral")
 
     return run
+
+
+@pytest.fixture(scope="session")
+def qllm_server():
+    """A real `qllm-serve` (engine qllm, tests.helpers.SERVE_SHRINK) in a child process on a free port."""
+    with ServerProcess(*SERVE_SHRINK) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

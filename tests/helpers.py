@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
+import httpx
 from omegaconf import DictConfig, OmegaConf
+from prometheus_client.parser import text_string_to_metric_families
 
 from baselines.hf_generate import greedy_generate
 from harness.app import CONF_DIR
@@ -20,7 +23,8 @@ from qllm.prompts import prompt_token_ids
 from qllm.events import Quantum
 from qllm.request import DEFAULT_PRIORITY, Request
 
-ENGINES = sorted(path.stem for path in (CONF_DIR / "engine").glob("*.yaml"))
+REMOTE_ENGINES = ("openai_http",)  # need a server to talk to: tests/test_server.py starts one
+ENGINES = sorted(path.stem for path in (CONF_DIR / "engine").glob("*.yaml") if path.stem not in REMOTE_ENGINES)
 # A model small enough for hundreds of runs, every engine, no warm-up, no progress bar.
 SHRINK = (
     "model.config.vocab_size=512",
@@ -42,6 +46,11 @@ APP_SHRINK = (
     "model.config.max_position_embeddings=256",
     "progress=false",
 )
+# qllm-serve on the app's tiny model (APP_SHRINK's model, with room for long generations): the
+# same weights as an in-process run composed with APP_SHRINK and SERVE_CONTEXT.
+SERVE_CONTEXT = "model.config.max_position_embeddings=1024"
+SERVE_SHRINK = (*(o for o in APP_SHRINK if o.startswith("model.")), SERVE_CONTEXT, "log_level=warning")
+SERVED_MODEL = "tiny_mixtral"
 # A sweep point that runs in about a second: 1 layer, 6 short requests, half of them LS.
 TINY_SWEEP = (
     "engine=[qllm,fcfs_rtc]", "model.config.num_hidden_layers=1", "trace.num_requests=6",
@@ -192,3 +201,31 @@ def recorded_run() -> Recorder:
     rec.quantum(Quantum(1.0, 1.5, "decode", ("a", "c"), num_tokens=2, layer=3, expert=1, is_resume=True))
     rec.quantum(Quantum(1.5, 2.5, "prefill", ("b",), num_tokens=4))
     return rec
+
+
+def server_metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """A server's /metrics, parsed by prometheus_client: {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{url}/metrics", timeout=10.0).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}  # fmt: skip
+
+
+def aborted(metrics: dict) -> float:
+    """Requests the server aborted because their client went away (server_metrics' dict)."""
+    return sum(value for (name, labels), value in metrics.items()
+               if name == "qllm:requests_total" and ("status", "aborted") in labels)  # fmt: skip
+
+
+def is_drained(metrics: dict) -> bool:
+    """Nothing queued, running or suspended on the server, and no KV held (server_metrics' dict)."""
+    gauges = ("qllm:num_requests_waiting", "qllm:num_running_batches", "qllm:num_suspended_batches",
+              "qllm:kv_cache_allocated_bytes", "qllm:kv_cache_reserved_bytes")  # fmt: skip
+    return all(value == 0 for (name, _), value in metrics.items() if name in gauges)
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> None:
+    """Poll `condition()` until it holds; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {condition}"
+        time.sleep(0.05)
