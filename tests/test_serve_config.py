@@ -3,6 +3,7 @@ config instantiates and round-trips text, and streamed text equals the whole dec
 
 from __future__ import annotations
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -36,13 +37,20 @@ def test_serve_composes_the_benchmarks_model_executor_and_engine_groups():
     assert "tokenizer" not in compose_serve("~tokenizer")
 
 
+def streamed_text(detokenizer, token_ids: list[int]) -> str:
+    return "".join(detokenizer.add(token_id) for token_id in token_ids)
+
+
 def test_mixtrals_tokenizer_encodes_text_and_chat_and_streams_text_exactly():
     tokenizer = instantiate(compose_serve().tokenizer)
-    ids = tokenizer.encode("Hello world, naïve café — 日本語!")
-    assert ids[0] == 1 and tokenizer.decode(ids) == "Hello world, naïve café — 日本語!"
+    text = "Hello world, naïve café — 日本語!"
+    ids = tokenizer.encode(text)
+    assert ids[0] == 1 and tokenizer.decode(ids) == text
     assert tokenizer.encode_chat([{"role": "user", "content": "Hello"}]) == [1, 733, 16289, 28793, 22557, 733, 28748, 16289, 28793]
-    streamed = IncrementalDetokenizer(tokenizer, ids[:3])
-    assert "".join(streamed.add(t) for t in ids[3:]) == tokenizer.decode(ids)[len(tokenizer.decode(ids[:3])) :]
+    generated = [*ids[3:], *torch.randint(3, 32000, (300,), generator=torch.Generator().manual_seed(0)).tolist()]
+    whole = tokenizer.decode(ids[:3] + generated)[len(tokenizer.decode(ids[:3])) :]  # what follows the prompt
+    for detokenizer in (tokenizer.detokenizer(ids[:3]), IncrementalDetokenizer(tokenizer, ids[:3])):
+        assert streamed_text(detokenizer, generated) == whole
 
 
 def test_the_pretrained_tokenizer_is_the_one_saved_with_the_weights(tmp_path):
@@ -50,3 +58,4 @@ def test_the_pretrained_tokenizer_is_the_one_saved_with_the_weights(tmp_path):
     tokenizer = instantiate(compose_serve("model=from_pretrained", f"model.pretrained={tmp_path}", "tokenizer=pretrained").tokenizer)
     assert tokenizer.encode("hello world again") == [3, 4, 5] and tokenizer.decode([3, 4]) == "hello world"
     assert tokenizer.encode_chat([{"role": "user", "content": "hello"}]) == [1, 3, 2]
+    assert streamed_text(tokenizer.detokenizer([3]), [4, 5]) == tokenizer.decode([3, 4, 5])[len("hello") :]

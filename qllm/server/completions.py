@@ -19,7 +19,7 @@ from qllm.request import Request
 from qllm.server.engine_loop import EngineLoop
 from qllm.server.protocol import GenerationFields, chat_choice, completion_choice, response_body, usage
 from qllm.server.streams import RequestStream
-from qllm.server.tokenizer import IncrementalDetokenizer, Tokenizer
+from qllm.server.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Completions:
     async def outputs(self, request: Request, body: GenerationFields) -> AsyncIterator[Output]:
         """Submit `request` and yield its tokens; a request left unfinished is aborted."""
         stream = RequestStream(request, asyncio.get_running_loop())
-        detokenizer = IncrementalDetokenizer(self.tokenizer, list(request.prompt_ids)) if self.tokenizer else None
+        detokenizer = self.tokenizer.detokenizer(list(request.prompt_ids)) if self.tokenizer else None
         self.engine_loop.submit(stream)
         num_tokens, end = 0, "aborted"
         try:
