@@ -15,6 +15,7 @@ Threads: the recorder is written only from the loop thread; the replay thread re
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import weakref
 
@@ -70,6 +71,7 @@ class LoopThread:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
+        await self.loop.shutdown_asyncgens()  # the response streams the cancelled tasks left open
 
 
 class OpenAIHttpEngine:
@@ -82,6 +84,7 @@ class OpenAIHttpEngine:
         if priority_convention not in PRIORITY_CONVENTIONS:
             raise ValueError(f"engine {name}: priority_convention {priority_convention!r}: expected one of "
                              f"{PRIORITY_CONVENTIONS}")  # fmt: skip
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per request would bury the run's output
         self.name = name
         self.events = events
         self.base_url = base_url.rstrip("/")
