@@ -93,3 +93,10 @@ def test_closing_the_engine_fails_what_still_streams(qllm_server):
     engine.close()
     assert engine.idle() and recorder.requests["long"].failed_reason.startswith("cancelled")
     wait_for(lambda: aborted(metrics := server_metrics(qllm_server.url)) == before + 1 and is_drained(metrics))
+
+
+def test_a_concurrency_limit_sends_one_request_after_the_other(qllm_server):
+    engine, recorder, _ = http_engine(qllm_server.base_url, "engine.openai_http.max_concurrency=1")
+    rows, _ = replay_rows(engine, recorder, [LS_REQUEST, BE_REQUEST])  # both arrive at 0
+    assert (rows["status"] == "finished").all()
+    assert rows.loc["be", "first_token_s"] >= rows.loc["ls", "finish_s"]

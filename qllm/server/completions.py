@@ -34,11 +34,12 @@ class Output:
 class Completions:
     """Runs requests on the engine thread and answers them, for both endpoints."""
 
-    def __init__(self, engine_loop: EngineLoop, tokenizer: Tokenizer | None, eos_token_id: int | None,
+    def __init__(self, engine_loop: EngineLoop, tokenizer: Tokenizer | None, eos_token_id: int | list[int] | None,
                  model_name: str) -> None:  # fmt: skip
         self.engine_loop = engine_loop
         self.tokenizer = tokenizer
-        self.eos_token_id = eos_token_id
+        # the model config's end-of-sequence token: one id, several, or none
+        self.eos_token_ids = set(eos_token_id) if isinstance(eos_token_id, list) else {eos_token_id} - {None}
         self.model_name = model_name
 
     async def outputs(self, request: Request, body: GenerationFields) -> AsyncIterator[Output]:
@@ -50,7 +51,7 @@ class Completions:
         try:
             async for token_id in stream.token_ids():
                 num_tokens += 1
-                if not body.ignore_eos and token_id == self.eos_token_id and num_tokens >= body.min_tokens:
+                if not body.ignore_eos and token_id in self.eos_token_ids and num_tokens >= body.min_tokens:
                     end = "stopped"
                     yield Output(token_id, "", "stop")
                     return
