@@ -32,9 +32,10 @@ _ROW_COLUMNS = [c for c in REQUESTS_COLUMNS if c not in _DERIVED] + ["last_token
 TIMELINE_COLUMNS = [
     "run_id", "engine", "t_start_s", "t_end_s", "duration_s", "kind", "layer", "expert",
     "batch_size", "num_tokens", "request_ids", "is_resume", "num_ls", "num_be",
-    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes",
+    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes",
 ]  # fmt: skip
-GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes")  # engine state after a quantum
+# The engine's state after a quantum (qllm.events.Quantum).
+GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes")
 
 
 def _or_nan(x: float | None) -> float:
