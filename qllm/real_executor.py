@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
@@ -118,7 +119,7 @@ class RealExecutor:
         position_ids = cache.position_ids(device)
         windows = self.adapter.sliding_windows
         masks = {window: self._attention_mask(cache, window, hidden.dtype) for window in set(windows)}
-        position_embeddings = self.adapter.rotary_emb(hidden, position_ids=position_ids)
+        position_embeddings = rotary.position_embeddings(self.adapter.rotary_emb, hidden, position_ids)
         return BatchInputs(hidden, position_ids, position_embeddings, tuple(masks[w] for w in windows))
 
     def _attention_mask(self, cache: UnifiedDynamicCache, window: int | None, dtype: torch.dtype) -> torch.Tensor:

@@ -15,17 +15,19 @@ from functools import cache
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from harness.engines import RunResources
 from harness.recorder import Recorder
+from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.executor import ATTENTION, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 from harness.app import compose_config
-from tests.helpers import engine_config, oracle_tokens, replay_on_steps, requests_of
+from tests.helpers import assert_matches_oracle, engine_config, oracle_tokens, replay_on_steps, requests_of
 
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 QUIRKS = {
@@ -126,3 +128,25 @@ def test_tiny_model_configs_load_and_run_at_expert_granularity(name):
     seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [31999, 5, 7], executor.new_kv())
     tokens = run_to_completion(executor.forward([seq]))
     assert len(tokens) == 1 and 0 <= tokens[0] < 32000
+
+
+LONGROPE = ("{rope_type:longrope,rope_theta:10000.0,short_factor:[1,1,1,1,1,1,1,1],"
+            "long_factor:[4,5,6,7,8,9,10,11],short_mscale:1.0,long_mscale:4.0,original_max_position_embeddings:16}")
+
+
+def test_a_length_dependent_rope_is_computed_per_sequence():
+    """PhiMoE's longrope switches every position to its long scaling once a sequence passes
+    original_max_position_embeddings: a short sequence batched with a long one keeps its own rope."""
+    overrides = [f"++model.config.{key}={value}" for key, value in {**SHRINK, "num_local_experts": 4}.items()]
+    resources = RunResources(compose_config("model=tiny_phimoe", "engine=[qllm]", *overrides,
+                                            f"++model.config.rope_parameters={LONGROPE}"))  # fmt: skip
+    model = resources.model
+    position_ids = torch.stack([torch.tensor([0, 1, 2, 3, 4] + [4] * 15), torch.arange(20)])  # 5 and 20 tokens
+    hidden = torch.zeros(2, 20, model.config.hidden_size)
+    alone = model.model.rotary_emb(hidden[:1, :5], position_ids[:1, :5])[0][0]
+    batched = model.model.rotary_emb(hidden, position_ids)[0][0, :5]
+    assert not torch.allclose(batched, alone)  # one rope for the batch would be the long one's
+    assert torch.equal(rotary.position_embeddings(model.model.rotary_emb, hidden, position_ids)[0][0, :5], alone)
+    requests = requests_of([(5, 6, "BE", 0), (20, 6, "BE", 0)])
+    recorder = replay_on_steps(resources, engine_config(resources.cfg, "qllm"), requests)
+    assert_matches_oracle(model, recorder, requests)
