@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 
 from qllm import rotary
 from qllm.adapters import adapter_for
-from qllm.adapters.decoder import LayerParts
+from qllm.adapters.decoder import LayerParts, check_cache_argument
 from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
@@ -69,6 +69,7 @@ class RealExecutor:
         self.config = model.config
         self.kv_pool = KVPool(model.config, model.dtype, model.device, kv_block_size)
         self.adapter = adapter_for(model)
+        check_cache_argument(self.adapter.layers)
         self.granularity = granularity
         self.experts_per_checkpoint = experts_per_checkpoint  # experts run between two checkpoints (expert granularity)
         self.num_layers = len(self.adapter.layers)
