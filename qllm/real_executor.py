@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts, check_cache_argument
+from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
@@ -56,12 +57,12 @@ class RealExecutor:
         self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1, kv_block_size: int = 16
     ) -> None:
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
+            raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         if experts_per_checkpoint < 1:
-            raise ValueError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
+            raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
         attention = model.config._attn_implementation
         if attention not in MASKED_ATTENTION:
-            raise ValueError(
+            raise ConfigurationError(
                 f"attention implementation {attention!r} cannot take the executor's 4D padding mask; "
                 f"load the model with attn_implementation='sdpa' (boolean mask) or 'eager' (additive mask)"
             )
