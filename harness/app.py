@@ -21,6 +21,7 @@ from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
+from qllm.errors import report_user_errors, user_errors_reported
 from qllm.warmup import warm_up_engine
 
 
@@ -132,10 +133,17 @@ def main(cfg: DictConfig) -> None:
     if is_complete(run_dir):  # a sweep run again skips the points that already finished
         print(f"already complete, skipped: {run_dir}")
         return
-    tables = run_benchmark(cfg, run_dir, model_name=hydra_cfg.runtime.choices.get("model"))
+    with user_errors_reported("qllm-bench"):
+        tables = run_benchmark(cfg, run_dir, model_name=hydra_cfg.runtime.choices.get("model"))
     print(comparison_table(tables["summary"]))
     print(f"\nresults: {run_dir}")
 
 
+def cli() -> None:
+    """`qllm-bench`: a user's mistake (a bad trace or option, a model the engine cannot run, an
+    unreadable file) ends in one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: a traceback)."""
+    report_user_errors(main, "qllm-bench")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -21,6 +21,7 @@ import pandas as pd
 from harness import trace_sources
 from harness.reshape import ARRIVAL_PROCESSES, PROMPT_CAPS, reshape_trace
 from harness.trace_schema import save_trace, validate_trace
+from qllm.errors import exit_with_usage_error
 
 SOURCES = ("sharegpt", "azure", "burstgpt", "mooncake", "length_table", "synthetic")
 
@@ -123,7 +124,7 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(text)
         except json.JSONDecodeError:
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         path = save_trace(trace, args.output)
     except (OSError, ValueError, TypeError) as error:  # bad input or arguments: a message, not a traceback
-        raise SystemExit(f"build_trace: error: {error}") from error
+        exit_with_usage_error("build_trace", str(error))
     num_ls = int((trace["priority_class"] == "LS").sum())
     print(f"{path}: {len(trace)} requests ({num_ls} LS) over {trace['arrival_s'].iloc[-1]:.3f} s; "
           f"prompt_len mean {trace['prompt_len'].mean():.1f}, output_len mean {trace['output_len'].mean():.1f}")

@@ -255,3 +255,16 @@ def first_preemption_window(timeline: pd.DataFrame, quanta_before: int = 20, qua
             end = ordered["t_end_s"].iloc[min(i + quanta_after, len(ordered) - 1)]
             candidates.append((ordered["t_end_s"].iloc[i], float(start), float(end)))
     return min(candidates)[1:] if candidates else None
+
+
+def plotted_lines(fig: Figure) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """The series a line figure plots: (panel title or y label, legend label) -> (x, y), so a figure
+    can be checked against, or exported beside, the table it came from."""
+    series = {}
+    for ax in fig.axes:
+        panel = ax.get_title() or ax.get_ylabel()
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            line = handle.lines[0] if hasattr(handle, "lines") else handle  # an errorbar's data line
+            if isinstance(line, Line2D) and len(line.get_xdata()):
+                series[panel, label] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
+    return series

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from harness import figures
 from harness.comparison import comparison_table
 from harness.results import DONE_FILE, is_complete, write_tables
+from qllm.errors import exit_with_usage_error
 
 SWEEP_TABLE = "sweep_summary"
 FIGURES_DIR = "figures"
@@ -218,10 +219,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     if not args.dir.is_dir():
-        raise SystemExit(f"qllm-report: error: {args.dir} is not a directory")
+        exit_with_usage_error("qllm-report", f"{args.dir} is not a directory")
     summary = report(args.dir, args.out, with_figures=not args.no_figures)
     if summary is None:
-        raise SystemExit(f"qllm-report: error: no complete run (no {DONE_FILE} file) below {args.dir}")
+        exit_with_usage_error("qllm-report", f"no complete run (no {DONE_FILE} file) below {args.dir}")
     print(comparison_table(summary.drop(columns="run_id"), reference_engine=args.reference))
     out = args.out or args.dir
     print(f"\n{summary['run_dir'].nunique()} runs -> {out / SWEEP_TABLE}.parquet, .csv"

@@ -7,6 +7,9 @@ TPOT = (e2e - TTFT) / (generated - 1); ITL = gaps between consecutive tokens.
 Latency metrics are given for finished requests only (NaN for rejected, failed and
 unfinished ones), so every percentile is over completed requests, as vLLM bench does.
 Percentiles are numpy's default linear interpolation.
+SLO attainment is the share of the requests that HAVE an SLO (their class sets at least one)
+meeting every one of them; goodput counts every finished request that misses none of its
+class's SLOs, per second (a class without SLOs: every finished request).
 """
 
 from __future__ import annotations
@@ -25,16 +28,17 @@ REQUESTS_COLUMNS = [
     "run_id", "engine", "request_id", "priority_class", "priority", "arrival_s",
     "first_scheduled_s", "first_token_s", "finish_s", "prompt_len", "output_len",
     "generated_len", "ttft_s", "tpot_s", "e2e_s", "preemptions", "suspended_s", "max_wait_s",
-    "slo_ttft_s", "slo_met", "status", "error",
+    "slo_ttft_s", "has_slo", "slo_met", "status", "error",
 ]  # fmt: skip
-_DERIVED = ("run_id", "engine", "ttft_s", "tpot_s", "e2e_s", "max_wait_s", "slo_ttft_s", "slo_met")
+_DERIVED = ("run_id", "engine", "ttft_s", "tpot_s", "e2e_s", "max_wait_s", "slo_ttft_s", "has_slo", "slo_met")
 _ROW_COLUMNS = [c for c in REQUESTS_COLUMNS if c not in _DERIVED] + ["last_token_s", "token_ids"]
 TIMELINE_COLUMNS = [
     "run_id", "engine", "t_start_s", "t_end_s", "duration_s", "kind", "layer", "expert",
     "batch_size", "num_tokens", "request_ids", "is_resume", "num_ls", "num_be",
-    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes",
+    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes",
 ]  # fmt: skip
-GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "suspended_bytes")  # engine state after a quantum
+# The engine's state after a quantum (qllm.events.Quantum).
+GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes")
 
 
 def _or_nan(x: float | None) -> float:
@@ -106,6 +110,12 @@ def _request_row(request: Request, events: RequestEvents) -> dict:
     }
 
 
+def _has_slo(df: pd.DataFrame, slo: dict) -> pd.Series:
+    """The request's class sets at least one SLO."""
+    classes_with_slo = {c for c, limits in slo.items() if any(v is not None for v in (limits or {}).values())}
+    return df["priority_class"].isin(classes_with_slo)
+
+
 def _slo_met(df: pd.DataFrame, slo: dict) -> pd.Series:
     """Finished and every SLO of the request's class met (a class without SLOs: finished)."""
     met = df["status"] == FINISHED
@@ -136,6 +146,7 @@ def requests_table(
     df["tpot_s"] = (df["e2e_s"] - df["ttft_s"]) / decode_tokens
     df["max_wait_s"] = df["request_id"].map(max_wait_s(requests, recorder)).where(finished)
     df["slo_ttft_s"] = df["priority_class"].map(lambda c: (slo.get(c) or {}).get("ttft_s")).astype(float)
+    df["has_slo"] = _has_slo(df, slo).astype(bool)
     df["slo_met"] = _slo_met(df, slo).astype(bool)
     df["error"] = df["error"].astype("str")
     float_cols = ["first_scheduled_s", "first_token_s", "finish_s", "ttft_s", "tpot_s", "e2e_s", "suspended_s",
@@ -171,7 +182,8 @@ def _class_row(df: pd.DataFrame, itl_by_request: dict[str, list[float]], makespa
     for metric in LATENCY_METRICS:
         row |= _stats(itl if metric == "itl_s" else finished[metric], metric)
     row["max_wait_s"] = finished["max_wait_s"].max()  # the starvation bound actually seen
-    row["slo_attainment"] = df["slo_met"].mean() if len(df) else np.nan
+    with_slo = df[df["has_slo"]]
+    row["slo_attainment"] = with_slo["slo_met"].mean() if len(with_slo) else np.nan  # only requests with an SLO
     row["goodput_rps"] = df["slo_met"].sum() / makespan_s
     row["throughput_tok_s"] = finished["generated_len"].sum() / makespan_s
     row["throughput_rps"] = len(finished) / makespan_s

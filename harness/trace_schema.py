@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness.atomic import atomic_write
+from qllm.errors import UserError
 from qllm.request import DEFAULT_PRIORITY, PRIORITY_CLASSES
 
 REQUIRED_COLUMNS = ("request_id", "arrival_s", "prompt_len", "output_len", "priority_class")
@@ -37,7 +38,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-class TraceError(ValueError):
+class TraceError(UserError, ValueError):
     """A trace file or frame that does not match the trace schema."""
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qllm.batch import Batch
+from qllm.errors import ConfigurationError
 from qllm.events import Clock, EventSink, Quantum
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget
@@ -117,7 +118,7 @@ def check_combination(name: str, policy: SchedulingPolicy, checkpoint_policy: Ch
     """A checkpoint policy that may preempt needs a scheduling policy that ranks work above running
     work: otherwise it would never preempt (or preempt for work that is not served next)."""
     if not policy.serves_preemption and not isinstance(checkpoint_policy, NeverPreempt):
-        raise ValueError(
+        raise ConfigurationError(
             f"engine {name}: scheduling policy {type(policy).__name__} ranks no queued work above a running "
             f"batch, so checkpoint policy {type(checkpoint_policy).__name__} has nothing to preempt for; "
             f"pair it with checkpoint=never, or choose a preempting policy (qllm, qllm_prototype)"

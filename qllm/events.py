@@ -30,6 +30,7 @@ class Quantum:
     num_suspended: int | None = None  # sequences inside preempted batches
     kv_reserved_bytes: int | None = None  # KV the admitted sequences may grow to (what a budget bounds)
     kv_allocated_bytes: int | None = None  # KV blocks handed out to sequences
+    kv_needed_bytes: int | None = None  # KV of the tokens those blocks hold (allocated minus the rounding)
     suspended_bytes: int | None = None  # tensors kept by preempted forward passes
 
 

@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from qllm.errors import ConfigurationError
+
 PADDING_BLOCK = 0  # never handed out: pads short block tables; zeros, so masked reads stay finite
 GROWTH = 1.25  # the pool's capacity grows by this factor when it runs out of free blocks
 
@@ -34,17 +36,24 @@ class BlockPool:
 
     def __init__(self, block_size: int, bytes_per_token: int) -> None:
         if block_size < 1:
-            raise ValueError(f"kv_block_size must be >= 1 token; got {block_size}")
+            raise ConfigurationError(f"kv_block_size must be >= 1 token; got {block_size}")
         self.block_size = block_size
+        self.bytes_per_token = bytes_per_token
         self.block_bytes = block_size * bytes_per_token  # keys and values of a block's tokens, every layer
         self.capacity = 1  # blocks, the padding block included
         self.free_blocks: list[int] = []
         self.num_used = 0
+        self.num_tokens = 0  # token slots the sequences use: committed, or written by their pass in flight
 
     @property
     def used_bytes(self) -> int:
         """KV storage handed out to sequences."""
         return self.num_used * self.block_bytes
+
+    @property
+    def needed_bytes(self) -> int:
+        """KV of the tokens stored: what storage without any rounding would hold."""
+        return self.num_tokens * self.bytes_per_token
 
     def blocks_for(self, num_tokens: int) -> int:
         return math.ceil(num_tokens / self.block_size)
@@ -93,6 +102,7 @@ class SequenceKV:
         self.pool = pool
         self.blocks: list[int] = []  # the block table: token t lives in blocks[t // block_size]
         self.num_tokens = 0  # committed tokens: every layer holds their keys and values
+        self.num_in_use = 0  # token slots in use: committed, or written by the pass in flight
         self.is_in_flight = False  # part of a forward pass that has neither committed nor been abandoned
 
     @property
@@ -100,16 +110,20 @@ class SequenceKV:
         return len(self.blocks) * self.pool.block_size
 
     def reserve(self, num_tokens: int) -> None:
-        """Take blocks until `num_tokens` tokens fit."""
+        """Make room for `num_tokens` tokens, taking blocks as needed."""
         while self.num_slots < num_tokens:
             self.blocks.append(self.pool.allocate())
+        if num_tokens > self.num_in_use:
+            self.pool.num_tokens += num_tokens - self.num_in_use
+            self.num_in_use = num_tokens
 
     def free(self) -> None:
         """Give every block back (the sequence finished or was abandoned)."""
         if self.is_in_flight:
             raise RuntimeError("cannot free the KV cache of a sequence in an unfinished forward pass")
         self.pool.release(self.blocks)
-        self.blocks, self.num_tokens = [], 0
+        self.pool.num_tokens -= self.num_in_use
+        self.blocks, self.num_tokens, self.num_in_use = [], 0, 0
 
     def slots(self, start: int, stop: int) -> list[int]:
         """Pool slot indices of tokens start..stop-1 (see `KVPool.layer`)."""

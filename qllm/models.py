@@ -11,6 +11,8 @@ import tempfile
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
+from qllm.errors import ConfigurationError
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -22,7 +24,7 @@ def quantization_config(quantization: str | None, compute_dtype: str = "float16"
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[compute_dtype]
         )
-    raise ValueError(f"unknown quantization {quantization!r}; expected null or 'bnb4'")
+    raise ConfigurationError(f"unknown quantization {quantization!r}; expected null or 'bnb4'")
 
 
 def load_model(
@@ -42,20 +44,28 @@ def load_model(
     otherwise `model_type` plus `config` kwargs build the architecture with random weights
     drawn from `seed`, so the same seed gives the same model.
     """
+    if dtype not in DTYPES:
+        raise ConfigurationError(f"model.dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     quant = quantization_config(quantization, compute_dtype=dtype)
     if pretrained is not None:
-        model = AutoModelForCausalLM.from_pretrained(
-            pretrained,
-            dtype=DTYPES[dtype],
-            device_map=device if quant is not None else None,
-            quantization_config=quant,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-        )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                pretrained,
+                dtype=DTYPES[dtype],
+                device_map=device if quant is not None else None,
+                quantization_config=quant,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+            )
+        except OSError as error:  # no such folder, and no hub to fetch it from
+            raise ConfigurationError(f"model.pretrained {pretrained!r}: {error}") from error
     else:
         if model_type is None:
-            raise ValueError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
-        hf_config = AutoConfig.for_model(model_type, **(config or {}))
+            raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
+        try:
+            hf_config = AutoConfig.for_model(model_type, **(config or {}))
+        except (ValueError, TypeError) as error:  # an unknown model type, or a config value of the wrong kind
+            raise ConfigurationError(f"model.model_type {model_type!r} / model.config: {error}") from error
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
             hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
+from qllm import rotary
 from qllm.adapters import adapter_for
-from qllm.adapters.decoder import LayerParts
+from qllm.adapters.decoder import LayerParts, check_cache_argument
+from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
@@ -55,12 +57,12 @@ class RealExecutor:
         self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1, kv_block_size: int = 16
     ) -> None:
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
+            raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
         if experts_per_checkpoint < 1:
-            raise ValueError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
+            raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
         attention = model.config._attn_implementation
         if attention not in MASKED_ATTENTION:
-            raise ValueError(
+            raise ConfigurationError(
                 f"attention implementation {attention!r} cannot take the executor's 4D padding mask; "
                 f"load the model with attn_implementation='sdpa' (boolean mask) or 'eager' (additive mask)"
             )
@@ -68,6 +70,7 @@ class RealExecutor:
         self.config = model.config
         self.kv_pool = KVPool(model.config, model.dtype, model.device, kv_block_size)
         self.adapter = adapter_for(model)
+        check_cache_argument(self.adapter.layers)
         self.granularity = granularity
         self.experts_per_checkpoint = experts_per_checkpoint  # experts run between two checkpoints (expert granularity)
         self.num_layers = len(self.adapter.layers)
@@ -118,7 +121,7 @@ class RealExecutor:
         position_ids = cache.position_ids(device)
         windows = self.adapter.sliding_windows
         masks = {window: self._attention_mask(cache, window, hidden.dtype) for window in set(windows)}
-        position_embeddings = self.adapter.rotary_emb(hidden, position_ids=position_ids)
+        position_embeddings = rotary.position_embeddings(self.adapter.rotary_emb, hidden, position_ids)
         return BatchInputs(hidden, position_ids, position_embeddings, tuple(masks[w] for w in windows))
 
     def _attention_mask(self, cache: UnifiedDynamicCache, window: int | None, dtype: torch.dtype) -> torch.Tensor:

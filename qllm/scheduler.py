@@ -137,6 +137,7 @@ class Scheduler:
             "num_suspended": num_suspended,
             "kv_reserved_bytes": self.memory.reserved_bytes,
             "kv_allocated_bytes": self.memory.pool.used_bytes,
+            "kv_needed_bytes": self.memory.pool.needed_bytes,
             "suspended_bytes": self.suspended_bytes,
         }
 

@@ -39,7 +39,8 @@ class UnifiedDynamicCache(Cache):
         self.layers_written: set[int] = set()
         self.is_done = False  # committed or abandoned
         self._gather_index: torch.Tensor | None = None  # [batch * blocks per row]: the block tables, padded
-        self._write_index: tuple[torch.Tensor, ...] = ()  # (pool slot, row, query slot) of each real new token
+        self._write_index: torch.Tensor | None = None  # [num_real_tokens]: the pool slot of each real new token
+        self._real_tokens: tuple[torch.Tensor, torch.Tensor] = ()  # (row, query slot) of each real new token
 
     @property
     def batch_size(self) -> int:
@@ -80,14 +81,14 @@ class UnifiedDynamicCache(Cache):
             raise RuntimeError("this forward pass already committed or was abandoned; start a new one")
         if self._gather_index is None:
             self._prepare_indices(key_states.device)
-        slots, rows, query_slots = self._write_index
-        views = []
-        for kind, states in enumerate((key_states, value_states)):
-            storage = self.pool.layer(layer_idx, kind)  # [pool slots, kv_heads, head_dim]
-            storage.index_copy_(0, slots, states[rows, :, query_slots])  # [num_real_tokens, kv_heads, head_dim]
-            views.append(self._batch_view(storage))
+        storage = self.pool.storage[layer_idx]  # [2 (keys, values), pool blocks, block_size, kv_heads, head_dim]
+        slots = storage.view(2, -1, *storage.shape[3:])  # [2, pool slots, kv_heads, head_dim]
+        slots.index_copy_(1, self._write_index, self._new_tokens(key_states, value_states))
+        gathered = storage.index_select(1, self._gather_index)  # [2, batch * blocks per row, block_size, heads, dim]
+        per_row = gathered.view(2, self.batch_size, -1, *storage.shape[3:])[:, :, : self.key_length]
         self.layers_written.add(layer_idx)
-        return views[0], views[1]
+        keys, values = per_row.transpose(2, 3)  # each [batch, kv_heads, key_length, head_dim]
+        return keys, values
 
     def commit(self) -> None:
         """Every layer has written the new tokens: they join each sequence's cache."""
@@ -118,12 +119,12 @@ class UnifiedDynamicCache(Cache):
     def get_max_length(self) -> int:
         return -1  # grows without bound, like DynamicCache
 
-    def _batch_view(self, storage: torch.Tensor) -> torch.Tensor:
-        """[batch, kv_heads, key_length, head_dim] from [pool slots, kv_heads, head_dim], one gather."""
-        blocks = storage.view(-1, self.pool.block_size, *storage.shape[1:])  # [pool blocks, block_size, heads, dim]
-        gathered = blocks.index_select(0, self._gather_index)  # [batch * blocks per row, block_size, heads, dim]
-        per_row = gathered.view(self.batch_size, -1, *storage.shape[1:])  # [batch, key slots, heads, dim]
-        return per_row[:, : self.key_length].transpose(1, 2)
+    def _new_tokens(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor:
+        """The real new tokens' keys and values: [2, num_real_tokens, kv_heads, head_dim]."""
+        if self.query_length == 1:  # decode: one token per row, no padding
+            return torch.stack((key_states[:, :, 0], value_states[:, :, 0]))
+        rows, query_slots = self._real_tokens
+        return torch.stack((key_states[rows, :, query_slots], value_states[rows, :, query_slots]))
 
     def _prepare_indices(self, device: torch.device) -> None:
         width = self.pool.blocks_for(self.key_length)
@@ -134,7 +135,8 @@ class UnifiedDynamicCache(Cache):
             slots += kv.slots(cached, cached + num_new)
             rows += [row] * num_new
             query_slots += range(num_new)
-        self._write_index = tuple(torch.tensor(index, device=device) for index in (slots, rows, query_slots))
+        self._write_index = torch.tensor(slots, device=device)
+        self._real_tokens = (torch.tensor(rows, device=device), torch.tensor(query_slots, device=device))
 
 
 def _check_batch(kvs: list[SequenceKV], num_new_tokens: list[int]) -> None:

@@ -111,6 +111,42 @@ class Stepped:
         self.clock.t += 1
 
 
+class TimedExecutor:
+    """An executor whose passes take time on a StepClock: each stage up to a checkpoint costs
+    `cost(checkpoint)`, the last stage (norm and LM head) `cost(None)`. Unlike `Stepped`, time then
+    passes inside quanta, so run_s and the checkpoint policies' estimates see it."""
+
+    def __init__(self, executor, clock: StepClock, cost) -> None:
+        self.executor = executor
+        self.clock = clock
+        self.cost = cost
+
+    def __getattr__(self, name: str):
+        return getattr(self.executor, name)
+
+    def forward(self, batch):
+        forward_pass = self.executor.forward(batch)
+        while True:
+            try:
+                checkpoint = next(forward_pass)
+            except StopIteration as done:
+                self.clock.t += self.cost(None)
+                return done.value
+            self.clock.t += self.cost(checkpoint)
+            yield checkpoint
+
+
+def replay_timed(resources: RunResources, engine_cfg: DictConfig, requests: list[Request], cost=lambda c: 1.0,
+                 name: str = "qllm"):  # fmt: skip
+    """Replay `requests` through `harness.replay` with time passing inside quanta (TimedExecutor)."""
+    clock = StepClock()
+    recorder = Recorder(clock)
+    timed = RunResources(resources.cfg, model=resources.model)
+    timed.executor = lambda **kwargs: TimedExecutor(resources.executor(**kwargs), clock, cost)
+    replay(requests, timed.build_engine(engine_cfg, name, clock, recorder), recorder, progress=False)
+    return recorder
+
+
 def make_request(i: int, prompt_len: int, output_len: int, priority_class: str, arrival_s: float) -> Request:
     return Request(f"r{i}", arrival_s, prompt_len, output_len, priority_class, DEFAULT_PRIORITY[priority_class])
 

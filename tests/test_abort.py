@@ -52,7 +52,8 @@ def run_with_abort(config, resources, name: str, victim: str, when, **overrides)
     assert aborted is not None, f"{victim} never reached the state to abort it in"
     scheduler = engine.scheduler
     assert engine.idle() and scheduler.memory.reserved_bytes == 0 and scheduler.memory.pool.used_bytes == 0
-    assert getattr(scheduler.policy, "num_running", 0) == 0  # the policies that count running sequences
+    for counter in ("num_running", "num_active"):  # the policies that count admitted, unfinished sequences
+        assert getattr(scheduler.policy, counter, 0) == 0, counter
     return recorder, requests, engine, aborted
 
 

@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 
 from harness.app import CONF_DIR, compose_config
 from harness.metrics import timeline_table
-from tests.helpers import ENGINES, SHRINK, assert_matches_oracle, engine_config, ls_waits, replay_on_steps, requests_of
+from tests.helpers import (
+    ENGINES, SHRINK, assert_matches_oracle, engine_config, ls_waits, replay_on_steps, replay_timed, requests_of,
+)
 
 QLLM_ENGINES = [name for name in ENGINES if name != "hf_generate"]
 
@@ -120,3 +122,36 @@ def test_every_policy_and_checkpoint_pair_runs_a_preempting_trace_to_the_end_or_
     assert_matches_oracle(tiny_model, recorder, requests)  # every request finished, token-exact
     if checkpoint == "strict_priority":  # a preempting pair really preempted mid-pass, and resumed
         assert any(q.is_resume for q in recorder.quanta)
+
+
+# A trace that gives every preempting engine its chance: two long BE prompts fill a batch of 2; LS
+# prompts land mid-pass (in BE prefill and in BE decode), one more BE request joins later.
+PREEMPTING_TRACE = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1.5), (8, 5, "BE", 4), (4, 3, "LS", 9.5),
+                    (6, 2, "LS", 20.5)]  # fmt: skip
+MIN_PREEMPTIONS = {  # engine -> (mid-pass preemptions, between-iteration preemptions) at least; fcfs: none at all
+    "qllm": (1, 0), "qllm_aging": (1, 0), "qllm_prototype": (1, 0), "qllm_slo_slack": (1, 0),
+    "priority_cb": (0, 1), "fcfs_rtc": (0, 0), "fcfs_cb": (0, 0),
+}  # fmt: skip
+# An LS TTFT SLO of 1 time unit (a quantum takes one): the slack policy's LS prompts are at risk.
+OVERRIDES = {"qllm_slo_slack": {"checkpoint_policy__ttft_slo_s": 1.0}}
+
+
+def test_every_engine_config_is_listed():
+    assert set(MIN_PREEMPTIONS) == set(QLLM_ENGINES)
+
+
+@pytest.mark.parametrize("name", QLLM_ENGINES)
+def test_each_engine_preempts_as_its_policy_says_and_stays_token_exact(config, resources, tiny_model, name):
+    cfg = engine_config(config, name, policy__max_batch_size=2, **OVERRIDES.get(name, {}))
+    requests = requests_of(PREEMPTING_TRACE)
+    recorder = replay_timed(resources, cfg, requests)
+    assert_matches_oracle(tiny_model, recorder, requests)
+    mid_pass = sum(q.is_resume for q in recorder.quanta)  # each mid-pass preemption is resumed once
+    preempted = sum(len(events.preempted_s) for events in recorder.requests.values())
+    resumed = sum(len(events.resumed_s) for events in recorder.requests.values())
+    between_iterations = preempted - sum(len(q.request_ids) for q in recorder.quanta if q.is_resume)
+    at_least_mid_pass, at_least_between = MIN_PREEMPTIONS[name]
+    assert mid_pass >= at_least_mid_pass and between_iterations >= at_least_between, (mid_pass, between_iterations)
+    assert preempted == resumed  # every preempted sequence ran again
+    if MIN_PREEMPTIONS[name] == (0, 0):
+        assert preempted == 0

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qllm.request import Request
+from qllm.adapters.decoder import check_cache_argument
 from qllm.executor import ATTENTION, Checkpoint, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.models import load_model
@@ -267,3 +268,25 @@ def test_any_schedule_of_joins_leaves_and_preemptions_matches_generate(workload,
         else:
             suspended.append((batch, forward_pass))
     assert_matches_oracle(model, sequences)
+
+
+class OldAttention(torch.nn.Module):
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None):
+        return hidden_states, None
+
+
+class OldDecoderLayer(torch.nn.Module):
+    """A decoder layer as transformers < 5.24 wrote it: the cache is `past_key_values`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = OldAttention()
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None):
+        return hidden_states
+
+
+def test_a_transformers_release_that_would_drop_the_cache_is_refused_at_start_up():
+    with pytest.raises(RuntimeError, match=r"OldDecoderLayer.forward takes no `cache`.*transformers>=5.24"):
+        check_cache_argument([OldDecoderLayer()])
+    check_cache_argument(tiny_model().model.layers)  # the installed release passes

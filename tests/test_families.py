@@ -15,17 +15,19 @@ from functools import cache
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from harness.engines import RunResources
 from harness.recorder import Recorder
+from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.executor import ATTENTION, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 from harness.app import compose_config
-from tests.helpers import engine_config, oracle_tokens, replay_on_steps, requests_of
+from tests.helpers import assert_matches_oracle, engine_config, oracle_tokens, replay_on_steps, requests_of
 
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 QUIRKS = {
@@ -41,15 +43,20 @@ QUIRKS = {
 }
 FAMILIES = list(QUIRKS)
 GRANULARITIES = ["iteration", "layer", "expert"]
-# Two long BE prompts at step 0; LS prompts arrive mid-pass; one more BE joins later.
-SPECS = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1), (3, 5, "BE", 2), (7, 3, "LS", 6), (4, 2, "LS", 13)]
+# Two long BE prompts at step 0; LS prompts arrive between steps, while a quantum runs (a step
+# started at t occupies [t, t + 1)), so they land at every kind of checkpoint; one more BE joins.
+SPECS = [(10, 8, "BE", 0), (9, 8, "BE", 0), (5, 3, "LS", 1.5), (3, 8, "BE", 2.5), (7, 3, "LS", 4.5),
+         (6, 2, "LS", 7.5), (4, 2, "LS", 13.5), (5, 2, "LS", 28.5), (3, 2, "LS", 41.5)]  # fmt: skip
+# Where each granularity preempts: QLLM inside a pass; at `iteration` a pass has no checkpoint, so
+# there the engine is priority_cb, which preempts sequences between iterations instead.
+ENGINE_AT = {"iteration": "priority_cb", "layer": "qllm", "expert": "qllm"}
 
 
 @cache
 def family_resources(family: str) -> RunResources:
     """conf/config.yaml with model=tiny_<family>, shrunk, the family's quirks switched on."""
     overrides = [f"++model.config.{key}={value}" for key, value in {**SHRINK, **QUIRKS[family]}.items()]
-    return RunResources(compose_config(f"model=tiny_{family}", "engine=[qllm]", *overrides))
+    return RunResources(compose_config(f"model=tiny_{family}", "engine=[qllm,priority_cb]", *overrides))
 
 
 def family_model(family: str):
@@ -64,9 +71,10 @@ def expected_tokens(family: str) -> dict[str, list[int]]:
 
 def run_engine(family: str, granularity: str, experts_per_checkpoint: int = 1) -> Recorder:
     resources = family_resources(family)
-    cfg = engine_config(resources.cfg, "qllm", policy__max_batch_size=3, granularity=granularity,
+    engine = ENGINE_AT[granularity]
+    cfg = engine_config(resources.cfg, engine, policy__max_batch_size=2, granularity=granularity,
                         experts_per_checkpoint=experts_per_checkpoint)  # fmt: skip
-    return replay_on_steps(resources, cfg, requests_of(SPECS))
+    return replay_on_steps(resources, cfg, requests_of(SPECS), engine)
 
 
 def quantum_before(recorder: Recorder, request_id: str, t_s: float):
@@ -80,14 +88,14 @@ def test_every_family_matches_generate_under_preemption(family, granularity):
     for request_id, expected in expected_tokens(family).items():
         assert recorder.requests[request_id].token_ids == expected, (family, granularity, request_id)
     preempted = {rid: ev.preempted_s for rid, ev in recorder.requests.items() if ev.preempted_s}
-    if granularity == "iteration":
-        return
-    assert preempted, "the LS arrivals should preempt a BE pass mid-way"
+    assert preempted, "the LS arrivals should preempt BE work"
     stops = [quantum_before(recorder, rid, t) for rid, times in preempted.items() for t in times]
-    if granularity == "expert":  # inside a layer (after its attention half or an expert group), or a dense MLP
+    if granularity == "iteration":  # between iterations: the sequence's last quantum ended its pass
+        assert all(q.layer is None for q in stops) and not any(q.is_resume for q in recorder.quanta), stops
+    elif granularity == "expert":  # inside a layer: after its attention half or an expert group, or a dense MLP
         dense = {index for index, parts in enumerate(adapter_for(family_model(family)).parts) if parts.moe is None}
         assert all(q.expert is not None or q.layer in dense for q in stops), stops
-        assert any(q.expert is not None for q in stops), stops
+        assert any(q.expert is not None and q.expert >= 0 for q in stops), stops  # after an expert group
     else:
         assert all(q.expert is None and q.layer is not None for q in stops), stops
 
@@ -126,3 +134,25 @@ def test_tiny_model_configs_load_and_run_at_expert_granularity(name):
     seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [31999, 5, 7], executor.new_kv())
     tokens = run_to_completion(executor.forward([seq]))
     assert len(tokens) == 1 and 0 <= tokens[0] < 32000
+
+
+LONGROPE = ("{rope_type:longrope,rope_theta:10000.0,short_factor:[1,1,1,1,1,1,1,1],"
+            "long_factor:[4,5,6,7,8,9,10,11],short_mscale:1.0,long_mscale:4.0,original_max_position_embeddings:16}")
+
+
+def test_a_length_dependent_rope_is_computed_per_sequence():
+    """PhiMoE's longrope switches every position to its long scaling once a sequence passes
+    original_max_position_embeddings: a short sequence batched with a long one keeps its own rope."""
+    overrides = [f"++model.config.{key}={value}" for key, value in {**SHRINK, "num_local_experts": 4}.items()]
+    resources = RunResources(compose_config("model=tiny_phimoe", "engine=[qllm]", *overrides,
+                                            f"++model.config.rope_parameters={LONGROPE}"))  # fmt: skip
+    model = resources.model
+    position_ids = torch.stack([torch.tensor([0, 1, 2, 3, 4] + [4] * 15), torch.arange(20)])  # 5 and 20 tokens
+    hidden = torch.zeros(2, 20, model.config.hidden_size)
+    alone = model.model.rotary_emb(hidden[:1, :5], position_ids[:1, :5])[0][0]
+    batched = model.model.rotary_emb(hidden, position_ids)[0][0, :5]
+    assert not torch.allclose(batched, alone)  # one rope for the batch would be the long one's
+    assert torch.equal(rotary.position_embeddings(model.model.rotary_emb, hidden, position_ids)[0][0, :5], alone)
+    requests = requests_of([(5, 6, "BE", 0), (20, 6, "BE", 0)])
+    recorder = replay_on_steps(resources, engine_config(resources.cfg, "qllm"), requests)
+    assert_matches_oracle(model, recorder, requests)

@@ -101,6 +101,63 @@ def test_every_figure_is_written_as_png_and_pdf(tmp_path, name):
     assert png.read_bytes()[:4] == b"\x89PNG" and (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
 
 
+def expected_points(summary, metric, cls, engine, scale=1.0):
+    rows = summary[(summary["engine"] == engine) & (summary["priority_class"] == cls)]
+    means = rows.groupby("rate")[metric].mean()
+    return means.index.to_numpy(float), scale * means.to_numpy(float)
+
+
+@pytest.mark.parametrize("draw, metric, panels", [
+    (lambda s: figures.ttft_vs_x_figure(s, "rate"), "ttft_s_mean",
+     {figures.CLASS_LABELS["LS"]: "LS", figures.CLASS_LABELS["BE"]: "BE"}),
+    (lambda s: figures.slo_vs_x_figure(s, "rate"), "slo_attainment", {"LS requests meeting the TTFT SLO (%)": "LS"}),
+    (lambda s: figures.throughput_vs_x_figure(s, "rate"), "throughput_tok_s", {"throughput (generated tokens/s)": "all"}),
+])  # fmt: skip
+def test_a_rate_figure_plots_each_engines_mean_over_replicates_from_its_table(draw, metric, panels):
+    summary = sweep_summary()
+    plotted = figures.plotted_lines(draw(summary))
+    scale = 100.0 if metric == "slo_attainment" else 1.0
+    for panel, cls in panels.items():
+        for engine in ENGINES:
+            x, y = plotted[panel, figures.ENGINE_LABELS[engine]]
+            expected_x, expected_y = expected_points(summary, metric, cls, engine, scale)
+            np.testing.assert_allclose(x, expected_x)
+            np.testing.assert_allclose(y, expected_y)
+
+
+def test_the_ttft_cdf_steps_through_each_engines_sorted_ttfts():
+    requests = requests_table()
+    plotted = figures.plotted_lines(figures.ttft_cdf_figure(requests))
+    for engine in ENGINES:
+        ttft = requests.loc[(requests["engine"] == engine) & (requests["priority_class"] == "LS"), "ttft_s"]
+        x, y = plotted[figures.CLASS_LABELS["LS"], figures.ENGINE_LABELS[engine]]
+        np.testing.assert_allclose(x, np.sort(ttft))
+        np.testing.assert_allclose(y, np.arange(1, len(ttft) + 1) / len(ttft))
+
+
+def test_the_turnaround_bars_are_each_engines_mean_per_class():
+    summary = sweep_summary()[sweep_summary()["rate"] == 4.0]
+    ax = figures.turnaround_figure(summary).axes[0]
+    heights = {}
+    for container in ax.containers:
+        if hasattr(container, "patches"):
+            heights[container.get_label()] = [patch.get_height() for patch in container.patches]
+    for engine in ENGINES:
+        rows = summary[summary["engine"] == engine]
+        expected = [rows.loc[rows["priority_class"] == c, "e2e_s_mean"].mean() for c in ("LS", "BE")]
+        np.testing.assert_allclose(heights[figures.ENGINE_LABELS[engine]], expected)
+
+
+def test_the_timeline_draws_one_box_per_quantum_at_its_time():
+    timeline = timeline_table()
+    fig = figures.timeline_figure(timeline)
+    for ax, engine in zip(fig.axes, figures.engine_order(timeline["engine"])):
+        drawn = sorted((round(x, 6), round(w, 6)) for c in ax.collections for path in c.get_paths()
+                       for (x, _), (w, _) in [(path.vertices[0], path.vertices[2] - path.vertices[0])])  # fmt: skip
+        rows = timeline[timeline["engine"] == engine]
+        assert drawn == sorted(zip(rows["t_start_s"].round(6), rows["duration_s"].round(6)))
+
+
 def test_a_class_without_requests_gets_a_note_not_an_error(tmp_path):
     summary = sweep_summary()
     figure = figures.ttft_vs_x_figure(summary[summary["priority_class"] != "LS"], "rate")

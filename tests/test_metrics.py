@@ -111,6 +111,17 @@ def test_summary_table_known_values():
     pd.testing.assert_frame_equal(from_recorder, s)
 
 
+def test_slo_attainment_counts_only_requests_that_have_an_slo():
+    rec = recorded_run()
+    ls_only = {"LS": {"ttft_s": 3.0}, "BE": {"ttft_s": None, "tpot_s": None}}
+    df = requests_table(REQUESTS, rec, ls_only, run_id="r1", engine="qllm")
+    assert df["has_slo"].tolist() == [True, True, False, False, True]
+    s = summary_table(df, itl_s(rec), {"engine": "qllm"}).set_index("priority_class")
+    assert np.isnan(s.loc["BE", "slo_attainment"])  # BE has no SLO: nothing to attain
+    assert s.loc["all", "slo_attainment"] == s.loc["LS", "slo_attainment"] == pytest.approx(1 / 3)
+    assert s.loc["BE", "goodput_rps"] == 0.2  # c finished and misses no SLO of its class; d was rejected
+
+
 def test_summary_of_a_class_without_finished_requests_is_nan():
     rec = recorded_run()
     df = requests_table(REQUESTS[3:4], rec, SLO, run_id="r1", engine="qllm")  # only rejected d

@@ -1,48 +1,101 @@
-"""Memory budget, admission control and overload: every request accounted for, memory bounded."""
+"""Memory budget, admission control and overload: every request accounted for, and the KV allocated
+plus the state of suspended passes within the budget at every recorded instant."""
 
 from __future__ import annotations
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
 from qllm.kv import kv_bytes_per_token
 from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 
 
-def run_with_budget(config, resources, specs, budget_tokens: int):
+def run_with_budget(config, resources, specs, budget_tokens: int, **overrides):
     model = resources.model
     budget = budget_tokens * kv_bytes_per_token(model.config, model.dtype)
-    cfg = engine_config(config, "qllm", memory_budget_mb=budget / 2**20, policy__max_batch_size=8)
+    cfg = engine_config(config, "qllm", memory_budget_mb=budget / 2**20, policy__max_batch_size=8, **overrides)
     requests = requests_of(specs)
-    return replay_on_steps(resources, cfg, requests), requests, budget
+    recorder = replay_on_steps(resources, cfg, requests)
+    return recorder, requests, budget, timeline_table(recorder, "run", "qllm")
+
+
+def held(timeline):
+    return timeline["kv_allocated_bytes"] + timeline["suspended_bytes"]
 
 
 def test_a_request_that_can_never_fit_is_rejected_and_the_rest_wait_their_turn(config, resources):
     specs = [(30, 20, "BE", 0), (10, 5, "BE", 0), (10, 5, "BE", 0), (8, 4, "LS", 1)]
-    recorder, requests, _ = run_with_budget(config, resources, specs, budget_tokens=32)
+    recorder, requests, budget, timeline = run_with_budget(config, resources, specs, budget_tokens=32)
     assert "can never fit the memory budget" in recorder.requests["r0"].rejected_reason
-    # r1 and r2 reserve 15 tokens each; the LS request's 12 more must wait for one to finish.
+    # r1 and r2 reserve a block of 16 tokens each; the LS request's block must wait for one to finish.
     assert recorder.requests["r3"].first_scheduled_s >= recorder.requests["r1"].finish_s
     assert_matches_oracle(resources.model, recorder, requests[1:])
+    assert held(timeline).max() <= budget
+
+
+def test_a_preemption_whose_state_does_not_fit_is_not_taken(config, resources):
+    # Two BE prompts and an LS prompt reserve 3 blocks (48 tokens): with no room for the BE pass's
+    # state the LS prompt waits for the pass to end; with room, it preempts the pass.
+    specs = [(12, 3, "BE", 0), (12, 3, "BE", 0), (6, 2, "LS", 1)]
+    tight, requests, budget, timeline = run_with_budget(config, resources, specs, budget_tokens=48)
+    assert not any(events.preempted_s for events in tight.requests.values())
+    be_pass_end = min(tight.requests["r0"].token_s)
+    assert tight.requests["r2"].first_scheduled_s >= be_pass_end
+    assert held(timeline).max() <= budget and timeline["kv_allocated_bytes"].max() > 0
+    assert_matches_oracle(resources.model, tight, requests)
+    roomy, _, budget, timeline = run_with_budget(config, resources, specs, budget_tokens=96)
+    assert roomy.requests["r0"].preempted_s and roomy.requests["r2"].first_scheduled_s < min(roomy.requests["r0"].token_s)
+    assert held(timeline).max() <= budget and timeline["suspended_bytes"].max() > 0
+
+
+trace_specs = st.lists(
+    st.tuples(st.integers(1, 24), st.integers(1, 8), st.sampled_from(["LS", "BE"]), st.sampled_from([0, 0.5, 1, 2.5, 4])),
+    min_size=1, max_size=10,
+)  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(specs=trace_specs, budget_tokens=st.integers(8, 160), block_size=st.sampled_from([1, 4, 16]),
+       granularity=st.sampled_from(["layer", "expert"]))  # fmt: skip
+def test_the_budget_holds_at_every_instant_and_every_request_ends(config, tiny_model, specs, budget_tokens, block_size,
+                                                                  granularity):  # fmt: skip
+    resources = RunResources(OmegaConf.merge(config, {"executor": {"kv_block_size": block_size}}), model=tiny_model)
+    recorder, requests, budget, timeline = run_with_budget(config, resources, specs, budget_tokens,
+                                                           granularity=granularity)  # fmt: skip
+    assert (held(timeline) <= budget).all(), timeline[held(timeline) > budget]
+    assert (timeline["kv_allocated_bytes"] <= timeline["kv_reserved_bytes"]).all()
+    for request in requests:
+        events = recorder.requests[request.request_id]
+        if events.rejected_reason is None:
+            assert len(events.token_ids) == request.output_len
+        else:
+            assert "can never fit the memory budget" in events.rejected_reason
+    assert recorder.num_done == len(requests)
 
 
 def test_overload_runs_to_the_end_with_memory_bounded_and_every_request_accounted_for(config, resources):
     # 60 requests in 6 steps: far more than a budget of 80 KV tokens can serve at once.
     specs = [(4 + i % 9, 2 + i % 5, "LS" if i % 5 == 0 else "BE", i // 10) for i in range(60)]
     specs.append((70, 30, "BE", 0))  # can never fit
-    recorder, requests, budget = run_with_budget(config, resources, specs, budget_tokens=80)
+    recorder, requests, budget, timeline = run_with_budget(config, resources, specs, budget_tokens=80)
     statuses = ["rejected" if recorder.requests[r.request_id].rejected_reason else "finished" for r in requests]
     assert statuses.count("finished") == 60 and statuses.count("rejected") == 1
     assert all(len(recorder.requests[r.request_id].token_ids) == r.output_len for r in requests[:60])
-    timeline = timeline_table(recorder, "run", "qllm")
-    assert (timeline["kv_reserved_bytes"] + timeline["suspended_bytes"]).max() <= budget
+    assert held(timeline).max() <= budget
     assert timeline["num_queued"].max() >= 40  # the queue really built up, and was reported
-    assert timeline["num_queued"].iloc[-1] == 0
+    assert timeline["num_queued"].iloc[-1] == 0 and timeline["kv_allocated_bytes"].iloc[-1] > 0
 
 
 def test_summary_reports_peak_memory_and_the_longest_wait(config, resources):
     specs = [(8, 6, "BE", 0), (8, 6, "BE", 0), (4, 3, "LS", 1)]
-    recorder, requests, budget = run_with_budget(config, resources, specs, budget_tokens=64)
+    recorder, requests, budget, _ = run_with_budget(config, resources, specs, budget_tokens=64)
     df = requests_table(requests, recorder, {"LS": {"ttft_s": 3.0}}, "run", "qllm")
     summary = summary_table(df, recorder, {"engine": "qllm"}).set_index("priority_class")
     assert 0 < summary.loc["all", "peak_kv_reserved_bytes"] <= budget
+    assert 0 < summary.loc["all", "peak_kv_needed_bytes"] <= summary.loc["all", "peak_kv_allocated_bytes"]
     assert summary.loc["all", "peak_suspended_bytes"] > 0  # the BE prefill was preempted mid-pass
     assert summary.loc["BE", "max_wait_s"] >= 1

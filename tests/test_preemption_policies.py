@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from harness.metrics import max_wait_s
 from qllm.kv import BlockPool, SequenceKV
 from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority
 from qllm.sequence import Sequence
-from tests.helpers import assert_matches_oracle, engine_config, make_request, replay_on_steps, requests_of
+from tests.helpers import (
+    assert_matches_oracle, engine_config, make_request, replay_on_steps, replay_timed, requests_of,
+)
 
 
 def state(running_is_urgent: bool, waiting: list[Sequence], layer=0, run_s=1.0, num_layers=4):
@@ -76,12 +80,29 @@ def slo_slack(ttft_slo_s: float) -> dict:
     return {"_target_": "qllm.preemption.SLOSlack", "ttft_slo_s": ttft_slo_s}
 
 
-def test_slo_slack_lets_a_be_pass_finish_when_the_ls_request_has_time(config, resources):
-    specs = [(8, 2, "BE", 0), (4, 2, "LS", 1)]
-    relaxed = run_qllm(config, resources, specs, slo_slack(100.0))
+def test_slo_slack_preempts_at_the_layer_its_estimate_predicts(config, resources):
+    """Layer i of a pass takes i + 1 time units (the head 1), so the estimate of the remaining time
+    (the time per layer so far, times the layers left) changes from checkpoint to checkpoint."""
+    num_layers = resources.model.config.num_hidden_layers
+    cost = lambda checkpoint: 1.0 if checkpoint is None else checkpoint.layer + 1.0  # noqa: E731
+    slo_s, arrival_s = 3.5, 0.5  # an LS prompt arrives during the BE prefill's first layer
+    predicted, run_s = None, 0.0
+    for layer in range(num_layers):  # the checkpoint policy's arithmetic, checkpoint by checkpoint
+        run_s += cost(SimpleNamespace(layer=layer))
+        remaining_s = run_s * (num_layers - layer - 1) / (layer + 1)
+        if predicted is None and slo_s - (run_s - arrival_s) <= remaining_s:
+            predicted = layer
+    assert predicted not in (None, 0)  # the slack covers the first estimate, not a later one
+    specs = [(8, 2, "BE", 0), (4, 2, "LS", arrival_s)]
+    cfg = engine_config(config, "qllm_slo_slack", checkpoint_policy=slo_slack(slo_s) | {"margin_s": 0.0})
+    recorder = replay_timed(resources, cfg, requests_of(specs), cost)
+    preempted_s = recorder.requests["r0"].preempted_s
+    assert len(preempted_s) == 1
+    layers_before = [q.layer for q in recorder.quanta if "r0" in q.request_ids and q.t_end_s <= preempted_s[0]]
+    assert layers_before[-1] == predicted
+    relaxed = replay_timed(resources, engine_config(config, "qllm_slo_slack", checkpoint_policy=slo_slack(100.0)),
+                           requests_of(specs), cost)  # fmt: skip
     assert not relaxed.requests["r0"].preempted_s
-    urgent = run_qllm(config, resources, specs, slo_slack(2.0))  # steps are time units: 3 layers remain
-    assert len(urgent.requests["r0"].preempted_s) == 1
 
 
 class EvenLayersOnly:

@@ -6,11 +6,15 @@ what is wrong, and /metrics parses."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import SERVE_CONTEXT, SERVED_MODEL, aborted, is_drained, run_cli, server_metrics, wait_for
+from tests.helpers import SERVE_CONTEXT, SERVED_MODEL, aborted, is_drained, server_metrics, wait_for
 
 COMPLETIONS = "/v1/completions"
 
@@ -134,7 +138,16 @@ def test_metrics_parse_with_per_class_latencies_and_engine_gauges(qllm_server):
     assert httpx.get(f"{qllm_server.base_url}/models").json()["data"][0]["id"] == SERVED_MODEL
 
 
-def test_qllm_serve_refuses_a_config_it_cannot_serve_in_one_line():
-    done = run_cli("engine=[qllm,fcfs_cb]", module="qllm.server", expect_ok=False)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == "qllm-serve: error: qllm-serve serves one engine; got 2 (qllm, fcfs_cb): choose one, e.g. engine=qllm"
+QLLM_SERVE = Path(sys.executable).parent / "qllm-serve"  # the console script pip installed beside this python
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("engine=[qllm,fcfs_cb]", ["serves one engine; got 2 (qllm, fcfs_cb)", "engine=qllm"]),
+    ("model=no_such_model", ["model", "no_such_model"]),
+])  # fmt: skip
+def test_qllm_serve_refuses_what_it_cannot_serve_in_one_line(mistake, words):
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    done = subprocess.run([str(QLLM_SERVE), mistake, "port=9"], capture_output=True, text=True, timeout=120, env=env)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("qllm-serve: error: "), done.stderr
+    assert all(word in lines[0] for word in words), lines[0]

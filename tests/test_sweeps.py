@@ -100,9 +100,10 @@ def test_qllm_report_help_and_console_script(capsys):
     assert scripts["qllm-report"] == "harness.gather:main"
 
 
-def test_qllm_report_says_when_there_is_nothing_to_gather(tmp_path):
-    with pytest.raises(SystemExit, match="no complete run"):
+def test_qllm_report_says_when_there_is_nothing_to_gather(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         gather.main([str(tmp_path)])
+    assert exit_info.value.code == 2 and "qllm-report: error: no complete run" in capsys.readouterr().err
 
 
 def test_parameter_columns_are_short_unique_names():

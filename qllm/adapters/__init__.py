@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from qllm.errors import ConfigurationError
 from qllm.adapters.decoder import LayerParts
 from qllm.adapters.granitemoe import granitemoe_adapter
 from qllm.adapters.mixtral import mixtral_adapter
@@ -58,7 +59,7 @@ def adapter_for(model: PreTrainedModel) -> ModelAdapter:
     model_type = model.config.model_type
     if model_type not in ADAPTERS:
         reason = f" ({UNSUPPORTED[model_type]})" if model_type in UNSUPPORTED else ""
-        raise ValueError(
+        raise ConfigurationError(
             f"no QLLM adapter for model_type {model_type!r}{reason}; supported: {sorted(ADAPTERS)}. "
             f"To add one, write qllm/adapters/{model_type}.py (see qllm/adapters/mixtral.py) "
             f"and register it in qllm.adapters.ADAPTERS"

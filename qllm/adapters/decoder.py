@@ -16,10 +16,12 @@ iteration granularity call each layer whole; expert granularity runs the two hal
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import transformers
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -85,6 +87,18 @@ class DecoderAdapter:
     lm_head: Callable[[torch.Tensor], torch.Tensor]  # hidden [..., hidden] -> logits [..., vocab]
     sliding_windows: Sequence[int | None]  # per layer: attention window in tokens, None for full attention
     parts: Sequence[LayerParts]  # per layer: its halves, for expert granularity
+
+
+def check_cache_argument(layers: Sequence[nn.Module]) -> None:
+    """The executor hands each decoder layer and its attention the cache as `cache=`, the name
+    transformers gave it in 5.24; an older release (`past_key_values=`) would drop it silently."""
+    for module in (layers[0], layers[0].self_attn):
+        if "cache" not in inspect.signature(module.forward).parameters:
+            raise RuntimeError(
+                f"transformers {transformers.__version__}: {type(module).__name__}.forward takes no `cache` "
+                f"argument (older 5.x releases call it `past_key_values`), so the executor's KV cache would be "
+                f"ignored; install the version the project is tested with (pyproject.toml: transformers>=5.24,<5.25)"
+            )
 
 
 def decoder_adapter(

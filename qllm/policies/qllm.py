@@ -23,9 +23,11 @@ class QLLMPolicy:
 
     The queues are a prompt queue and a decode queue, each first come first served, seen per class
     (LS, or BE promoted by aging, vs BE). The next batch is, in order: (1) B LS decodes when that
-    many wait; (2) the waiting LS prompts; (3) BE prompts while fewer than B sequences are ready to
-    decode; (4) one decode batch, LS sequences first, topped up with BE ones. LS prompts keep
-    absolute priority; decodes of both classes share the batch, as in continuous batching.
+    many wait; (2) the waiting LS prompts; (3) BE prompts while fewer than B sequences are active
+    (prefilled and unfinished: queued to decode, running or suspended); (4) one decode batch, LS
+    sequences first, topped up with BE ones. LS prompts keep absolute priority; decodes of both
+    classes share the batch, as in continuous batching, and counting every active sequence keeps
+    them within one batch of B (BE prompts wait while LS work fills it).
 
     Ranking: a waiting LS prompt outranks a batch without LS work, and (`prompts_first`) any decode
     batch, so LS TTFT waits for at most one checkpoint of any work, at the cost of one prefill pass
@@ -47,9 +49,18 @@ class QLLMPolicy:
         self.prompts_first = prompts_first
         self.prefill = FCFSQueue()
         self.decode = FCFSQueue()
+        self.active: set[Sequence] = set()  # sequences past their prompt batch and unfinished, wherever they are
+
+    @property
+    def num_active(self) -> int:
+        return len(self.active)
 
     def add(self, sequence: Sequence) -> None:
-        (self.prefill if sequence.is_prefill else self.decode).add(sequence)
+        if sequence.is_prefill:
+            self.prefill.add(sequence)
+        else:
+            self.decode.add(sequence)
+            self.active.add(sequence)  # already there, unless its batch was dissolved (`remove`)
 
     def queued(self):
         return chain(self.prefill, self.decode)
@@ -58,12 +69,13 @@ class QLLMPolicy:
         return bool(len(self.prefill) or len(self.decode))
 
     def finished(self, sequence: Sequence) -> None:
-        pass
+        self.active.discard(sequence)
 
     def remove(self, sequence: Sequence) -> None:
         for queue in (self.prefill, self.decode):
             if sequence in queue:
                 queue.remove(sequence)
+        self.active.discard(sequence)
 
     def outranks(self, sequence: Sequence, batch: Batch) -> bool:
         if not (sequence.is_urgent and sequence.is_prefill):
@@ -74,9 +86,9 @@ class QLLMPolicy:
         urgent = self._urgent_batch()
         if urgent:
             return Decision(start=urgent)
-        room = self.max_batch_size - len(self.decode)
+        room = self.max_batch_size - self.num_active
         if len(self.prefill) and room > 0:
-            return Decision(start=take_batch(self.prefill, room, self.max_batch_tokens))
+            return Decision(start=self._prompts(take_batch(self.prefill, room, self.max_batch_tokens)))
         return Decision(start=self._decode_batch())
 
     def _urgent_batch(self) -> list[Sequence]:
@@ -97,4 +109,9 @@ class QLLMPolicy:
             room = self.max_batch_size - len(batch)
             batch += take_batch(self.prefill, room, self.max_batch_tokens - used, where=is_not_urgent,
                                 oversized_head=False)  # fmt: skip
+        return self._prompts(batch)
+
+    def _prompts(self, batch: list[Sequence]) -> list[Sequence]:
+        """A prompt batch: its sequences are active from now on."""
+        self.active.update(batch)
         return batch

@@ -28,4 +28,4 @@ class QLLMPrototypePolicy(QLLMPolicy):
             return Decision(start=urgent)
         if len(self.decode):  # (3) and (4): LS decodes topped up with BE ones, or BE decodes alone
             return Decision(start=self._decode_batch())
-        return Decision(start=take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens))
+        return Decision(start=self._prompts(take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens)))

@@ -1,3 +1,3 @@
-from qllm.server.main import main
+from qllm.server.main import cli
 
-main()
+cli()

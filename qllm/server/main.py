@@ -8,7 +8,6 @@ It composes conf/serve.yaml, which shares the `model`, `executor` and `engine` g
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from qllm.clock import WallClock
+from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.resources import RunResources
 from qllm.server.app import create_app
 from qllm.server.completions import Completions
@@ -32,10 +32,6 @@ from qllm.warmup import warm_up_engine
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
-class ConfigError(ValueError):
-    """A user's configuration the server cannot run with."""
-
-
 def served_model_name(cfg: DictConfig, model_choice: str | None) -> str:
     """What clients send as `model`: the configured name, else the weights' path, else the model config's name."""
     return cfg.served_model_name or cfg.model.get("pretrained") or model_choice or "qllm"
@@ -44,7 +40,7 @@ def served_model_name(cfg: DictConfig, model_choice: str | None) -> str:
 def build_app(cfg: DictConfig, model_name: str) -> FastAPI:
     """The engine of `cfg.engine` (exactly one), warmed up, behind the HTTP API."""
     if len(cfg.engine) != 1:
-        raise ConfigError(f"qllm-serve serves one engine; got {len(cfg.engine)} ({', '.join(cfg.engine)}): "
+        raise ConfigurationError(f"qllm-serve serves one engine; got {len(cfg.engine)} ({', '.join(cfg.engine)}): "
                           f"choose one, e.g. engine=qllm")  # fmt: skip
     (name, engine_cfg), = cfg.engine.items()
     if cfg.torch_threads is not None:
@@ -54,7 +50,7 @@ def build_app(cfg: DictConfig, model_name: str) -> FastAPI:
     events = ServerEvents(clock, metrics)
     engine = RunResources(cfg).build_engine(engine_cfg, name, clock, events)
     if not hasattr(engine, "abort"):
-        raise ConfigError(f"engine {name} ({engine_cfg._target_}) cannot be served: it cannot abort the request "
+        raise ConfigurationError(f"engine {name} ({engine_cfg._target_}) cannot be served: it cannot abort the request "
                           f"of a client that goes away; serve a QLLM engine (qllm, fcfs_cb, priority_cb, ...)")  # fmt: skip
     warm_up_engine(engine, cfg.warmup_tokens)
     tokenizer = instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
@@ -68,13 +64,16 @@ def build_app(cfg: DictConfig, model_name: str) -> FastAPI:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="serve")
 def main(cfg: DictConfig) -> None:
-    try:
+    with user_errors_reported("qllm-serve"):
         app = build_app(cfg, served_model_name(cfg, HydraConfig.get().runtime.choices.get("model")))
-    except ConfigError as error:
-        print(f"qllm-serve: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, timeout_graceful_shutdown=5)
 
 
+def cli() -> None:
+    """`qllm-serve`: a user's mistake (an option it cannot serve, a config that does not compose)
+    ends in one line on stderr and exit status 2 (HYDRA_FULL_ERROR=1: a traceback)."""
+    report_user_errors(main, "qllm-serve")
+
+
 if __name__ == "__main__":
-    main()
+    cli()
