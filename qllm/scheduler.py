@@ -36,16 +36,16 @@ class Scheduler:
         self.waiting = PriorityQueue()  # submitted, not admitted yet: most urgent admitted first
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
-        self.num_unfinished = 0
+        self.unfinished: dict[str, Sequence] = {}  # by request id; each sequence's status says where it is
 
     @property
     def is_idle(self) -> bool:
-        return self.num_unfinished == 0
+        return not self.unfinished
 
     def add(self, sequence: Sequence) -> None:
         sequence.status = SequenceStatus.WAITING
         self.waiting.add(sequence)
-        self.num_unfinished += 1
+        self.unfinished[sequence.request_id] = sequence
 
     def admit(self) -> None:
         """Queue waiting sequences, most urgent first, while memory allows; the head blocks those behind it."""
@@ -95,7 +95,7 @@ class Scheduler:
                 sequence.kv.free()
                 self.memory.release(sequence)
                 self.policy.finished(sequence)
-                self.num_unfinished -= 1
+                del self.unfinished[sequence.request_id]
                 self.events.finished(sequence.request_id)
             else:
                 sequence.ready_s = now_s
@@ -106,23 +106,18 @@ class Scheduler:
         and its KV and memory reservation are freed. A batch in flight that holds it (running, at a
         checkpoint, or suspended) is dissolved: its pass is closed, which commits nothing, and its
         other sequences queue again to redo that pass. False when no unfinished request has that id."""
-        for sequence in self.waiting:
-            if sequence.request_id == request_id:  # not admitted: nothing reserved or allocated yet
-                self.waiting.remove(sequence)
-                self._drop(sequence, is_admitted=False)
-                return True
-        for sequence in self.policy.queued():
-            if sequence.request_id == request_id:
-                self._drop(sequence)
-                return True
-        in_flight = [batch for batch in (self.running, *self.suspended) if batch is not None]
-        for batch in in_flight:
-            for sequence in batch.sequences:
-                if sequence.request_id == request_id:
-                    self._dissolve(batch)
-                    self._drop(sequence)
-                    return True
-        return False
+        sequence = self.unfinished.get(request_id)
+        if sequence is None:
+            return False
+        if sequence.status == SequenceStatus.WAITING:  # not admitted: nothing reserved or allocated yet
+            self.waiting.remove(sequence)
+            self._drop(sequence, is_admitted=False)
+            return True
+        if sequence.status in (SequenceStatus.RUNNING, SequenceStatus.SUSPENDED):
+            in_flight = [self.running] if sequence.status == SequenceStatus.RUNNING else self.suspended
+            self._dissolve(next(batch for batch in in_flight if sequence in batch.sequences))
+        self._drop(sequence)
+        return True
 
     @property
     def suspended_bytes(self) -> int:
@@ -133,7 +128,7 @@ class Scheduler:
         num_suspended = sum(len(batch.sequences) for batch in self.suspended)
         num_running = len(self.running.sequences) if self.running is not None else 0
         return {
-            "num_queued": self.num_unfinished - num_suspended - num_running,  # waiting for memory or a batch
+            "num_queued": len(self.unfinished) - num_suspended - num_running,  # waiting for memory or a batch
             "num_suspended": num_suspended,
             "kv_reserved_bytes": self.memory.reserved_bytes,
             "kv_allocated_bytes": self.memory.pool.used_bytes,
@@ -208,7 +203,7 @@ class Scheduler:
             sequence.kv.free()
             self.memory.release(sequence)
         sequence.status = SequenceStatus.ABORTED
-        self.num_unfinished -= 1
+        del self.unfinished[sequence.request_id]
 
     def _promote_aged(self, now_s: float) -> None:
         """BE aging: a BE sequence queued or suspended for longer than the bound is served as LS from now on."""

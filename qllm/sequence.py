@@ -65,10 +65,6 @@ class Sequence:
         return len(self.output_ids) >= self.request.output_len
 
     @property
-    def is_finished(self) -> bool:
-        return self.status >= SequenceStatus.FINISHED
-
-    @property
     def order(self) -> tuple:
         """vLLM's request order: priority, then arrival, then id (smaller first)."""
         return (self.request.priority, self.request.arrival_s, self.request.request_id)
