@@ -11,9 +11,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from harness.app import run_benchmark
+from harness.app import compose_config, run_benchmark
 from harness.engines import RunResources
-from tests.helpers import APP_SHRINK, SHRINK, compose_config
+from tests.helpers import APP_SHRINK, SHRINK
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,9 @@ from hypothesis import strategies as st
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
+from harness.app import CONF_DIR, compose_config
 from harness.metrics import timeline_table
-from tests.helpers import (
-    CONF_DIR, ENGINES, SHRINK, assert_matches_oracle, compose_config, engine_config, ls_waits, replay_on_steps,
-    requests_of,
-)
+from tests.helpers import ENGINES, SHRINK, assert_matches_oracle, engine_config, ls_waits, replay_on_steps, requests_of
 
 QLLM_ENGINES = [name for name in ENGINES if name != "hf_generate"]
 

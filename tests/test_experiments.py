@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from harness import build_trace
 from harness.trace_schema import load_trace
 from harness.workload import PROJECT_ROOT, load_workload, resolve_path
-from tests.helpers import CONF_DIR, ENGINES, compose_config
+from harness.app import CONF_DIR, compose_config
+from tests.helpers import ENGINES
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # The paper's figures and the extra sweeps the issue asks for, each one preset.

@@ -24,7 +24,8 @@ from qllm.executor import ATTENTION, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
-from tests.helpers import compose_config, engine_config, oracle_tokens, replay_on_steps, requests_of
+from harness.app import compose_config
+from tests.helpers import engine_config, oracle_tokens, replay_on_steps, requests_of
 
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 QUIRKS = {

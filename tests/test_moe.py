@@ -23,7 +23,8 @@ from qllm.moe import ExpertByExpert
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
-from tests.helpers import compose_config, engine_config, ls_waits, make_request, replay_on_steps
+from harness.app import compose_config
+from tests.helpers import engine_config, ls_waits, make_request, replay_on_steps
 
 FAMILIES = {  # family -> (model yaml, overrides down to 4 experts)
     "mixtral": ("tiny_mixtral", dict(num_local_experts=4)),

@@ -25,7 +25,8 @@ from hydra.utils import instantiate
 
 from harness.engines import RunResources
 from qllm.models import quantization_config, quantized_copy
-from tests.helpers import assert_matches_oracle, compose_config, engine_config, replay_on_steps, requests_of
+from harness.app import compose_config
+from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 
 SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
 FAMILIES = {"mixtral": dict(num_local_experts=4), "qwen2_moe": dict(num_experts=4)}

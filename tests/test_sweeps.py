@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from harness import gather
 from harness.results import is_complete
 from harness.workload import PROJECT_ROOT
-from tests.helpers import CONF_DIR, TINY_SWEEP, compose_config, run_cli
+from harness.app import CONF_DIR, compose_config
+from tests.helpers import TINY_SWEEP, run_cli
 
 # The launcher plugins' own config names, and the plugin module each needs.
 PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
