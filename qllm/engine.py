@@ -22,6 +22,7 @@ from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
+from qllm.stop_check import StopCheck
 
 
 class QLLMEngine:
@@ -48,6 +49,7 @@ class QLLMEngine:
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         memory = MemoryBudget(budget_bytes, self.executor.kv_bytes_per_token)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
+        self.stop_check = StopCheck(self.scheduler)  # tells a pass whether it may be stopped (qllm/stop_check.py)
 
     def submit(self, request: Request) -> None:
         config = self.executor.config
@@ -56,7 +58,9 @@ class QLLMEngine:
             self.events.rejected(request.request_id, reason)
             return
         prompt = prompt_token_ids(request, config.vocab_size)
-        self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
+        sequence = Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s)
+        self.scheduler.add(sequence)
+        self.stop_check.submitted(sequence)
 
     def idle(self) -> bool:
         return self.scheduler.is_idle
@@ -75,7 +79,7 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            batch.forward_pass = self.executor.forward(batch.sequences)
+            batch.forward_pass = self.executor.forward(batch.sequences, may_stop=lambda: self.stop_check.may_stop(batch))
         t_start_s = self.clock.now()
         try:
             batch.checkpoint = next(batch.forward_pass)
