@@ -82,6 +82,9 @@ class StepClock:
     def sleep_until(self, t_s: float) -> None:
         self.t = max(self.t, t_s)
 
+    def expect_arrivals(self, arrival_s) -> None:
+        """Steps pass one by one: nothing to prepare."""
+
 
 class Stepped:
     """An engine whose every step takes one unit of a StepClock: a step started at t occupies [t, t + 1)."""
