@@ -2,8 +2,10 @@
 
 An engine's constructor names what it needs, and the harness passes just that: `executor` (a
 factory of executors for the run's model: the QLLM engines), `model` (`hf_generate`), `clock`,
-`events` (the run's `Recorder`) and `name`. The model is loaded once per run, and only when an
-engine asks for it (an HTTP client engine needs none).
+`events` (the run's `Recorder`) and `name`. The executor factory is bound the same way to what its
+own constructor names: `model` (the real executor), or `model_config` and the engine's `clock`
+(the simulator). The model is loaded once per run, and only when something asks for it; a run
+whose executor needs no model refuses an engine that does, instead of loading its weights.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
+from qllm.events import Clock
 from qllm.request import Request
 
 
@@ -42,7 +45,7 @@ class RunResources:
     """What a run's engines are built from, each made on first use and shared by every engine."""
 
     def __init__(self, cfg: DictConfig, model=None) -> None:
-        self.cfg = cfg  # the run's config: its `model` and `executor` nodes
+        self.cfg = cfg  # the run's config: its `model`, `executor` and `clock` nodes
         if model is not None:  # a model built elsewhere stands for cfg.model
             self.model = model
 
@@ -51,16 +54,41 @@ class RunResources:
         return instantiate(self.cfg.model)
 
     @functools.cached_property
+    def model_config(self):
+        """The model's Hugging Face config, without its weights (qllm.models.load_config)."""
+        return instantiate(self.cfg.model, _target_="qllm.models.load_config")
+
+    @functools.cached_property
     def executor(self) -> Callable:
-        """The executor factory (conf/executor), bound to what it asks of the run: its `model`."""
+        """The executor factory (conf/executor), bound to what it asks of the run: `model`, `model_config`."""
         factory = instantiate(self.cfg.executor)
-        return functools.partial(factory, **wanted(factory, {"model": lambda: self.model}))
+        offered = {"model": lambda: self.model, "model_config": lambda: self.model_config}
+        return functools.partial(factory, **wanted(factory, offered))
+
+    @property
+    def runs_a_model(self) -> bool:
+        """False when the executor simulates the model instead of running it."""
+        return "model" in inspect.signature(self.executor.func).parameters
+
+    def new_clock(self) -> Clock:
+        """A fresh clock for one engine's run, of the kind the executor config names (`clock`)."""
+        return instantiate(self.cfg.clock)
+
+    def check_engine(self, engine_cfg: DictConfig, name: str) -> None:
+        """An engine that runs the model itself cannot run where the executor only simulates it."""
+        if "model" in inspect.signature(get_object(engine_cfg._target_)).parameters and not self.runs_a_model:
+            raise ValueError(
+                f"engine {name} runs the model itself, but executor {self.cfg.executor._target_} simulates "
+                f"it without weights: choose executor=real, or leave {name} out of engine=[...]"
+            )
 
     def build_engine(self, engine_cfg: DictConfig, name: str, clock, events) -> Engine:
+        self.check_engine(engine_cfg, name)
         target = get_object(engine_cfg._target_)
+        executor = functools.partial(self.executor, **wanted(self.executor, {"clock": lambda: clock}))
         offered = {
             "model": lambda: self.model,
-            "executor": lambda: self.executor,
+            "executor": lambda: executor,
             "clock": lambda: clock,
             "events": lambda: events,
             "name": lambda: name,
