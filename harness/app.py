@@ -91,10 +91,13 @@ def run_engine(
 
 
 def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
-    """The columns that identify a run in a sweep's gathered summary."""
+    """The columns that identify a run in a sweep's gathered summary; `simulated_on` names the cost
+    model of a simulated run (None: measured)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
         "run_id": run_id,
         "model": model_name,
+        "simulated_on": choices.get("hardware") if "hardware" in cfg else None,
         "trace": cfg.trace.name,
         "rate": cfg.trace.rate,
         "burstiness": cfg.trace.burstiness,
