@@ -48,19 +48,21 @@ def measure_stages(model, grid: dict, repeats: int, seed: int = 0) -> pd.DataFra
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
     num_experts = next(parts.moe for parts in by_parts.adapter.parts if parts.moe is not None).num_experts
     generator = torch.Generator().manual_seed(seed)
+    points = [{"phase": phase, "batch_size": batch_size, "length": length}
+              for phase, axes in grid.items() for batch_size in axes["batch_size"] for length in axes["length"]]  # fmt: skip
     samples, experts, blocks = [], [], []
-    for phase, axes in grid.items():
-        for batch_size in axes["batch_size"]:
-            for length in axes["length"]:
-                point = {"phase": phase, "batch_size": batch_size, "length": length}
-                for _ in range(repeats):
-                    quanta = timed_quanta(by_parts.forward(batch_for(by_parts, phase, batch_size, length, generator)))
-                    parts = split_expert_pass(quanta, num_experts)
-                    samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
-                    experts += parts["experts"]
-                    blocks += [{**point, **block} for block in parts["blocks"]]
-                    layer_quanta = timed_quanta(whole.forward(batch_for(whole, phase, batch_size, length, generator)))
-                    samples += [{**point, "stage": "layer", "seconds": s} for _, s, _ in layer_quanta[1:-1]]
+    order = np.random.default_rng(seed)
+    for _ in range(repeats):  # the whole grid once per repeat, shuffled: a burst of other load spreads over the
+        for index in order.permutation(len(points)):  # points, and no shape runs warm after itself as in a loop
+            point = points[index]
+            shape = (point["phase"], point["batch_size"], point["length"])
+            quanta = timed_quanta(by_parts.forward(batch_for(by_parts, *shape, generator)))
+            parts = split_expert_pass(quanta, num_experts)
+            samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
+            experts += parts["experts"]
+            blocks += [{**point, **block} for block in parts["blocks"]]
+            layer_quanta = timed_quanta(whole.forward(batch_for(whole, *shape, generator)))
+            samples += [{**point, "stage": "layer", "seconds": s} for _, s, _ in layer_quanta[1:-1]]
     expert_rows = expert_table(pd.DataFrame(experts, columns=["tokens", "seconds"]))
     samples += block_samples(blocks, expert_rows)
     return pd.concat([summarize(pd.DataFrame(samples)), expert_rows], ignore_index=True)

@@ -10,6 +10,7 @@ generator keeps its state, so resuming recomputes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from qllm.batch import Batch
@@ -79,7 +80,8 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            batch.forward_pass = self.executor.forward(batch.sequences, may_stop=lambda: self.stop_check.may_stop(batch))
+            may_stop = functools.partial(self.stop_check.may_stop, batch)  # asked each time the pass goes on
+            batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
         t_start_s = self.clock.now()
         try:
             batch.checkpoint = next(batch.forward_pass)

@@ -91,10 +91,11 @@ def real_routing(model, num_experts: int) -> np.ndarray:
     """Which experts received tokens in each MoE layer of the real pass (from its checkpoints at one
     expert per group), as token counts of 1."""
     stops, _ = run_pass(RealExecutor(model, "expert", 1))
-    sparse = [l for l in range(model.config.num_hidden_layers) if any(c.layer == l and c.expert not in (None, ATTENTION) for c, _ in stops)]
+    routed = [c for c, _ in stops if c.expert not in (None, ATTENTION)]
+    sparse = sorted({c.layer for c in routed})
     tokens = np.zeros((len(sparse), num_experts), dtype=int)
-    for checkpoint, _ in stops:
-        if checkpoint.expert not in (None, ATTENTION) and checkpoint.expert < num_experts:
+    for checkpoint in routed:
+        if checkpoint.expert < num_experts:  # not the shared expert
             tokens[sparse.index(checkpoint.layer), checkpoint.expert] = 1
     return tokens
 

@@ -71,7 +71,7 @@ class SimExecutor:
         self.experts_per_checkpoint = experts_per_checkpoint
         self.routing = UniformRouting(self.model.num_experts, self.model.top_k, seed)
         self.num_sparse_layers = sum(self.model.sparse_layers)
-        self.expert_s = ExpertCostTable(self.costs)
+        self.expert_costs = ExpertCostTable(self.costs)
         self._costs_by_shape: dict[PassShape, StageCosts] = {}
         self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
 
@@ -91,7 +91,8 @@ class SimExecutor:
         """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
         if self.granularity == "expert":
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, shape.num_tokens)
-            return ExpertPlan(self.model, self._stage_costs(shape), tokens, self.expert_s(tokens), self.experts_per_checkpoint)
+            costs, expert_s = self._stage_costs(shape), self.expert_costs(tokens)
+            return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
         plan = self._plans_by_shape.get(shape)
         if plan is None:  # layers called whole do not depend on the routing: one plan per shape
             costs = self._stage_costs(shape)
@@ -143,7 +144,7 @@ def simulated_pass(
             elif origin_s + plan.total_s < clock.next_arrival_s():  # nothing can intervene: on to the end
                 break
             else:
-                stop = first_after_arrival(clock, plan.ends_s, next_index, origin_s)
+                stop = first_after_arrival(plan.ends_s, next_index, origin_s, clock.next_arrival_s())
                 if stop == plan.num_checkpoints:
                     break
             clock.advance_to(origin_s + plan.ends_s[stop])
@@ -162,10 +163,10 @@ def simulated_pass(
             kv.is_in_flight = False
 
 
-def first_after_arrival(clock: SimulatedClock, ends_s: np.ndarray, first: int, origin_s: float) -> int:
-    """The first checkpoint from `first` on that the pass reaches at or after the next arrival (the
-    replay submits it there), or len(ends_s) when the pass ends first."""
-    arrival_s, last = clock.next_arrival_s(), len(ends_s)
+def first_after_arrival(ends_s: np.ndarray, first: int, origin_s: float, arrival_s: float) -> int:
+    """The first checkpoint from `first` on that the pass reaches at or after `arrival_s` (the replay
+    submits the request there), or len(ends_s) when the pass ends first."""
+    last = len(ends_s)
     index = max(first, int(np.searchsorted(ends_s, arrival_s - origin_s)))
     while index > first and origin_s + ends_s[index - 1] >= arrival_s:  # the very sums the clock will hold
         index -= 1

@@ -102,7 +102,8 @@ class ExpertPlan:
         runs = np.zeros(stages.shape, dtype=bool)  # the stages that run
         stages[:, 0], runs[:, 0] = costs.attention_s, True
         sparse, dense = model.sparse_layer_indices, model.dense_layer_indices
-        stages[sparse, 1 : 1 + num_experts], runs[sparse, 1 : 1 + num_experts] = self.expert_s, self.routed_tokens > 0
+        routed = slice(1, 1 + num_experts)
+        stages[sparse, routed], runs[sparse, routed] = self.expert_s, self.routed_tokens > 0
         if model.has_shared_expert:
             stages[sparse, -1], runs[sparse, -1] = costs.shared_expert_s, True
         stages[dense, 1], runs[dense, 1] = costs.dense_mlp_s, True

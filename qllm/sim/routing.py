@@ -36,7 +36,8 @@ class UniformRouting:
         if self.incidence is not None:
             num_sets = len(self.incidence)
             if num_tokens <= num_sets:  # few tokens (decode): draw each token's set
-                draws = self.rng.integers(num_sets, size=(num_layers, num_tokens)) + num_sets * np.arange(num_layers)[:, None]
+                draws = self.rng.integers(num_sets, size=(num_layers, num_tokens))
+                draws += num_sets * np.arange(num_layers)[:, None]  # each layer's sets apart
                 per_set = np.bincount(draws.ravel(), minlength=num_layers * num_sets).reshape(num_layers, num_sets)
             else:
                 per_set = self.rng.multinomial(num_tokens, np.full(num_sets, 1.0 / num_sets), size=num_layers)
