@@ -70,6 +70,8 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
-    assert (table["seconds"] > 0).mean() > 0.9 and model["num_layers"] == 2 and about["torch_threads"] == 1
+    timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
+    assert (timed["seconds"] > 0).all() and model["num_layers"] == 2 and about["torch_threads"] == 1  # (router and
+    # combine are differences of two timed quanta: noise can make one negative; the cost model clips at 0)
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
     assert ProfiledCostModel(str(out), shape).stage_costs(PassShape(2, 1, 12)).layer_s > 0
