@@ -13,7 +13,6 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.clock import RealClock
 from harness.comparison import comparison_table
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
@@ -21,7 +20,7 @@ from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
-from qllm.errors import report_user_errors, user_errors_reported
+from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.warmup import warm_up_engine
 
 
@@ -38,10 +37,11 @@ def compose_config(*overrides: str, with_hydra: bool = False) -> DictConfig:
 
 def warm_up(engine_cfg, resources: RunResources, num_tokens: int) -> None:
     """Warm up a throwaway engine of the same config (qllm.warmup), so lazy initialisation along
-    the engine's own path is not charged to the first timed request."""
-    if num_tokens <= 0:
+    the engine's own path is not charged to the first timed request (a simulated run's virtual
+    time charges none)."""
+    if num_tokens <= 0 or not resources.runs_a_model:
         return
-    clock = RealClock()
+    clock = resources.new_clock()
     warm_up_engine(resources.build_engine(engine_cfg, "warm-up", clock, Recorder(clock)), num_tokens)
 
 
@@ -67,7 +67,7 @@ def run_engine(
     and under `interrupted` the reason the replay stopped early (None when it ran to the end)."""
     warm_up(engine_cfg, resources, cfg.warmup_tokens)
     torch.manual_seed(cfg.seed)
-    clock = RealClock()
+    clock = resources.new_clock()
     recorder = Recorder(clock)
     engine = resources.build_engine(engine_cfg, name, clock, recorder)
     interrupted = None
@@ -88,10 +88,13 @@ def run_engine(
 
 
 def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
-    """The columns that identify a run in a sweep's gathered summary."""
+    """The columns that identify a run in a sweep's gathered summary; `simulated_on` names the cost
+    model of a simulated run (None: measured)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
         "run_id": run_id,
         "model": model_name,
+        "simulated_on": choices.get("hardware") if "hardware" in cfg else None,
         "trace": cfg.trace.name,
         "rate": cfg.trace.rate,
         "burstiness": cfg.trace.burstiness,
@@ -100,15 +103,24 @@ def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
     }
 
 
+def check_combinations(cfg: DictConfig, resources: RunResources) -> None:
+    """Refuse, before anything runs, what the chosen executor cannot do."""
+    for name, engine_cfg in cfg.engine.items():
+        resources.check_engine(engine_cfg, name)
+    if cfg.record_token_ids and not resources.runs_a_model:
+        raise ConfigurationError("record_token_ids=true: the simulated executor computes no tokens; use executor=real")
+
+
 def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, pd.DataFrame]:
     """Replay the configured trace against every selected engine; write and return the tables."""
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
+    resources = RunResources(cfg)
+    check_combinations(cfg, resources)
     write_manifest(run_dir, {"run_id": run_dir.name})
     (run_dir / "INCOMPLETE").unlink(missing_ok=True)
     write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
-    resources = RunResources(cfg)
     params = sweep_columns(cfg, run_dir.name, model_name)
     results = []
     with sigterm_as_interrupt():

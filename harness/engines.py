@@ -1,6 +1,7 @@
 """The engines a run measures: the protocol every engine implements. Each is built from config by
 `qllm.resources.RunResources`, which passes its constructor what it names of the run (`executor`,
-`model`, `clock`, `events`: the run's `Recorder`, and `name`)."""
+`model`, `clock`: a fresh one per engine run, of the kind the executor config names, `events`: the
+run's `Recorder`, and `name`)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ FIGURES_DIR = "figures"
 # Overrides that choose what runs or how it prints, not a parameter of the measured point.
 NOT_PARAMETERS = ("experiment", "engine", "progress", "record_token_ids")
 # Overrides the summary has a column for already (harness.app.sweep_columns).
-RECORDED_OVERRIDES = ("model", "trace", "seed", "trace.rate", "trace.burstiness", "trace.ls_fraction")
+RECORDED_OVERRIDES = ("model", "hardware", "trace", "seed", "trace.rate", "trace.burstiness", "trace.ls_fraction")
 # The x axis of the rate-style figures: the first of these that varies between runs, plotted as
 # PLOTTED_AS says (a time-scaled replay against the load it offered, which its time scale only implies).
 X_AXES = ("rate", "ls_fraction", "burstiness", "time_scale")
@@ -142,24 +142,29 @@ def draw_figures(tables: dict[str, pd.DataFrame], root: Path, out_dir: Path) -> 
     summary, requests = tables["summary"], tables["requests"]
     x = sweep_axis(summary)
     focus = focus_run(summary, x)
+    simulated = sorted(summary["simulated_on"].dropna().unique()) if "simulated_on" in summary else []
     drawn = []
+
+    def save(fig, name: str) -> None:
+        if simulated:  # never to be taken for a measurement
+            fig.suptitle(f"SIMULATED ({', '.join(simulated)} cost model), not measured", color="#b2182b", y=1.02)
+        drawn.append(figures.save_figure(fig, out_dir, name))
+
     if x is not None:
-        ttft = figures.ttft_vs_x_figure(summary, x, slo_s=ls_slo_s(requests))
-        drawn.append(figures.save_figure(ttft, out_dir, f"ttft_vs_{x}"))
-        drawn.append(figures.save_figure(figures.slo_vs_x_figure(summary, x), out_dir, f"slo_vs_{x}"))
-        drawn.append(figures.save_figure(figures.throughput_vs_x_figure(summary, x), out_dir, f"throughput_vs_{x}"))
+        save(figures.ttft_vs_x_figure(summary, x, slo_s=ls_slo_s(requests)), f"ttft_vs_{x}")
+        save(figures.slo_vs_x_figure(summary, x), f"slo_vs_{x}")
+        save(figures.throughput_vs_x_figure(summary, x), f"throughput_vs_{x}")
     at_focus = rows_at_focus(summary, x)
     title = None if x is None else f"at {x} = {at_focus[x].iloc[0]:g}"
-    drawn.append(figures.save_figure(figures.turnaround_figure(at_focus, title=title), out_dir, "turnaround"))
+    save(figures.turnaround_figure(at_focus, title=title), "turnaround")
     focus_requests = requests[requests["run_dir"] == focus]
-    drawn.append(figures.save_figure(figures.ttft_cdf_figure(focus_requests), out_dir, "ttft_cdf"))
+    save(figures.ttft_cdf_figure(focus_requests), "ttft_cdf")
     timeline = pd.read_parquet(Path(root) / focus / "timeline.parquet")
     ls_arrivals = focus_requests.loc[focus_requests["priority_class"] == "LS", ["engine", "arrival_s"]]
-    drawn.append(figures.save_figure(figures.timeline_figure(timeline, ls_arrivals_s=ls_arrivals), out_dir, "timeline"))
+    save(figures.timeline_figure(timeline, ls_arrivals_s=ls_arrivals), "timeline")
     window = figures.first_preemption_window(timeline)
     if window is not None:
-        zoom = figures.timeline_figure(timeline, window_s=window, ls_arrivals_s=ls_arrivals)
-        drawn.append(figures.save_figure(zoom, out_dir, "timeline_zoom"))
+        save(figures.timeline_figure(timeline, window_s=window, ls_arrivals_s=ls_arrivals), "timeline_zoom")
     return drawn
 
 

@@ -31,6 +31,8 @@ LENGTH_TABLE_LAYOUTS = (
     ("prompt_len", "output_len", "arrival_s", 1.0),  # this project's own trace columns
 )
 
+OVERSAMPLE_STREAM = 1  # numpy seed sequence [seed, 1]: the oversampling draw, apart from the shuffle's stream
+
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +58,7 @@ def read_sharegpt(
     max_prompt_len: int = 1024,
     max_total_len: int = 2048,
     fixed_output_len: int | None = None,
+    oversample: bool = False,
     encode: Encode | None = None,
 ) -> pd.DataFrame:
     """ShareGPT conversations as requests, the way vLLM's benchmark samples them.
@@ -67,6 +70,9 @@ def read_sharegpt(
     once `num_requests` rows are kept (None: all). `paths` are concatenated in order.
     `fixed_output_len` (as vLLM's option) replaces the reply's length, so prompt-only files
     (one human turn per entry) work too; the output minimum is then not checked.
+    `oversample`: when fewer rows pass than `num_requests`, the rest are drawn from the kept rows
+    with replacement (seeded), as vLLM's `maybe_oversample_requests` does; a copy's request id is
+    the original's with `@1`, `@2`, ... appended.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     conversations = _sharegpt_conversations(paths, min_turns=1 if fixed_output_len else 2)
@@ -83,8 +89,19 @@ def read_sharegpt(
         if num_requests is not None and len(rows) == num_requests:
             break
     frame = pd.DataFrame(rows, columns=["request_id", "prompt_len", "output_len", "prompt_ids"])
+    if oversample and num_requests is not None and len(frame) < num_requests:
+        frame = _oversampled(frame, num_requests, seed)
     frame["source"] = "sharegpt"
     return frame
+
+
+def _oversampled(frame: pd.DataFrame, num_requests: int, seed: int) -> pd.DataFrame:
+    """`frame` followed by rows drawn from it with replacement, up to `num_requests` rows."""
+    drawn = np.random.default_rng([seed, OVERSAMPLE_STREAM]).choice(len(frame), num_requests - len(frame))
+    copies = frame.iloc[drawn].reset_index(drop=True)
+    copy_number = copies.groupby("request_id").cumcount() + 1
+    copies["request_id"] = copies["request_id"] + "@" + copy_number.astype(str)
+    return pd.concat([frame, copies], ignore_index=True)
 
 
 def _sharegpt_conversations(paths: Sequence[PathLike], min_turns: int) -> pd.DataFrame:

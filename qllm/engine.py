@@ -10,6 +10,7 @@ generator keeps its state, so resuming recomputes nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from qllm.batch import Batch
@@ -23,6 +24,7 @@ from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
+from qllm.stop_check import StopCheck
 
 
 class QLLMEngine:
@@ -49,6 +51,7 @@ class QLLMEngine:
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
+        self.stop_check = StopCheck(self.scheduler)  # tells a pass whether it may be stopped (qllm/stop_check.py)
 
     def submit(self, request: Request) -> None:
         config = self.executor.config
@@ -57,7 +60,9 @@ class QLLMEngine:
             self.events.rejected(request.request_id, reason)
             return
         prompt = prompt_token_ids(request, config.vocab_size)
-        self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
+        sequence = Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s)
+        self.scheduler.add(sequence)
+        self.stop_check.submitted(sequence)
 
     def abort(self, request_id: str) -> bool:
         """Drop an unfinished request (its client went away) and free its KV; call between steps.
@@ -82,7 +87,8 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            batch.forward_pass = self.executor.forward(batch.sequences)
+            may_stop = functools.partial(self.stop_check.may_stop, batch)  # asked each time the pass goes on
+            batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
         t_start_s = self.clock.now()
         try:
             batch.checkpoint = next(batch.forward_pass)

@@ -4,10 +4,11 @@ the same checkpoints, so the scheduler, policies and memory accounting run uncha
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Protocol
 
+from qllm.errors import ConfigurationError
 from qllm.kv import BlockPool, SequenceKV
 
 GRANULARITIES = ("iteration", "layer", "expert")  # where a pass yields: never, after each layer, inside layers
@@ -33,9 +34,20 @@ class Executor(Protocol):
     def new_kv(self) -> SequenceKV:
         """An empty KV cache for a new sequence."""
 
-    def forward(self, batch: list) -> Generator[Checkpoint, None, list[int]]:
+    def forward(self, batch: list, may_stop: Callable[[], bool] | None = None) -> Generator[Checkpoint, None, list[int]]:
         """One forward pass over the sequences of `batch`, yielding at each checkpoint; returns
-        (StopIteration.value) each sequence's next token. A pass closed early changes no cache."""
+        (StopIteration.value) each sequence's next token. A pass closed early changes no cache.
+
+        `may_stop`, asked each time the pass goes on, says whether the engine may stop it at a
+        checkpoint before new work arrives; when it says no, an executor may run past checkpoints
+        up to the next arrival (the simulator does; the real executor yields at every one)."""
+
+
+def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
+    if granularity not in GRANULARITIES:
+        raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
+    if experts_per_checkpoint < 1:
+        raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
 
 
 def run_to_completion(forward_pass: Generator[Checkpoint, None, list[int]]) -> list[int]:

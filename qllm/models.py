@@ -7,9 +7,10 @@ downloaded. Any Hugging Face causal LM architecture is named by its `model_type`
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 
 from qllm.errors import ConfigurationError
 
@@ -75,6 +76,36 @@ def load_model(
     if quant is None:
         model = model.to(device)
     return model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
+
+
+def load_config(
+    model_type: str | None = None,
+    config: dict | None = None,
+    pretrained: str | None = None,
+    dtype: str = "float32",
+    quantization: str | None = None,
+    trust_remote_code: bool = False,
+    **placement,
+) -> PretrainedConfig:
+    """The Hugging Face config of the model `load_model` would build from the same arguments, without
+    its weights and without downloading anything: from `model_type` + `config` (which a config for a
+    hub checkpoint carries beside `pretrained`, for the simulator), else from a local `pretrained`
+    folder's config.json. `dtype` and a 4-bit `quantization` are recorded as a loaded model's config
+    records them. `placement` (seed, device, attn_implementation) concerns weights only."""
+    if model_type is not None:
+        hf_config = AutoConfig.for_model(model_type, **(config or {}))
+    elif pretrained is not None and Path(pretrained).expanduser().is_dir():
+        hf_config = AutoConfig.from_pretrained(Path(pretrained).expanduser(), trust_remote_code=trust_remote_code)
+    else:
+        raise ConfigurationError(
+            f"model: the architecture of {pretrained!r} is needed without its weights; give `model_type` and "
+            f"`config` in the model's YAML (as conf/model/mixtral_8x7b_4bit.yaml does), or a local `pretrained` folder"
+        )
+    hf_config.dtype = DTYPES[dtype]
+    quant = quantization_config(quantization, compute_dtype=dtype)
+    if quant is not None:
+        hf_config.quantization_config = quant.to_dict()
+    return hf_config
 
 
 def quantized_copy(

@@ -18,8 +18,9 @@ def rejection_reason(request: Request, config) -> str | None:
             f"prompt ({request.prompt_len}) + output ({request.output_len}) tokens exceed "
             f"the model's context of {config.max_position_embeddings}"
         )
-    if request.prompt_ids is not None and not all(0 <= t < config.vocab_size for t in request.prompt_ids):
-        return f"prompt_ids outside the model's vocabulary [0, {config.vocab_size}): tokenized for another model?"
+    vocab_size = config.vocab_size  # read once: a config attribute costs a Python call per read
+    if request.prompt_ids is not None and not all(0 <= t < vocab_size for t in request.prompt_ids):
+        return f"prompt_ids outside the model's vocabulary [0, {vocab_size}): tokenized for another model?"
     return None
 
 

@@ -30,7 +30,7 @@ from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts, check_cache_argument
 from qllm.errors import ConfigurationError
-from qllm.executor import ATTENTION, GRANULARITIES, Checkpoint
+from qllm.executor import ATTENTION, Checkpoint, check_granularity
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
 from qllm.sequence import Sequence
@@ -56,10 +56,7 @@ class RealExecutor:
     def __init__(
         self, model: PreTrainedModel, granularity: str = "layer", experts_per_checkpoint: int = 1, kv_block_size: int = 16
     ) -> None:
-        if granularity not in GRANULARITIES:
-            raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
-        if experts_per_checkpoint < 1:
-            raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
+        check_granularity(granularity, experts_per_checkpoint)
         attention = model.config._attn_implementation
         if attention not in MASKED_ATTENTION:
             raise ConfigurationError(
@@ -79,8 +76,9 @@ class RealExecutor:
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
 
-    def forward(self, batch: list[Sequence]) -> Generator[Checkpoint, None, list[int]]:
+    def forward(self, batch: list[Sequence], may_stop=None) -> Generator[Checkpoint, None, list[int]]:
         """One forward pass over `batch`; returns (StopIteration.value) each sequence's greedy next token.
+        It yields at every checkpoint, whatever `may_stop` says (qllm.executor.Executor).
 
         Each sequence feeds its uncached tokens (whole prompt at prefill, last token at decode;
         mixed batches allowed), right-padded into one batch. Its new keys and values are committed

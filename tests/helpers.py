@@ -91,6 +91,9 @@ class StepClock:
     def sleep_until(self, t_s: float) -> None:
         self.t = max(self.t, t_s)
 
+    def expect_arrivals(self, arrival_s) -> None:
+        """Steps pass one by one: nothing to prepare."""
+
 
 class Stepped:
     """An engine whose every step takes one unit of a StepClock: a step started at t occupies [t, t + 1)."""
@@ -124,8 +127,8 @@ class TimedExecutor:
     def __getattr__(self, name: str):
         return getattr(self.executor, name)
 
-    def forward(self, batch):
-        forward_pass = self.executor.forward(batch)
+    def forward(self, batch, may_stop=None):
+        forward_pass = self.executor.forward(batch, may_stop)
         while True:
             try:
                 checkpoint = next(forward_pass)

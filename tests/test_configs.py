@@ -3,14 +3,21 @@ policies, SLOs and traces (experiment presets and launchers: tests/test_experime
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from harness.clock import RealClock
+from harness.engines import RunResources
+from qllm.resources import wanted
 from harness.recorder import Recorder
 from harness.workload import load_workload
 from qllm.request import PRIORITY_CLASSES
+from qllm.sim.cost_model import PassShape
+from qllm.sim.shape import ModelShape
 from harness.app import CONF_DIR, compose_config
 from tests.helpers import ENGINES
 
@@ -20,7 +27,8 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_options():
-    for group in ("model", "executor", "engine", "engine_base", "policy", "checkpoint", "slo", "trace", "experiment"):
+    for group in ("model", "executor", "hardware", "engine", "engine_base", "policy", "checkpoint", "slo", "trace",
+                  "experiment"):
         assert options(group), group
 
 
@@ -42,11 +50,26 @@ def test_every_model_config_instantiates(option, saved_tiny_mixtral):
     assert model.config.model_type == (cfg.model_type or "mixtral") and not model.training
 
 
-def test_every_executor_config_instantiates(tiny_model):
-    for option in options("executor"):
-        factory = instantiate(compose_config(f"executor={option}").executor)
-        executor = factory(model=tiny_model, granularity="layer", experts_per_checkpoint=1)
-        assert executor.num_layers == tiny_model.config.num_hidden_layers and executor.kv_pool.block_bytes > 0
+@pytest.mark.parametrize("option", options("executor"))
+def test_every_executor_config_instantiates(option):
+    resources = RunResources(compose_config(f"executor={option}"))  # the default model: the profile's
+    clock = resources.new_clock()
+    executor = functools.partial(resources.executor, **wanted(resources.executor, {"clock": lambda: clock}))
+    executor = executor(granularity="layer", experts_per_checkpoint=1)
+    assert executor.num_layers == resources.model_config.num_hidden_layers and executor.kv_pool.block_bytes > 0
+    assert clock.now() < 1.0
+
+
+@pytest.mark.parametrize("option", options("hardware"))
+def test_every_hardware_config_costs_a_pass(option):
+    """Each cost model, built for its own kind of model (the profile's tiny model, or Mixtral-8x7B
+    for a GPU), gives positive stage times that grow with the batch."""
+    model = "tiny_mixtral" if option == "profiled" else "mixtral_8x7b_4bit"
+    resources = RunResources(compose_config("executor=sim", f"hardware={option}", f"model={model}"))
+    cost_model = instantiate(resources.cfg.hardware)(model=ModelShape.of(resources.model_config))
+    small, large = (cost_model.stage_costs(PassShape(b, 1, 64)) for b in (1, 16))
+    assert all(value > 0 for value in vars(small).values() if value) and large.layer_s > small.layer_s
+    assert (np.diff(cost_model.expert_s(np.array([0, 1, 8, 64]))) > 0).all()
 
 
 @pytest.mark.parametrize("option", ENGINES)

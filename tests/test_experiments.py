@@ -14,9 +14,12 @@ from harness.app import CONF_DIR, compose_config
 from tests.helpers import ENGINES
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+PAPER_SCALE = [name for name in PRESETS if name.startswith("paper_")]  # simulated at the paper's scale
+CPU_PRESETS = [name for name in PRESETS if name not in PAPER_SCALE]
 # The paper's figures and the extra sweeps the issue asks for, each one preset.
 EXPECTED = {"ttft_vs_rate", "slo_vs_rate", "turnaround", "throughput_vs_rate", "ls_fraction", "burstiness",
-            "azure_replay", "burstgpt_replay"}  # fmt: skip
+            "azure_replay", "burstgpt_replay", "paper_ttft_vs_rate", "paper_slo_vs_rate", "paper_turnaround",
+            "paper_throughput"}  # fmt: skip
 # traces/README.md's rebuild commands, as build_trace arguments (paths relative to the shared data folder).
 TRACE_BUILDS = {
     "azure_conv": ["azure", "azure/AzureLLMInferenceTrace_conv.csv", "-n", "100", "--arrival", "source",
@@ -27,6 +30,10 @@ TRACE_BUILDS = {
                                      for i in range(1, 5)],
                        "-n", "200", "--arrival", "poisson", "--rate", "4", "--ls-fraction", "0.2",
                        "--max-output-len", "50", "--seed", "0"],
+    "sharegpt_paper_scale": ["sharegpt", *[f"sharegpt/ShareGPT_V3_unfiltered_cleaned_split.head2000.part{i}of4.json"
+                                           for i in range(1, 5)],
+                             "-n", "2000", "--arrival", "poisson", "--rate", "4", "--ls-fraction", "0.2",
+                             "--max-output-len", "50", "--seed", "0", "--option", "oversample=true"],
 }  # fmt: skip
 
 
@@ -45,7 +52,7 @@ def test_every_expected_preset_exists():
     assert EXPECTED <= set(PRESETS)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", CPU_PRESETS)
 def test_preset_composes_for_the_cpu(name):
     cfg = compose_preset(name)
     assert set(cfg.engine) <= set(ENGINES) and "qllm" in cfg.engine and "fcfs_rtc" in cfg.engine
@@ -64,6 +71,20 @@ def test_every_sweep_point_composes_and_loads_its_trace(name):
         trace = load_workload(cfg.trace)
         assert len(trace) == (cfg.trace.num_requests or len(load_trace(resolve_path(cfg.trace.path))))
         assert 0.0 < (trace["priority_class"] == "LS").mean() <= 0.5
+
+
+@pytest.mark.parametrize("name", PAPER_SCALE)
+def test_paper_scale_preset_composes_for_the_simulator(name):
+    cfg = compose_preset(name)
+    choices = cfg.hydra.runtime.choices
+    assert (choices.executor, choices.hardware, choices.model) == ("sim", "a100_80gb", "mixtral_8x7b_4bit")
+    assert set(cfg.engine) <= set(ENGINES) - {"hf_generate"} and {"qllm", "fcfs_rtc"} <= set(cfg.engine)
+    assert cfg.slo.LS.ttft_s == 3.0 and cfg.trace.ls_fraction == 0.2 and cfg.trace.num_requests is None
+    assert OmegaConf.select(cfg, "hydra.sweep.dir") == f"results/sweeps/{name}/a100_80gb"
+    rates = [float(v) for k, v in sweep_points(cfg) if k == "trace.rate"] or [cfg.trace.rate]
+    assert 1 <= min(rates) and max(rates) <= 8
+    trace = load_workload(cfg.trace)
+    assert len(trace) == 2000 and trace["prompt_len"].max() > 512 and trace["output_len"].max() <= 50
 
 
 def test_paper_scale_overrides_compose():

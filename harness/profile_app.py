@@ -1,0 +1,70 @@
+"""`qllm-profile`: measure the real executor over a grid of pass shapes and write the profile table
+the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profiler.py)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+import transformers
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from harness.engines import RunResources
+from harness.profiler import measure_engine, measure_stages
+from harness.workload import PROJECT_ROOT
+from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.sim.profiled import write_profile
+from qllm.sim.shape import ModelShape
+
+
+def engine_requests(cfg: DictConfig) -> list[Request]:
+    """Every request at 0, prompt and output lengths cycling so that batch sizes vary as they finish."""
+    return [
+        Request(f"e{i}", 0.0, 8 + i % (cfg.max_prompt_len - 7), 1 + i % cfg.max_output_len, "BE", DEFAULT_PRIORITY["BE"])
+        for i in range(cfg.num_requests)
+    ]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def profile(cfg: DictConfig) -> pd.DataFrame:
+    torch.set_num_threads(cfg.torch_threads)
+    resources = RunResources(cfg)
+    grid = OmegaConf.to_container(cfg.grid, resolve=True)
+    stages = measure_stages(resources.model, grid, cfg.repeats, cfg.seed)
+    name, engine_cfg = next(iter(cfg.engine.items()))
+    engine = measure_engine(lambda clock, events: resources.build_engine(engine_cfg, name, clock, events),
+                            engine_requests(cfg.engine_run))  # fmt: skip
+    about = {
+        "command": " ".join(["qllm-profile", *sys.argv[1:]]),
+        "model": HydraConfig.get().runtime.choices.get("model"),
+        "cpu": cpu_name(),
+        "torch_threads": cfg.torch_threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "repeats": cfg.repeats,
+    }
+    table = pd.concat([stages, engine], ignore_index=True)
+    out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
+    write_profile(table, out, ModelShape.of(resources.model.config), about)
+    print(f"{len(table)} rows -> {out}")
+    return table
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="profile")
+def main(cfg: DictConfig) -> None:
+    profile(cfg)
+
+
+if __name__ == "__main__":
+    main()

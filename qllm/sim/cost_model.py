@@ -1,0 +1,53 @@
+"""What the simulator asks of a cost model: how long each stage of a forward pass takes.
+
+A pass's shape is what the real executor's cost depends on: it right-pads every sequence's new
+tokens to the longest (`query_len`) and attends over the longest cached-plus-new length
+(`key_len`); every padded slot is embedded, routed and run through its experts. A cost model gives
+the fixed stages of a pass of that shape (`StageCosts`) and each routed expert's cost from the
+tokens it received. Cost models are configs of the `hardware` group: `profiled` (measured on this
+machine by `qllm-profile`) or analytic for a named GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PassShape:
+    batch_size: int
+    query_len: int  # tokens each sequence feeds, padded to the longest (1 at decode)
+    key_len: int  # cached plus new tokens, padded to the longest
+
+    @property
+    def num_tokens(self) -> int:
+        """Token slots the pass runs through every layer, padding included."""
+        return self.batch_size * self.query_len
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Seconds of each fixed stage of one pass, as the real executor and engine run them."""
+
+    pass_start_s: float  # embeddings, position embeddings and masks, before the first layer
+    attention_s: float  # one layer's attention half, residual included
+    router_s: float  # one MoE block's input norm and router, before its first expert
+    combine_s: float  # one MoE block's output and residual add, after its last expert
+    shared_expert_s: float  # the shared expert, where the model has one (a unit after the routed ones)
+    dense_mlp_s: float  # a dense layer's MLP half, whole
+    layer_s: float  # an MoE layer called whole (layer and iteration granularity), at its typical routing
+    pass_end_s: float  # final norm, LM head, next tokens, KV commit
+    checkpoint_s: float  # the engine's own work at a checkpoint where the pass goes on
+    pass_overhead_s: float  # the engine's own work between two passes (post-processing, the next batch)
+
+
+class CostModel(Protocol):
+    def stage_costs(self, shape: PassShape) -> StageCosts:
+        """The fixed stages of a pass of `shape`."""
+
+    def expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        """Seconds each routed expert takes on the tokens it received (any array shape; 0 tokens: 0 s,
+        the expert does not run)."""

@@ -1,0 +1,177 @@
+"""The simulated executor: a forward pass that yields where the real one does, on a virtual clock.
+
+A pass is laid out when it starts (qllm.sim.plan): its checkpoints in the real executor's order
+for the batch's shape and the drawn routing, and the compute time to each from the cost model.
+Running it advances the run's virtual clock instead of computing. Each time the pass goes on it
+asks the engine (`may_stop`) whether a checkpoint decision could stop it; when none could, it runs
+past every checkpoint before the replay's next arrival and stops at the first one after it (or at
+its end), in one step, so an idle checkpoint costs nothing. The engine sees the same checkpoints
+at the same times either way (tests/test_sim_executor.py).
+
+Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
+KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only); while a pass is set aside, its frame holds one tensor
+on the meta device, sized as what the real pass would hold there (qllm.sim.held), which
+qllm.memory measures as it measures a real frame: counted, never allocated.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Generator
+from typing import Protocol
+
+import numpy as np
+import torch
+from transformers import PretrainedConfig
+
+from qllm.executor import Checkpoint, check_granularity
+from qllm.kv import BlockPool, SequenceKV, kv_bytes_per_token
+from qllm.sequence import Sequence
+from qllm.sim.cost_model import CostModel, PassShape, StageCosts
+from qllm.sim.held import held_bytes
+from qllm.sim.plan import ExpertPlan, WholeLayerPlan
+from qllm.sim.routing import UniformRouting
+from qllm.sim.shape import ModelShape
+
+PLACEHOLDER_TOKEN = -1  # what a simulated pass "generates": outside every vocabulary, never model output
+
+
+class SimulatedClock(Protocol):
+    """The run's virtual clock, shared with the replay that submits requests and the recorder."""
+
+    def now(self) -> float: ...
+
+    def advance_to(self, t_s: float) -> None:
+        """Move time forward to `t_s`."""
+
+    def next_arrival_s(self) -> float:
+        """When the next request not yet submitted arrives (inf: none will)."""
+
+
+class SimExecutor:
+    def __init__(
+        self,
+        model_config: PretrainedConfig,
+        clock: SimulatedClock,
+        cost_model: Callable[[ModelShape], CostModel],
+        granularity: str = "layer",
+        experts_per_checkpoint: int = 1,
+        seed: int = 0,
+        kv_block_size: int = 16,
+    ) -> None:
+        """`cost_model` builds the cost model for the model's shape (a `hardware` config, partial)."""
+        check_granularity(granularity, experts_per_checkpoint)
+        self.config = model_config
+        self.model = ModelShape.of(model_config)
+        self.num_layers = self.model.num_layers
+        self.kv_pool = BlockPool(kv_block_size, kv_bytes_per_token(model_config, model_config.dtype or torch.float32))
+        self.costs = cost_model(model=self.model)
+        self.clock = clock
+        self.granularity = granularity
+        self.experts_per_checkpoint = experts_per_checkpoint
+        self.routing = UniformRouting(self.model.num_experts, self.model.top_k, seed)
+        self.num_sparse_layers = sum(self.model.sparse_layers)
+        self.expert_costs = ExpertCostTable(self.costs)
+        self._costs_by_shape: dict[PassShape, StageCosts] = {}
+        self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
+
+    def new_kv(self) -> SequenceKV:
+        return SequenceKV(self.kv_pool)
+
+    def forward(
+        self, batch: list[Sequence], may_stop: Callable[[], bool] | None = None
+    ) -> Generator[Checkpoint, None, list[int]]:
+        """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
+        num_new_tokens = [s.num_new_tokens for s in batch]
+        shape = PassShape(len(batch), max(num_new_tokens), max(s.num_tokens for s in batch))
+        table_width = self.kv_pool.blocks_for(max(s.num_tokens for s in batch))  # the cache's block tables
+        held = functools.partial(held_bytes, self.model, shape, sum(num_new_tokens), len(batch) * table_width)
+        return simulated_pass(self.clock, self.plan(shape), [s.kv for s in batch], num_new_tokens, may_stop, held)
+
+    def plan(self, shape: PassShape) -> ExpertPlan | WholeLayerPlan:
+        """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
+        if self.granularity == "expert":
+            tokens = self.routing.tokens_per_expert(self.num_sparse_layers, shape.num_tokens)
+            costs, expert_s = self._stage_costs(shape), self.expert_costs(tokens)
+            return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
+        plan = self._plans_by_shape.get(shape)
+        if plan is None:  # layers called whole do not depend on the routing: one plan per shape
+            costs = self._stage_costs(shape)
+            layer_s = np.where(self.model.sparse_layers, costs.layer_s, costs.attention_s + costs.dense_mlp_s)
+            plan = self._plans_by_shape[shape] = WholeLayerPlan.of(costs, layer_s, self.granularity)
+        return plan
+
+    def _stage_costs(self, shape: PassShape) -> StageCosts:
+        costs = self._costs_by_shape.get(shape)
+        if costs is None:  # shapes recur (the decode steps of a batch): each is costed once
+            costs = self._costs_by_shape[shape] = self.costs.stage_costs(shape)
+        return costs
+
+
+class ExpertCostTable:
+    """A routed expert's seconds by the tokens it received, tabulated from the cost model as larger
+    counts are met: a pass's routing is hundreds of small counts, each costed by one lookup."""
+
+    def __init__(self, cost_model: CostModel) -> None:
+        self.cost_model = cost_model
+        self.table = np.zeros(0)  # seconds, indexed by tokens received
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        needed = int(tokens.max()) + 1
+        if needed > len(self.table):
+            self.table = self.cost_model.expert_s(np.arange(max(needed, 2 * len(self.table))))
+        return self.table[tokens]
+
+
+def simulated_pass(
+    clock: SimulatedClock, plan: ExpertPlan | WholeLayerPlan, kvs: list[SequenceKV], num_new_tokens: list[int],
+    may_stop: Callable[[], bool] | None, held: Callable[[int, int], int],
+) -> Generator[Checkpoint, None, list[int]]:
+    """Run `plan` on `clock` (see the module docstring). Few locals, on purpose: qllm.memory walks
+    this frame to measure a suspended pass, and finds here only what a real pass would hold."""
+    for kv, num_new in zip(kvs, num_new_tokens):
+        kv.reserve(kv.num_tokens + num_new)  # the blocks the pass writes, taken when it starts
+        kv.is_in_flight = True
+    try:
+        origin_s = clock.now()  # when the pass would have started, had it never been set aside
+        next_index = 0
+        while True:
+            done_s = plan.ends_s[next_index - 1] if next_index else 0.0
+            if clock.now() != origin_s + done_s:  # it was set aside, and later work ran
+                origin_s = clock.now() - done_s
+            if next_index == plan.num_checkpoints:
+                break
+            if may_stop is None or may_stop():
+                stop = next_index
+            elif origin_s + plan.total_s < clock.next_arrival_s():  # nothing can intervene: on to the end
+                break
+            else:
+                stop = first_after_arrival(plan.ends_s, next_index, origin_s, clock.next_arrival_s())
+                if stop == plan.num_checkpoints:
+                    break
+            clock.advance_to(origin_s + plan.ends_s[stop])
+            next_index = stop + 1
+            checkpoint, kind = plan.checkpoint(stop)
+            # What the real pass's frame would hold here, on the meta device: counted, never allocated.
+            suspended_state = torch.empty(held(kind, checkpoint.layer), dtype=torch.uint8, device="meta")
+            yield checkpoint
+            del suspended_state
+        clock.advance_to(origin_s + plan.total_s)
+        for kv, num_new in zip(kvs, num_new_tokens):
+            kv.num_tokens += num_new
+        return [PLACEHOLDER_TOKEN] * len(kvs)
+    finally:
+        for kv in kvs:
+            kv.is_in_flight = False
+
+
+def first_after_arrival(ends_s: np.ndarray, first: int, origin_s: float, arrival_s: float) -> int:
+    """The first checkpoint from `first` on that the pass reaches at or after `arrival_s` (the replay
+    submits the request there), or len(ends_s) when the pass ends first."""
+    last = len(ends_s)
+    index = max(first, int(np.searchsorted(ends_s, arrival_s - origin_s)))
+    while index > first and origin_s + ends_s[index - 1] >= arrival_s:  # the very sums the clock will hold
+        index -= 1
+    while index < last and origin_s + ends_s[index] < arrival_s:
+        index += 1
+    return index

@@ -1,0 +1,204 @@
+"""The simulated executor against the real one: the same checkpoints and the same suspended state
+for the same batch, granularity and routing; time from the cost model's stages; skipping idle
+checkpoints changes no schedule; KV and suspended state accounted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.app import compose_config
+from harness.clock import VirtualClock
+from harness.engines import RunResources
+from harness.metrics import requests_table, timeline_table
+from harness.recorder import Recorder
+from harness.replay import replay
+from qllm.batch import Batch
+from qllm.executor import ATTENTION, Checkpoint
+from qllm.memory import suspended_bytes
+from qllm.real_executor import RealExecutor
+from qllm.request import Request
+from qllm.sequence import Sequence
+from qllm.sim.cost_model import StageCosts
+from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
+from qllm.sim.routing import UniformRouting
+from qllm.stop_check import StopCheck
+from tests.helpers import engine_config
+
+COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.4, shared_expert_s=0.5,
+                   dense_mlp_s=0.6, layer_s=3.0, pass_end_s=7.0, checkpoint_s=0.01, pass_overhead_s=0.02)  # fmt: skip
+EXPERT_S = 0.1  # per routed expert, plus 0.001 s per token it received
+
+
+class KnownCosts:
+    """A cost model whose every stage is a known constant, for exact expectations."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def stage_costs(self, shape) -> StageCosts:
+        return COSTS
+
+    def expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        return np.where(tokens > 0, EXPERT_S + 0.001 * tokens, 0.0)
+
+
+class FixedRouting:
+    """The routing a real pass had: tokens per expert per MoE layer."""
+
+    def __init__(self, tokens: np.ndarray) -> None:
+        self.tokens = tokens
+
+    def tokens_per_expert(self, num_layers: int, num_tokens: int) -> np.ndarray:
+        return self.tokens
+
+
+FAMILIES = {  # model config, overrides: Mixtral; Qwen2-MoE's shared expert; and a dense layer
+    "mixtral": ("tiny_mixtral", []),
+    "shared_expert": ("tiny_qwen2_moe", []),
+    "dense_layer": ("tiny_qwen2_moe", ["+model.config.mlp_only_layers=[1]"]),
+}
+PROMPTS = [5, 9, 2]
+
+
+def family_model(family: str):
+    name, overrides = FAMILIES[family]
+    cfg = compose_config(f"model={name}", "model.config.num_hidden_layers=3", *overrides)
+    return RunResources(cfg).model, RunResources(cfg).model_config
+
+
+def batch_of(executor) -> list[Sequence]:
+    return [Sequence(Request(f"r{i}", 0.0, p, 3, "BE", 1), list(range(1, p + 1)), executor.new_kv())
+            for i, p in enumerate(PROMPTS)]  # fmt: skip
+
+
+def run_pass(executor) -> list[tuple[Checkpoint, int]]:
+    """Every checkpoint of one prefill pass, with the bytes its suspended frame would hold there."""
+    sequences = batch_of(executor)
+    batch = Batch.of(sequences)
+    batch.forward_pass = executor.forward(sequences)
+    stops = []
+    while True:
+        try:
+            checkpoint = next(batch.forward_pass)
+        except StopIteration as done:
+            return stops, done.value
+        stops.append((checkpoint, suspended_bytes(batch)))
+
+
+def real_routing(model, num_experts: int) -> np.ndarray:
+    """Which experts received tokens in each MoE layer of the real pass (from its checkpoints at one
+    expert per group), as token counts of 1."""
+    stops, _ = run_pass(RealExecutor(model, "expert", 1))
+    routed = [c for c, _ in stops if c.expert not in (None, ATTENTION)]
+    sparse = sorted({c.layer for c in routed})
+    tokens = np.zeros((len(sparse), num_experts), dtype=int)
+    for checkpoint in routed:
+        if checkpoint.expert < num_experts:  # not the shared expert
+            tokens[sparse.index(checkpoint.layer), checkpoint.expert] = 1
+    return tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("granularity, group", [("iteration", 1), ("layer", 1), ("expert", 1), ("expert", 2), ("expert", 3)])
+def test_the_sim_stops_where_the_real_executor_does_holding_what_it_holds(family, granularity, group):
+    model, config = family_model(family)
+    real_stops, real_tokens = run_pass(RealExecutor(model, granularity, group))
+    sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, group)
+    sim.routing = FixedRouting(real_routing(model, sim.model.num_experts))
+    sim_stops, sim_tokens = run_pass(sim)
+    assert [c for c, _ in sim_stops] == [c for c, _ in real_stops]
+    assert [held for _, held in sim_stops] == [held for _, held in real_stops]  # estimated from shapes, exactly
+    assert len(sim_tokens) == len(real_tokens) and set(sim_tokens) == {PLACEHOLDER_TOKEN}
+    if granularity == "expert":
+        assert any(c.expert not in (None, ATTENTION) for c, _ in sim_stops)
+        assert (family == "dense_layer") == any(c.expert is None for c, _ in sim_stops)
+
+
+def test_the_clock_advances_by_the_cost_models_stages():
+    """Expert granularity on known costs: each checkpoint's time is the sum of the stages before it."""
+    _, config = family_model("mixtral")
+    clock = VirtualClock()
+    sim = SimExecutor(config, clock, KnownCosts, "expert", 1)
+    tokens = np.array([[3, 0, 1, 0, 0, 0, 2, 0]] * 3)  # experts 0, 2, 6 receive 3, 1 and 2 tokens in each layer
+    sim.routing = FixedRouting(tokens)
+    times, expected = [], []
+    forward_pass = sim.forward(batch_of(sim))
+    for checkpoint in forward_pass:
+        times.append((checkpoint, clock.now()))
+    t = COSTS.pass_overhead_s + COSTS.pass_start_s
+    for layer in range(3):
+        t += COSTS.attention_s
+        expected.append((Checkpoint(layer, ATTENTION), t))
+        for expert, received in ((0, 3), (2, 1), (6, 2)):
+            t += COSTS.checkpoint_s + EXPERT_S + 0.001 * received
+            t += COSTS.router_s if expert == 0 else COSTS.combine_s if expert == 6 else 0.0
+            expected.append((Checkpoint(layer, expert), t))
+        t += COSTS.checkpoint_s
+    assert [c for c, _ in times] == [c for c, _ in expected]
+    assert np.allclose([s for _, s in times], [s for _, s in expected], rtol=0, atol=1e-12)
+    assert clock.now() == pytest.approx(t + COSTS.pass_end_s)
+
+
+def test_routing_sends_each_token_to_top_k_distinct_experts():
+    for num_experts, top_k, num_tokens in ((8, 2, 3), (8, 2, 5000), (60, 4, 7)):  # per-token sets, multinomial, token by token
+        routing = UniformRouting(num_experts, top_k, seed=1)
+        counts = routing.tokens_per_expert(5, num_tokens)
+        assert counts.shape == (5, num_experts) and (counts.sum(axis=1) == num_tokens * top_k).all()
+        assert (counts <= num_tokens).all() and (counts >= 0).all()
+        assert (UniformRouting(num_experts, top_k, seed=1).tokens_per_expert(5, num_tokens) == counts).all()
+    spread = UniformRouting(8, 2, seed=0).tokens_per_expert(400, 16)
+    assert 3.5 < spread.mean() < 4.5 and 1 < (spread > 0).sum(axis=1).mean() < 8  # 16 tokens hit most experts, not all
+
+
+def sim_run(config, engine: str, requests, stop_everywhere: bool, monkeypatch, **overrides):
+    """Replay `requests` on the sim; `stop_everywhere`: the pass stops at every checkpoint."""
+    if stop_everywhere:
+        monkeypatch.setattr(StopCheck, "may_stop", lambda self, batch: True)
+    resources = RunResources(config)
+    clock = resources.new_clock()
+    recorder = Recorder(clock)
+    replay(requests, resources.build_engine(engine_config(config, engine, **overrides), engine, clock, recorder),
+           recorder, progress=False)  # fmt: skip
+    monkeypatch.undo()
+    classes = {r.request_id: r.priority_class for r in requests}
+    return (requests_table(requests, recorder, {}, "run", engine), timeline_table(recorder, "run", engine, classes))
+
+
+def mixed_requests(n: int, seed: int) -> list[Request]:
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(0.4, n))
+    return [Request(f"r{i}", float(arrivals[i]), int(rng.integers(2, 40)), int(rng.integers(1, 12)),
+                    "LS" if i % 4 == 1 else "BE", 0 if i % 4 == 1 else 1) for i in range(n)]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine, granularity", [("qllm", "expert"), ("qllm", "layer"), ("qllm_slo_slack", "expert"),
+                                                  ("fcfs_rtc", "iteration"), ("priority_cb", "iteration")])  # fmt: skip
+def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, monkeypatch):
+    config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit",
+                            f"engine=[{engine}]", "slo.LS.ttft_s=0.15")  # tight: slo_slack preempts too  # fmt: skip
+    requests = mixed_requests(60, seed=3)
+    skipped, skipped_timeline = sim_run(config, engine, requests, False, monkeypatch, granularity=granularity)
+    stepped, stepped_timeline = sim_run(config, engine, requests, True, monkeypatch, granularity=granularity)
+    columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions", "generated_len"]
+    pd.testing.assert_frame_equal(skipped[columns], stepped[columns], rtol=0, atol=1e-9)
+    assert (skipped["status"] == "finished").all()
+    if engine.startswith("qllm"):
+        assert skipped["preemptions"].sum() > 0  # the schedule compared includes preemptions
+    if granularity != "iteration":
+        assert len(skipped_timeline) < len(stepped_timeline)  # and the skips happened
+
+
+def test_kv_and_suspended_state_are_accounted(monkeypatch):
+    """A budget run on the sim: reserved and allocated KV and the suspended passes' state are gauged,
+    and the budget bounds reserved KV plus suspended state."""
+    budget_mb = 40.0
+    config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit", "engine=[qllm]")
+    requests = mixed_requests(40, seed=5)
+    table, timeline = sim_run(config, "qllm", requests, False, monkeypatch, granularity="expert",
+                              memory_budget_mb=budget_mb)  # fmt: skip
+    ends = timeline.dropna(subset=["kv_allocated_bytes"])
+    assert (ends["kv_allocated_bytes"] > 0).any() and (ends["suspended_bytes"] > 0).any()
+    assert (ends["kv_reserved_bytes"] + ends["suspended_bytes"] <= budget_mb * 2**20).all()
+    assert table["status"].isin(["finished", "rejected"]).all() and (table["status"] == "finished").any()
