@@ -93,8 +93,9 @@ def test_a_layer_run_in_halves_equals_the_whole_layer(family):
         expected = layer(hidden, position_embeddings=position_embeddings, position_ids=position_ids)
         attended = parts.attend(hidden, position_embeddings, None, position_ids, None)
         mlp_input = parts.post_attention_layernorm(attended).reshape(-1, hidden.shape[-1])
-        actual = parts.add_residual(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
-    assert torch.equal(actual, expected)
+        by_experts = parts.add_residual(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
+        whole_mlp = parts.add_residual(attended, parts.run_mlp(mlp_input[None])[0].view_as(hidden))  # packed tokens
+    assert torch.equal(by_experts, expected) and torch.equal(whole_mlp, expected)
 
 
 def test_units_run_once_each_in_order_and_group_into_checkpoints():
