@@ -5,13 +5,18 @@ embedding, each decoder layer (attention through a `UnifiedDynamicCache`, then t
 final norm, LM head. Where it `yield`s a `Checkpoint` is the granularity:
 
 - `iteration`: never; the pass is one quantum.
-- `layer`: after every decoder layer, each called whole.
+- `layer`: after every decoder layer.
 - `expert`: each layer runs in halves (`qllm.adapters.decoder.LayerParts`): a checkpoint after
   its attention half (`expert=ATTENTION`), then its MoE block runs expert by expert
   (`qllm.moe.ExpertByExpert`) with a checkpoint after every `experts_per_checkpoint` experts that
   received tokens (`expert` = the group's last expert; a shared expert is number `num_experts`).
   The layer's last checkpoint comes after its residual add. A dense layer's MLP runs whole
   (`expert=None`).
+
+A batch of decode rows alone, or of prompts of one length, calls each layer whole (at layer and
+iteration granularity). Otherwise the layer runs in halves there too: attention per row group
+(decode rows, prompt rows), then the MLP half once on the real tokens of both, packed
+(`qllm.row_groups`), so padding and mixed batches cost the experts nothing extra.
 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
