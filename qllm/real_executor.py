@@ -164,11 +164,10 @@ class RealExecutor:
         qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
         """
         parts: LayerParts = self.adapter.parts[index]
-        attended = [
-            parts.attend(h, g.position_embeddings, g.attention_masks[index], g.position_ids, g.cache)
-            for h, g in zip(hiddens, groups)
-        ]
+        attended = [parts.attend(h, g.position_embeddings, g.attention_masks[index], g.position_ids, g.cache)
+                    for h, g in zip(hiddens, groups)]  # fmt: skip
         tokens = pack(attended, groups)  # [tokens, hidden]
+        del attended  # a suspended pass keeps the packed tokens only
         by_experts = self.granularity == "expert"
         if by_experts:
             yield Checkpoint(layer=index, expert=ATTENTION)
