@@ -7,8 +7,9 @@
   `F.linear` whatever its size, which the attention projections' small GEMMs do not win back
   (docs/capacity.md).
 
-The model's modules, their order and their parameters stay as they were, so `generate` and the
-executor run the same model. Cost: one more copy of those weights in memory. Numerics: float32
+The model keeps its parameters and the order its modules run in (the LM head becomes an
+`nn.Linear` subclass holding the same parameters), so `generate` and the executor run the same
+model. Cost: one more copy of those weights in memory. Numerics: float32
 logits within ~2e-6 of the stock kernels (greedy tokens identical on the oracle tests);
 bfloat16 bit-identical.
 """
@@ -50,7 +51,7 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
 
 
 def use_onednn(model: PreTrainedModel) -> None:
-    """Route `model`'s linear and expert GEMMs through oneDNN (check `unsupported_reason` first)."""
+    """Route `model`'s expert GEMMs and its LM head through oneDNN (check `unsupported_reason` first)."""
     head = model.get_output_embeddings()
     if type(head) is nn.Linear:  # a subclass (a quantized layer, say) keeps its own kernel
         model.set_output_embeddings(OneDNNLinear(head))
