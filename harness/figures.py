@@ -38,8 +38,8 @@ AXIS_LABELS = {
 }  # fmt: skip
 # Timeline boxes: (batch holds an LS request, kind) -> color.
 QUANTUM_COLORS = {
-    (True, "prefill"): "#b2182b", (True, "decode"): "#f4a582",
-    (False, "prefill"): "#2166ac", (False, "decode"): "#92c5de",
+    (True, "prefill"): "#b2182b", (True, "decode"): "#f4a582", (True, "mixed"): "#d6604d",
+    (False, "prefill"): "#2166ac", (False, "decode"): "#92c5de", (False, "mixed"): "#4393c3",
 }  # fmt: skip
 PANEL_SIZE = (4.8, 3.4)  # inches per panel
 
@@ -210,7 +210,7 @@ def timeline_figure(timeline: pd.DataFrame, window_s: tuple[float, float] | None
                     ls_arrivals_s: pd.DataFrame | None = None) -> Figure:
     """Gantt chart of one run: a panel per engine, time on x, decoder layer on y.
 
-    Boxes are quanta colored by kind (prefill/decode) and by whether the batch holds LS work;
+    Boxes are quanta colored by kind (prefill/decode/mixed) and by whether the batch holds LS work;
     x marks a preemption, a green triangle a resume (is_resume). `ls_arrivals_s` (engine,
     arrival_s of LS requests) draws LS arrivals as dotted lines. `window_s` zooms in.
     """

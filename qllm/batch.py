@@ -12,7 +12,8 @@ from qllm.sequence import Sequence
 @dataclass(eq=False)
 class Batch:
     sequences: list[Sequence]
-    is_prefill: bool  # a batch runs one phase: prompts, or one decode token each
+    is_prefill: bool  # every sequence feeds its prompt (no decode rows)
+    is_mixed: bool  # prompts and decode tokens in one pass (a policy's `mixed_batches`)
     num_tokens: int  # tokens the pass feeds to the model
     # The executor's pass, started at the batch's first quantum; its frame holds the pass's state while suspended.
     forward_pass: Generator[Checkpoint, None, list[int]] | None = None
@@ -23,7 +24,14 @@ class Batch:
 
     @classmethod
     def of(cls, sequences: list[Sequence]) -> Batch:
-        return cls(sequences, is_prefill=sequences[0].is_prefill, num_tokens=sum(s.num_new_tokens for s in sequences))
+        num_prompts = sum(s.is_prefill for s in sequences)
+        return cls(sequences, is_prefill=num_prompts == len(sequences), is_mixed=0 < num_prompts < len(sequences),
+                   num_tokens=sum(s.num_new_tokens for s in sequences))  # fmt: skip
+
+    @property
+    def kind(self) -> str:
+        """What the pass feeds: prompts, decode tokens, or both."""
+        return "mixed" if self.is_mixed else "prefill" if self.is_prefill else "decode"
 
     @property
     def request_ids(self) -> tuple[str, ...]:

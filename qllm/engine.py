@@ -101,7 +101,7 @@ class QLLMEngine:
             Quantum(
                 t_start_s=t_start_s,
                 t_end_s=t_end_s,
-                kind="prefill" if batch.is_prefill else "decode",
+                kind=batch.kind,
                 request_ids=batch.request_ids,
                 num_tokens=batch.num_tokens,
                 layer=layer,

@@ -19,7 +19,7 @@ class Quantum:
 
     t_start_s: float
     t_end_s: float
-    kind: str  # "prefill" or "decode"
+    kind: str  # "prefill", "decode", or "mixed" (prompts and decode tokens in one pass)
     request_ids: tuple[str, ...]  # the sequences in the batch
     num_tokens: int  # tokens fed to the model in this quantum (prompt or decode tokens)
     layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 
 from qllm.errors import ConfigurationError
+from qllm.kernels import apply_cpu_kernels
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -38,12 +39,14 @@ def load_model(
     attn_implementation: str = "sdpa",
     quantization: str | None = None,
     trust_remote_code: bool = False,
+    cpu_kernels: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM in eval mode.
 
     `pretrained` (a hub id or a local path) loads real weights through `from_pretrained`;
     otherwise `model_type` plus `config` kwargs build the architecture with random weights
-    drawn from `seed`, so the same seed gives the same model.
+    drawn from `seed`, so the same seed gives the same model. `cpu_kernels="onednn"` runs its
+    GEMMs on oneDNN with weights reordered once (`qllm.kernels`); a model it cannot serve is refused.
     """
     if dtype not in DTYPES:
         raise ConfigurationError(f"model.dtype {dtype!r}: expected one of {sorted(DTYPES)}")
@@ -75,7 +78,8 @@ def load_model(
             model = quantized_copy(model, quant, device, attn_implementation)
     if quant is None:
         model = model.to(device)
-    return model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
+    model = model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
+    return apply_cpu_kernels(model, cpu_kernels)
 
 
 def load_config(

@@ -2,7 +2,7 @@
 
 `ExpertByExpert` routes the tokens with the block's router, called as is, then runs one expert
 at a time: the block's own experts module is called on the tokens routed to that expert alone,
-so whichever experts implementation the model uses (eager, grouped_mm, batched_mm), its weight
+so whichever experts implementation the model uses (eager, grouped_mm, batched_mm, onednn), its weight
 layout, biases and gating run unchanged. The weighted outputs accumulate in the object (the
 partial sums a preempted pass keeps); a shared expert, where the family has one, is one more
 unit, numbered `num_experts`.
@@ -10,11 +10,12 @@ unit, numbered `num_experts`.
 Each expert is called with routing weight 1 (its output then leaves the module unrounded by the
 weighting), weighted here in the dtype the experts module forms that product in (float32 when
 the router's weights are float32), and summed the way the implementation sums: `eager` adds
-into a running sum in ascending expert order; `grouped_mm` and `batched_mm` keep one weighted
-output per (token, top-k slot), sum over the slots at the end, then cast to the model dtype.
+into a running sum in ascending expert order; `grouped_mm`, `batched_mm` and `onednn`
+(qllm.kernels) keep one weighted output per (token, top-k slot), sum over the slots at the end,
+then cast to the model dtype.
 
-Against the block's own forward (tests/test_moe.py): bit-identical for `eager` and `grouped_mm`
-(the CPU default) in float32 and bfloat16; `batched_mm` is bit-identical in bfloat16 but in
+Against the block's own forward (tests/test_moe.py): bit-identical for `eager`, `grouped_mm`
+(transformers' CPU default) and `onednn` in float32 and bfloat16; `batched_mm` is bit-identical in bfloat16 but in
 float32 differs in the last bits, within the test's tolerance (bmm picks its kernel by batch
 count, and one expert's rows are a smaller batch than all tokens' rows).
 """
@@ -39,7 +40,8 @@ class MoeParts:
 
 
 def sums_in_expert_order(experts: nn.Module) -> bool:
-    """True when the experts module adds expert outputs into a running sum (the `eager` loop)."""
+    """True when the experts module adds expert outputs into a running sum (the `eager` loop).
+    Read once per block run: the implementation must not change while a pass is suspended in it."""
     config = getattr(experts, "config", None)
     return getattr(config, "_experts_implementation", None) == "eager"
 

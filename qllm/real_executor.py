@@ -5,13 +5,18 @@ embedding, each decoder layer (attention through a `UnifiedDynamicCache`, then t
 final norm, LM head. Where it `yield`s a `Checkpoint` is the granularity:
 
 - `iteration`: never; the pass is one quantum.
-- `layer`: after every decoder layer, each called whole.
+- `layer`: after every decoder layer.
 - `expert`: each layer runs in halves (`qllm.adapters.decoder.LayerParts`): a checkpoint after
   its attention half (`expert=ATTENTION`), then its MoE block runs expert by expert
   (`qllm.moe.ExpertByExpert`) with a checkpoint after every `experts_per_checkpoint` experts that
   received tokens (`expert` = the group's last expert; a shared expert is number `num_experts`).
   The layer's last checkpoint comes after its residual add. A dense layer's MLP runs whole
   (`expert=None`).
+
+A batch of decode rows alone, or of prompts of one length, calls each layer whole (at layer and
+iteration granularity). Otherwise the layer runs in halves there too: attention per row group
+(decode rows, prompt rows), then the MLP half once on the real tokens of both, packed
+(`qllm.row_groups`), so padding and mixed batches cost the experts nothing extra.
 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
@@ -21,7 +26,6 @@ is the saved state, so nothing is copied and nothing is recomputed.
 from __future__ import annotations
 
 from collections.abc import Generator
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
@@ -33,21 +37,12 @@ from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, Checkpoint, check_granularity
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
+from qllm.row_groups import RowGroup, last_tokens, pack, real_slots, rows_by_phase, unpack
 from qllm.sequence import Sequence
 from qllm.unified_cache import UnifiedDynamicCache
 
 MASKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take an explicit 4D padding mask
 PAD_TOKEN_ID = 0  # fills padded query slots; any id in the vocabulary works, the mask hides them
-
-
-@dataclass(frozen=True)
-class BatchInputs:
-    """What every layer of one pass reads, built once at the start of the pass."""
-
-    hidden: torch.Tensor  # embeddings of the fed tokens: [batch, query, hidden]
-    position_ids: torch.Tensor  # [batch, query]
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]  # (cos, sin), each [batch, query, head_dim]
-    attention_masks: tuple[torch.Tensor, ...]  # per layer, [batch, 1, query, key]: bool for sdpa, additive for eager
 
 
 class RealExecutor:
@@ -81,46 +76,63 @@ class RealExecutor:
         It yields at every checkpoint, whatever `may_stop` says (qllm.executor.Executor).
 
         Each sequence feeds its uncached tokens (whole prompt at prefill, last token at decode;
-        mixed batches allowed), right-padded into one batch. Its new keys and values are committed
-        when the pass completes; a pass closed before that leaves every cache as it was.
+        a batch may mix both). Decode rows and prompt rows attend in separate row groups, each
+        right-padded, and a layer's MLP half runs on the real tokens only (`qllm.row_groups`);
+        a batch of one group without padding calls each layer whole. New keys and values are
+        committed when the pass completes; a pass closed before that leaves every cache as it was.
         Appending the tokens to `output_ids` is the engine's job.
         """
-        cache = self._new_cache(batch)
+        caches = self._new_caches(batch)
         try:
-            inputs = self._batch_inputs(batch, cache)
-            hidden = inputs.hidden
+            groups, hiddens = self._row_groups(batch, caches)
+            whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
             for index in range(self.num_layers):
-                if self.granularity == "expert":
-                    hidden = yield from self._run_layer_by_parts(index, hidden, inputs, cache)
+                if whole_layers:
+                    hiddens = [self._run_layer(index, hiddens[0], groups[0])]
                 else:
-                    hidden = self._run_layer(index, hidden, inputs, cache)
-                    if self.granularity == "layer":
-                        yield Checkpoint(layer=index)
-            next_token_ids = self._greedy_next_tokens(hidden, cache)
-            cache.commit()
+                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups)
+                if self.granularity == "layer":
+                    yield Checkpoint(layer=index)
+            next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, len(batch)))
+            for cache in caches:
+                cache.commit()
             return next_token_ids
         finally:
-            cache.release()
+            for cache in caches:
+                cache.release()
 
-    def _new_cache(self, batch: list[Sequence]) -> UnifiedDynamicCache:
+    def _new_caches(self, batch: list[Sequence]) -> list[UnifiedDynamicCache]:
+        """One cache per row group (`rows_by_phase`); none is left in flight if one cannot be made."""
+        caches = []
         try:
-            kvs, num_new_tokens = [seq.kv for seq in batch], [seq.num_new_tokens for seq in batch]
-            return UnifiedDynamicCache(kvs, num_new_tokens, self.num_layers)
+            for rows in rows_by_phase(batch):
+                kvs, num_new_tokens = [batch[r].kv for r in rows], [batch[r].num_new_tokens for r in rows]
+                caches.append(UnifiedDynamicCache(kvs, num_new_tokens, self.num_layers))
         except ValueError as error:
+            for cache in caches:
+                cache.release()
             raise ValueError(f"batch {[seq.request_id for seq in batch]}: {error}") from error
+        return caches
 
     @torch.no_grad()
-    def _batch_inputs(self, batch: list[Sequence], cache: UnifiedDynamicCache) -> BatchInputs:
-        device = self.model.device
-        fed = [seq.new_token_ids for seq in batch]
-        padded = [ids + [PAD_TOKEN_ID] * (cache.query_length - len(ids)) for ids in fed]
-        input_ids = torch.tensor(padded, device=device)  # [batch, query]
-        hidden = self.adapter.embed_tokens(input_ids)  # [batch, query, hidden]
-        position_ids = cache.position_ids(device)
-        windows = self.adapter.sliding_windows
-        masks = {window: self._attention_mask(cache, window, hidden.dtype) for window in set(windows)}
-        position_embeddings = rotary.position_embeddings(self.adapter.rotary_emb, hidden, position_ids)
-        return BatchInputs(hidden, position_ids, position_embeddings, tuple(masks[w] for w in windows))
+    def _row_groups(
+        self, batch: list[Sequence], caches: list[UnifiedDynamicCache]
+    ) -> tuple[list[RowGroup], list[torch.Tensor]]:
+        """Each group's inputs, and its embeddings [rows, query, hidden]."""
+        groups, hiddens = [], []
+        for rows, cache in zip(rows_by_phase(batch), caches):
+            fed = [batch[r].new_token_ids for r in rows]
+            padded = [ids + [PAD_TOKEN_ID] * (cache.query_length - len(ids)) for ids in fed]
+            hidden = self.adapter.embed_tokens(torch.tensor(padded, device=self.model.device))
+            position_ids = cache.position_ids(self.model.device)
+            windows = self.adapter.sliding_windows
+            masks = {window: self._attention_mask(cache, window, hidden.dtype) for window in set(windows)}
+            position_embeddings = rotary.position_embeddings(self.adapter.rotary_emb, hidden, position_ids)
+            slots = real_slots(cache)
+            groups.append(RowGroup(rows, cache, position_ids, position_embeddings, tuple(masks[w] for w in windows),
+                                   None if slots is None else slots.to(self.model.device)))  # fmt: skip
+            hiddens.append(hidden)
+        return groups, hiddens
 
     def _attention_mask(self, cache: UnifiedDynamicCache, window: int | None, dtype: torch.dtype) -> torch.Tensor:
         mask = cache.attention_mask(window, self.model.device)  # bool [batch, 1, query, key]
@@ -129,57 +141,59 @@ class RealExecutor:
         return mask
 
     @torch.no_grad()
-    def _run_layer(
-        self, index: int, hidden: torch.Tensor, inputs: BatchInputs, cache: UnifiedDynamicCache
-    ) -> torch.Tensor:
-        """Layer `index` called whole: [batch, query, hidden] -> [batch, query, hidden]."""
+    def _run_layer(self, index: int, hidden: torch.Tensor, group: RowGroup) -> torch.Tensor:
+        """Layer `index` called whole: [rows, query, hidden] -> [rows, query, hidden]."""
         return self.adapter.layers[index](
             hidden,
-            position_embeddings=inputs.position_embeddings,
-            attention_mask=inputs.attention_masks[index],
-            position_ids=inputs.position_ids,
-            cache=cache,
+            position_embeddings=group.position_embeddings,
+            attention_mask=group.attention_masks[index],
+            position_ids=group.position_ids,
+            cache=group.cache,
         )
 
     def _run_layer_by_parts(
-        self, index: int, hidden: torch.Tensor, inputs: BatchInputs, cache: UnifiedDynamicCache
-    ) -> Generator[Checkpoint, None, torch.Tensor]:
-        """Layer `index` in halves, checkpointing inside it; returns its output [batch, query, hidden].
+        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup]
+    ) -> Generator[Checkpoint, None, list[torch.Tensor]]:
+        """Layer `index` in halves: attention per row group, then the MLP half on the packed real
+        tokens; returns each group's output [rows, query, hidden]. At expert granularity it
+        checkpoints after the attention half, after each expert group, and at the layer's end.
 
         Not wrapped in no_grad (a wrapped generator hides its frame from `gi_yieldfrom`, which
         qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
         """
         parts: LayerParts = self.adapter.parts[index]
-        mask = inputs.attention_masks[index]
-        hidden = parts.attend(hidden, inputs.position_embeddings, mask, inputs.position_ids, cache)
-        yield Checkpoint(layer=index, expert=ATTENTION)
-        mlp_input = parts.mlp_input(hidden)  # [batch, query, hidden]
-        if parts.moe is None:  # a dense layer: its MLP whole
-            mlp_output, last_expert = parts.run_mlp(mlp_input), None
+        attended = [parts.attend(h, g.position_embeddings, g.attention_masks[index], g.position_ids, g.cache)
+                    for h, g in zip(hiddens, groups)]  # fmt: skip
+        tokens = pack(attended, groups)  # [tokens, hidden]
+        del attended  # a suspended pass keeps the packed tokens only
+        by_experts = self.granularity == "expert"
+        if by_experts:
+            yield Checkpoint(layer=index, expert=ATTENTION)
+        mlp_input = parts.mlp_input(tokens)  # [tokens, hidden]
+        if parts.moe is None or not by_experts:  # a dense MLP, or the MoE block called whole
+            mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
             mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input)
-        hidden = parts.add_residual(hidden, mlp_output)
-        yield Checkpoint(layer=index, expert=last_expert)
-        return hidden
+        tokens = parts.add_residual(tokens, mlp_output)
+        if by_experts:
+            yield Checkpoint(layer=index, expert=last_expert)
+        return unpack(tokens, groups)
 
     def _run_experts(
         self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor
     ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
-        """Layer `index`'s MoE block, a checkpoint after each expert group but the last (the layer's
-        own checkpoint follows it); returns (the block's output [batch, query, hidden], the last expert)."""
-        moe = ExpertByExpert(moe_parts, mlp_input.reshape(-1, mlp_input.shape[-1]))  # routes every token
+        """Layer `index`'s MoE block on [tokens, hidden], a checkpoint after each expert group but the
+        last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
+        moe = ExpertByExpert(moe_parts, mlp_input)  # routes every token
         groups = moe.groups(self.experts_per_checkpoint)
         for number, group in enumerate(groups, start=1):
             for expert in group:
                 moe.run(expert)
             if number < len(groups):
                 yield Checkpoint(layer=index, expert=group[-1])
-        return moe.output().view_as(mlp_input), groups[-1][-1]
+        return moe.output(), groups[-1][-1]
 
     @torch.no_grad()
-    def _greedy_next_tokens(self, hidden: torch.Tensor, cache: UnifiedDynamicCache) -> list[int]:
-        rows = torch.arange(cache.batch_size, device=hidden.device)
-        last_slots = torch.tensor(cache.num_new_tokens, device=hidden.device) - 1
-        last_hidden = self.adapter.norm(hidden[rows, last_slots])  # [batch, hidden]
-        logits = self.adapter.lm_head(last_hidden)  # [batch, vocab]
+    def _greedy_next_tokens(self, last_hidden: torch.Tensor) -> list[int]:
+        logits = self.adapter.lm_head(self.adapter.norm(last_hidden))  # [batch, vocab]
         return logits.argmax(dim=-1).tolist()

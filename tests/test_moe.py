@@ -2,8 +2,8 @@
 whole layer, and the LS wait bound that expert granularity buys (from the timeline table).
 
 Tolerances, as measured: `ExpertByExpert` equals the block's forward bit for bit (torch.equal)
-for every family with the `eager` and `grouped_mm` (CPU default) experts implementations, in
-float32 and bfloat16, and with `batched_mm` in bfloat16. `batched_mm` in float32 differs by up to
+for every family with the `eager`, `grouped_mm` (CPU default) and `onednn` (`cpu_kernels=onednn`)
+experts implementations, in float32 and bfloat16, and with `batched_mm` in bfloat16. `batched_mm` in float32 differs by up to
 ~3e-9 (torch.bmm picks its kernel by batch count; one expert's rows are a smaller batch), so it
 is held to assert_close(atol=1e-6, rtol=1e-5). The layer split is bit-exact.
 """
@@ -19,6 +19,7 @@ from harness.engines import RunResources
 from harness.metrics import timeline_table
 from qllm.adapters import adapter_for
 from qllm.executor import ATTENTION
+from qllm.kernels import apply_cpu_kernels
 from qllm.moe import ExpertByExpert
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
@@ -35,7 +36,7 @@ FAMILIES = {  # family -> (model yaml, overrides down to 4 experts)
     "granitemoe": ("tiny_granitemoe", dict(num_local_experts=4)),
     "granitemoeshared": ("tiny_granitemoeshared", dict(num_local_experts=4)),
 }
-IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm"]
+IMPLEMENTATIONS = ["eager", "grouped_mm", "batched_mm", "onednn"]
 TOKEN_COUNTS = [1, 2, 5, 17, 40]
 
 
@@ -45,6 +46,9 @@ def family_model(family: str, implementation: str = "grouped_mm", dtype=torch.fl
     config = {**cfg.config, **overrides, "vocab_size": 128, "num_hidden_layers": num_layers}
     hf_config = AutoConfig.for_model(cfg.model_type, **config)
     torch.manual_seed(0)
+    if implementation == "onednn":  # its weights are reordered by apply_cpu_kernels, not by transformers
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+        return apply_cpu_kernels(model.eval(), "onednn")
     model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, experts_implementation=implementation)
     return model.eval()
 
@@ -89,8 +93,9 @@ def test_a_layer_run_in_halves_equals_the_whole_layer(family):
         expected = layer(hidden, position_embeddings=position_embeddings, position_ids=position_ids)
         attended = parts.attend(hidden, position_embeddings, None, position_ids, None)
         mlp_input = parts.post_attention_layernorm(attended).reshape(-1, hidden.shape[-1])
-        actual = parts.add_residual(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
-    assert torch.equal(actual, expected)
+        by_experts = parts.add_residual(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
+        whole_mlp = parts.add_residual(attended, parts.run_mlp(mlp_input[None])[0].view_as(hidden))  # packed tokens
+    assert torch.equal(by_experts, expected) and torch.equal(whole_mlp, expected)
 
 
 def test_units_run_once_each_in_order_and_group_into_checkpoints():

@@ -38,6 +38,7 @@ class LayerParts:
     mlp: nn.Module  # the MoE block, or a dense MLP: [batch, query, hidden] -> [batch, query, hidden]
     moe: MoeParts | None  # how to run the layer's MLP half expert by expert; None: a dense layer, `mlp` whole
     residual_multiplier: float | None = None  # scales each half's output before its residual add (Granite)
+    beside_mlp: nn.Module | None = None  # a dense MLP the layer adds beside `mlp` (GraniteMoeShared's shared_mlp)
 
     @torch.no_grad()
     def attend(
@@ -65,8 +66,9 @@ class LayerParts:
 
     @torch.no_grad()
     def run_mlp(self, mlp_input: torch.Tensor) -> torch.Tensor:
-        """The MLP half's module whole (a dense layer's MLP), [batch, query, hidden]."""
-        return self.mlp(mlp_input)
+        """The MLP half whole (its module, plus the MLP beside it if any), [batch, query, hidden]."""
+        output = self.mlp(mlp_input)
+        return output if self.beside_mlp is None else output + self.beside_mlp(mlp_input)
 
     @torch.no_grad()
     def add_residual(self, residual: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -107,15 +109,17 @@ def decoder_adapter(
     moe_parts: Sequence[MoeParts | None],
     mlp_name: str = "mlp",
     residual_multiplier: float | None = None,
+    beside_mlp_name: str | None = None,
 ) -> DecoderAdapter:
     """Hold `model`'s stages; `sliding_windows` and `moe_parts` (None: a dense layer) are per layer;
-    each layer keeps its MLP half as attribute `mlp_name`."""
+    each layer keeps its MLP half as attribute `mlp_name`, and any MLP it adds beside it as
+    `beside_mlp_name` (absent or None on a layer: nothing beside)."""
     decoder = model.model
     layers = list(decoder.layers)
     parts = [
         LayerParts(
             layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, getattr(layer, mlp_name), moe,
-            residual_multiplier,
+            residual_multiplier, getattr(layer, beside_mlp_name, None) if beside_mlp_name else None,
         )
         for layer, moe in zip(layers, moe_parts, strict=True)
     ]

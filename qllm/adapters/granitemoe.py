@@ -42,7 +42,8 @@ def granitemoe_adapter(model: PreTrainedModel) -> DecoderAdapter:
         for layer in layers
     ]  # fmt: skip
     adapter = decoder_adapter(
-        model, [None] * len(layers), parts, mlp_name="block_sparse_moe", residual_multiplier=config.residual_multiplier
+        model, [None] * len(layers), parts, mlp_name="block_sparse_moe", residual_multiplier=config.residual_multiplier,
+        beside_mlp_name="shared_mlp",
     )
     return replace(
         adapter,

@@ -12,13 +12,15 @@ from qllm.sequence import Sequence
 
 class FCFSContinuousBatchingPolicy:
     """Between iterations, waiting prompts are admitted first-come-first-served while fewer than B
-    sequences are running; otherwise every running sequence decodes one token. Never preempts."""
+    sequences are running; otherwise every running sequence decodes one token. Never preempts.
+    `mixed_batches`: admitted prompts and the running sequences' decode tokens share one pass."""
 
     serves_preemption = False
 
-    def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048):
+    def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048, mixed_batches: bool = False):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.mixed_batches = mixed_batches
         self.prefill = FCFSQueue()
         self.decode = FCFSQueue()  # admitted sequences ready for their next token
         self.admitted: set[Sequence] = set()  # taken for their prompt pass, not finished: decode-ready or running
@@ -57,5 +59,7 @@ class FCFSContinuousBatchingPolicy:
         if len(self.prefill) and room > 0:
             batch = take_batch(self.prefill, room, self.max_batch_tokens)
             self.admitted.update(batch)
+            if self.mixed_batches:
+                batch = take_batch(self.decode, len(self.decode)) + batch
             return Decision(start=batch)
         return Decision(start=take_batch(self.decode, len(self.decode)))

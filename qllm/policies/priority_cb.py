@@ -13,13 +13,15 @@ from qllm.sequence import Sequence
 
 class PriorityContinuousBatchingPolicy:
     """Like `fcfs_cb`, but waiting work is taken in priority order, and when a more urgent prompt
-    waits while B sequences run, the least urgent running sequence is preempted back to waiting."""
+    waits while B sequences run, the least urgent running sequence is preempted back to waiting.
+    `mixed_batches`: admitted prompts and the running sequences' decode tokens share one pass."""
 
     serves_preemption = False
 
-    def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048):
+    def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048, mixed_batches: bool = False):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        self.mixed_batches = mixed_batches
         self.waiting = PriorityQueue()  # new prompts and preempted sequences
         self.decode: list[Sequence] = []  # admitted sequences ready for their next token
         self.admitted: set[Sequence] = set()  # taken from `waiting`, not finished nor preempted back to it
@@ -67,8 +69,8 @@ class PriorityContinuousBatchingPolicy:
                 decision.readmitted.append(sequence)
                 self.decode.append(sequence)
             self.admitted.add(self.waiting.pop())
-        if not decision.start:
-            decision.start, self.decode = sorted(self.decode, key=lambda s: s.order), []
+        if not decision.start or self.mixed_batches:
+            decision.start, self.decode = sorted(self.decode, key=lambda s: s.order) + decision.start, []
         return decision
 
     def _preempt_for_waiting(self) -> list[Sequence]:

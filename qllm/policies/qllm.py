@@ -19,7 +19,7 @@ def is_not_urgent(sequence: Sequence) -> bool:
 
 
 class QLLMPolicy:
-    """Batches of one phase at a time, batch size limit B, LS before BE.
+    """Batches of one phase at a time (unless `mixed_batches`), batch size limit B, LS before BE.
 
     The queues are a prompt queue and a decode queue, each first come first served, seen per class
     (LS, or BE promoted by aging, vs BE). The next batch is, in order: (1) B LS decodes when that
@@ -32,6 +32,10 @@ class QLLMPolicy:
     Ranking: a waiting LS prompt outranks a batch without LS work, and (`prompts_first`) any decode
     batch, so LS TTFT waits for at most one checkpoint of any work, at the cost of one prefill pass
     added to the preempted LS sequences' next token.
+
+    `mixed_batches`: the BE prompts of step (3) ride in step (4)'s decode batch, one pass for both
+    (vLLM's chunked prefill does the same); LS prompts still run alone. Off: one phase per batch,
+    the paper's mode.
     """
 
     serves_preemption = True
@@ -42,11 +46,13 @@ class QLLMPolicy:
         max_batch_tokens: int = 2048,
         be_prefill_top_up: bool = False,
         prompts_first: bool = True,
+        mixed_batches: bool = False,
     ):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.be_prefill_top_up = be_prefill_top_up  # BE prompts fill an LS prefill batch (the prototype does)
         self.prompts_first = prompts_first
+        self.mixed_batches = mixed_batches  # BE prompts join the decode batch in one pass
         self.prefill = FCFSQueue()
         self.decode = FCFSQueue()
         self.active: set[Sequence] = set()  # sequences past their prompt batch and unfinished, wherever they are
@@ -88,7 +94,8 @@ class QLLMPolicy:
             return Decision(start=urgent)
         room = self.max_batch_size - self.num_active
         if len(self.prefill) and room > 0:
-            return Decision(start=self._prompts(take_batch(self.prefill, room, self.max_batch_tokens)))
+            prompts = self._prompts(take_batch(self.prefill, room, self.max_batch_tokens))
+            return Decision(start=self._decode_batch() + prompts if self.mixed_batches else prompts)
         return Decision(start=self._decode_batch())
 
     def _urgent_batch(self) -> list[Sequence]:
