@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 from pathlib import Path
 
@@ -103,6 +104,15 @@ def sweep_columns(cfg: DictConfig, run_id: str, model_name: str) -> dict:
     }
 
 
+def job_command() -> dict:
+    """`command` for the manifest: `qllm-bench` and this job's own overrides, which rerun the point
+    (a sweep job's process may be a launcher's worker, a Ray worker say, whose argv says nothing of
+    the run). Empty outside Hydra: the manifest then records the process's argv."""
+    if not HydraConfig.initialized():
+        return {}
+    return {"command": shlex.join(["qllm-bench", *HydraConfig.get().overrides.task])}
+
+
 def check_combinations(cfg: DictConfig, resources: RunResources) -> None:
     """Refuse, before anything runs, what the chosen executor cannot do."""
     for name, engine_cfg in cfg.engine.items():
@@ -117,7 +127,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
         torch.set_num_threads(cfg.torch_threads)
     resources = RunResources(cfg)
     check_combinations(cfg, resources)
-    write_manifest(run_dir, {"run_id": run_dir.name})
+    write_manifest(run_dir, {"run_id": run_dir.name, **job_command()})
     (run_dir / "INCOMPLETE").unlink(missing_ok=True)
     write_config(run_dir, cfg)
     requests = requests_from_trace(load_workload(cfg.trace))

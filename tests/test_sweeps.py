@@ -1,4 +1,5 @@
-"""Sweeps: the gather callback, `qllm-report`, rerunning a sweep, and the launcher configs."""
+"""Sweeps: the gather callback, `qllm-report`, rerunning a sweep, the launcher configs, and a sweep
+through a real local Ray instance."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from harness import gather
@@ -17,7 +17,8 @@ from harness.workload import PROJECT_ROOT
 from harness.app import CONF_DIR, compose_config
 from tests.helpers import TINY_SWEEP, run_cli
 
-# The launcher plugins' own config names, and the plugin module each needs.
+# The launcher plugins' own config names, and the plugin module each needs (joblib and ray come with
+# the test extra; the Slurm one is optional).
 PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
            "ray": "hydra_plugins.hydra_ray_launcher"}  # fmt: skip
 
@@ -51,6 +52,29 @@ def test_sweep_is_gathered_and_a_rerun_redoes_only_the_unfinished_point(tmp_path
     assert (kept / "manifest.json").stat().st_mtime_ns == kept_stamp  # not rerun
     assert (killed / "manifest.json").stat().st_mtime_ns != killed_stamp and is_complete(killed)  # rerun
     assert len(pd.read_parquet(sweep / "sweep_summary.parquet")) == len(summary)
+
+
+@pytest.mark.slow
+def test_a_simulated_sweep_runs_on_a_local_ray_instance_and_is_gathered(tmp_path):
+    """Three simulated points as Ray tasks: `hydra/launcher=ray` starts a local Ray instance (the
+    dashboard left out: it only slows the start), each point runs in a Ray worker, and the sweep is
+    gathered on the driver as under any launcher."""
+    sweep = tmp_path / "sweep"
+    done = run_cli("-m", *TINY_SWEEP, "engine=[qllm,fcfs_rtc,priority_cb]", "executor=sim", "hardware=a100_80gb",
+                   "trace.rate=10,20,40", f"hydra.sweep.dir={sweep}", "hydra/launcher=ray",
+                   "+hydra.launcher.ray.init.include_dashboard=false")  # fmt: skip
+    printed = done.stdout + done.stderr
+    assert "Started a local Ray instance" in printed and "Ray Launcher is launching 3 jobs" in printed
+
+    jobs = gather.find_complete_runs(sweep)
+    assert [OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id for job in jobs] == [
+        f"job_id_for_{index}" for index in range(3)]  # the Ray launcher's job ids, in sweep order  # fmt: skip
+    summary = pd.read_parquet(sweep / "sweep_summary.parquet")
+    assert len(summary) == 3 * 3 * 3  # rates x engines x (LS, BE, all)
+    assert sorted(summary["rate"].unique()) == [10, 20, 40] and set(summary["simulated_on"]) == {"a100_80gb"}
+    assert set(summary["engine"]) == {"qllm", "fcfs_rtc", "priority_cb"} and (summary["n_finished"] == summary["n"]).all()
+    for name in ("ttft_vs_rate", "slo_vs_rate", "throughput_vs_rate", "turnaround", "ttft_cdf", "timeline"):
+        assert (sweep / "figures" / f"{name}.png").is_file()
 
 
 def test_qllm_report_gathers_any_results_folder_after_the_fact(tmp_path, capsys):
@@ -121,21 +145,6 @@ def compose_launcher(name: str):
     return compose_config(f"hydra/launcher={name}", with_hydra=True).hydra.launcher
 
 
-@pytest.fixture
-def ray_stand_in():
-    """Without hydra-ray-launcher, register a copy of its `ray` node's fields (RayLauncherConf:
-    _target_, ray.init, ray.remote) so our ray_gpu.yaml can be composed on top of it."""
-    if has_plugin("ray"):
-        yield
-        return
-    store = ConfigStore.instance()
-    node = {"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
-            "ray": {"init": {"address": None}, "remote": {}}}  # fmt: skip
-    store.store(group="hydra/launcher", name="ray", node=node, provider="test stand-in")
-    yield
-    del store.repo["hydra"]["launcher"]["ray.yaml"]
-
-
 @pytest.mark.parametrize("name", ["joblib", "submitit_slurm", "ray"])
 def test_plugin_launchers_compose(name):
     if not has_plugin(name):
@@ -153,7 +162,7 @@ def test_slurm_gpu_launcher_asks_for_one_gpu_per_point():
     assert launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
 
 
-def test_ray_gpu_launcher_asks_for_one_gpu_per_point(ray_stand_in):
+def test_ray_gpu_launcher_asks_for_one_gpu_per_point():
     launcher = compose_launcher("ray_gpu")
     assert launcher._target_ == "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
     assert launcher.ray.remote.num_gpus == 1 and launcher.ray.init.address == "auto"

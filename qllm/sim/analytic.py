@@ -55,15 +55,15 @@ class AnalyticCostModel:
         self.expert_flops_per_row = 2 * model.expert_params
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
-        m, tokens = self.model, shape.num_tokens
-        activation = tokens * m.hidden_size * m.dtype_bytes
+        m, tokens = self.model, shape.num_real_tokens  # the MLP half's tokens; attention's are padded
+        padded, activation = (n * m.hidden_size * m.dtype_bytes for n in (shape.num_tokens, tokens))
         attention = self._attention_s(shape)
         router = self._device_s(self._weight_bytes(m.router_params, tokens, m.is_4bit) + activation,
                                 2 * tokens * m.router_params)  # fmt: skip
         shared = self._mlp_s(m.shared_expert_params, tokens) if m.has_shared_expert else 0.0
         masks = shape.batch_size * shape.query_len * shape.key_len  # booleans
         return StageCosts(
-            pass_start_s=self._device_s(2 * activation + masks, 0) + self.op_s["pass_start"],
+            pass_start_s=self._device_s(2 * padded + masks, 0) + self.op_s["pass_start"],
             attention_s=attention,
             router_s=router + self.op_s["router"],
             combine_s=self._device_s(3 * activation, 0) + self.op_s["combine"],

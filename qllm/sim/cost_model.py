@@ -21,11 +21,17 @@ class PassShape:
     batch_size: int
     query_len: int  # tokens each sequence feeds, padded to the longest (1 at decode)
     key_len: int  # cached plus new tokens, padded to the longest
+    real_tokens: int | None = None  # tokens fed, padding left out (None: no row is padded)
 
     @property
     def num_tokens(self) -> int:
-        """Token slots the pass runs through every layer, padding included."""
+        """Token slots attention runs through, padding included."""
         return self.batch_size * self.query_len
+
+    @property
+    def num_real_tokens(self) -> int:
+        """Tokens the MLP half of a layer runs on: the real executor packs them (qllm.row_groups)."""
+        return self.num_tokens if self.real_tokens is None else self.real_tokens
 
 
 @dataclass(frozen=True)

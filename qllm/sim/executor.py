@@ -83,15 +83,15 @@ class SimExecutor:
     ) -> Generator[Checkpoint, None, list[int]]:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
         num_new_tokens = [s.num_new_tokens for s in batch]
-        shape = PassShape(len(batch), max(num_new_tokens), max(s.num_tokens for s in batch))
+        shape = PassShape(len(batch), max(num_new_tokens), max(s.num_tokens for s in batch), sum(num_new_tokens))
         table_width = self.kv_pool.blocks_for(max(s.num_tokens for s in batch))  # the cache's block tables
-        held = functools.partial(held_bytes, self.model, shape, sum(num_new_tokens), len(batch) * table_width)
+        held = functools.partial(held_bytes, self.model, shape, len(batch) * table_width)
         return simulated_pass(self.clock, self.plan(shape), [s.kv for s in batch], num_new_tokens, may_stop, held)
 
     def plan(self, shape: PassShape) -> ExpertPlan | WholeLayerPlan:
         """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
         if self.granularity == "expert":
-            tokens = self.routing.tokens_per_expert(self.num_sparse_layers, shape.num_tokens)
+            tokens = self.routing.tokens_per_expert(self.num_sparse_layers, shape.num_real_tokens)
             costs, expert_s = self._stage_costs(shape), self.expert_costs(tokens)
             return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
         plan = self._plans_by_shape.get(shape)
