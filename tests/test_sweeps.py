@@ -4,6 +4,7 @@ through a real local Ray instance."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import tomllib
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def test_a_simulated_sweep_runs_on_a_local_ray_instance_and_is_gathered(tmp_path
     jobs = gather.find_complete_runs(sweep)
     assert [OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.job.id for job in jobs] == [
         f"job_id_for_{index}" for index in range(3)]  # the Ray launcher's job ids, in sweep order  # fmt: skip
+    command = json.loads((jobs[0] / "manifest.json").read_text())["command"]  # a Ray worker's argv says nothing
+    assert command.startswith("qllm-bench ") and "trace.rate=10" in command and "executor=sim" in command
     summary = pd.read_parquet(sweep / "sweep_summary.parquet")
     assert len(summary) == 3 * 3 * 3  # rates x engines x (LS, BE, all)
     assert sorted(summary["rate"].unique()) == [10, 20, 40] and set(summary["simulated_on"]) == {"a100_80gb"}
