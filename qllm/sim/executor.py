@@ -153,7 +153,7 @@ def simulated_pass(
             next_index = stop + 1
             checkpoint, kind = plan.checkpoint(stop)
             # What the real pass's frame would hold here, on the meta device: counted, never allocated.
-            suspended_state = torch.empty(held(kind, checkpoint.layer), dtype=torch.uint8, device="meta")
+            suspended_state = torch.empty(held(kind), dtype=torch.uint8, device="meta")
             yield checkpoint
             del suspended_state
         clock.advance_to(origin_s + plan.total_s)

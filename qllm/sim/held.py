@@ -22,8 +22,8 @@ ROUTING_WEIGHT_BYTES = 4  # routers weigh in float32
 MASK_BYTES = 1  # sdpa's boolean mask
 
 
-def held_bytes(model: ModelShape, shape: PassShape, table_slots: int, kind: int, layer: int) -> int:
-    """At a checkpoint of `kind` in `layer` (every layer holds alike), for a pass of `shape` whose
+def held_bytes(model: ModelShape, shape: PassShape, table_slots: int, kind: int) -> int:
+    """At a checkpoint of `kind` (in any layer: every layer holds alike), for a pass of `shape` whose
     cache gathers `table_slots` blocks (batch x the longest block table)."""
     tokens, real, hidden = shape.num_tokens, shape.num_real_tokens, model.hidden_size
     activation = real * hidden * model.dtype_bytes  # one packed [tokens, hidden] tensor
