@@ -22,13 +22,14 @@ from harness.atomic import atomic_write
 ENGINE_COLORS = {
     "qllm": "#d62728", "fcfs_rtc": "#1f77b4", "fcfs_cb": "#2ca02c",
     "priority_cb": "#9467bd", "hf_generate": "#7f7f7f", "qllm_prototype": "#ff9896",
-    "qllm_slo_slack": "#8c564b", "qllm_aging": "#e377c2",
+    "qllm_slo_slack": "#8c564b", "qllm_aging": "#e377c2", "qllm_iteration": "#ffbb78", "qllm_expert": "#7b0000",
 }  # fmt: skip
 ENGINE_LABELS = {
     "qllm": "QLLM (layer preemption)", "fcfs_rtc": "FCFS run-to-completion (paper baseline)",
     "fcfs_cb": "FCFS continuous batching", "priority_cb": "priority continuous batching",
     "hf_generate": "HF generate (static batches)", "qllm_prototype": "QLLM, the prototype's batch order",
     "qllm_slo_slack": "QLLM, SLO-slack preemption", "qllm_aging": "QLLM with BE aging",
+    "qllm_iteration": "QLLM (iteration: no mid-pass preemption)", "qllm_expert": "QLLM (expert preemption)",
 }  # fmt: skip
 EXTRA_COLORS = ("#ff7f0e", "#bcbd22", "#17becf", "#aec7e8", "#98df8a")  # engines not listed above
 CLASS_LABELS = {"LS": "latency-sensitive (LS)", "BE": "best-effort (BE)", "all": "all requests"}

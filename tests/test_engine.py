@@ -129,7 +129,8 @@ def test_every_policy_and_checkpoint_pair_runs_a_preempting_trace_to_the_end_or_
 PREEMPTING_TRACE = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1.5), (8, 5, "BE", 4), (4, 3, "LS", 9.5),
                     (6, 2, "LS", 20.5)]  # fmt: skip
 MIN_PREEMPTIONS = {  # engine -> (mid-pass preemptions, between-iteration preemptions) at least; fcfs: none at all
-    "qllm": (1, 0), "qllm_aging": (1, 0), "qllm_prototype": (1, 0), "qllm_slo_slack": (1, 0),
+    "qllm": (1, 0), "qllm_expert": (1, 0), "qllm_iteration": (0, 0), "qllm_aging": (1, 0), "qllm_prototype": (1, 0),
+    "qllm_slo_slack": (1, 0),
     "priority_cb": (0, 1), "fcfs_rtc": (0, 0), "fcfs_cb": (0, 0),
 }  # fmt: skip
 # An LS TTFT SLO of 1 time unit (a quantum takes one): the slack policy's LS prompts are at risk.

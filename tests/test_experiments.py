@@ -19,7 +19,9 @@ CPU_PRESETS = [name for name in PRESETS if name not in PAPER_SCALE]
 # The paper's figures and the extra sweeps the issue asks for, each one preset.
 EXPECTED = {"ttft_vs_rate", "slo_vs_rate", "turnaround", "throughput_vs_rate", "ls_fraction", "burstiness",
             "azure_replay", "burstgpt_replay", "paper_ttft_vs_rate", "paper_slo_vs_rate", "paper_turnaround",
-            "paper_throughput"}  # fmt: skip
+            "paper_throughput", "granularity"}  # fmt: skip
+# CPU presets run the tiny model, but for the one whose point is a deep model (Mixtral's 32 layers).
+CPU_MODELS = {"granularity": "narrow_mixtral_32l"}
 # traces/README.md's rebuild commands, as build_trace arguments (paths relative to the shared data folder).
 TRACE_BUILDS = {
     "azure_conv": ["azure", "azure/AzureLLMInferenceTrace_conv.csv", "-n", "100", "--arrival", "source",
@@ -57,10 +59,20 @@ def test_preset_composes_for_the_cpu(name):
     cfg = compose_preset(name)
     assert set(cfg.engine) <= set(ENGINES) and "qllm" in cfg.engine and "fcfs_rtc" in cfg.engine
     assert cfg.hydra.runtime.choices.slo == "cpu_scaled" and cfg.slo.LS.ttft_s < 3.0
-    assert cfg.hydra.runtime.choices.model == "tiny_mixtral"
+    model = CPU_MODELS.get(name, "tiny_mixtral")
+    assert cfg.hydra.runtime.choices.model == model
     # A fixed sweep dir per experiment and model: a second run finds and skips the finished points.
-    assert OmegaConf.select(cfg, "hydra.sweep.dir") == f"results/sweeps/{name}/tiny_mixtral"
+    assert OmegaConf.select(cfg, "hydra.sweep.dir") == f"results/sweeps/{name}/{model}"
     assert len(sweep_points(cfg)) >= 2
+
+
+def test_granularity_preset_runs_mixtral_depth_at_every_granularity_with_whole_prompts():
+    cfg = compose_preset("granularity")
+    model = cfg.model.config
+    assert (model.num_hidden_layers, model.num_local_experts, model.num_experts_per_tok) == (32, 8, 2)
+    granularities = {name: engine.granularity for name, engine in cfg.engine.items() if "granularity" in engine}
+    assert sorted(set(granularities.values())) == ["expert", "iteration", "layer"] and "priority_cb" in cfg.engine
+    assert cfg.trace.max_prompt_len is None and load_workload(cfg.trace)["prompt_len"].max() > 512
 
 
 @pytest.mark.parametrize("name", PRESETS)
