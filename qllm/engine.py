@@ -24,7 +24,7 @@ from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
-from qllm.stop_check import StopCheck
+from qllm import stop_check
 
 
 class QLLMEngine:
@@ -51,7 +51,6 @@ class QLLMEngine:
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
-        self.stop_check = StopCheck(self.scheduler)  # tells a pass whether it may be stopped (qllm/stop_check.py)
 
     def submit(self, request: Request) -> None:
         config = self.executor.config
@@ -62,7 +61,6 @@ class QLLMEngine:
         prompt = prompt_token_ids(request, config.vocab_size)
         sequence = Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s)
         self.scheduler.add(sequence)
-        self.stop_check.submitted(sequence)
 
     def abort(self, request_id: str) -> bool:
         """Drop an unfinished request (its client went away) and free its KV; call between steps.
@@ -87,7 +85,7 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            may_stop = functools.partial(self.stop_check.may_stop, batch)  # asked each time the pass goes on
+            may_stop = functools.partial(stop_check.may_stop, self.scheduler, batch)  # asked each time the pass goes on
             batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
         t_start_s = self.clock.now()
         try:

@@ -10,7 +10,7 @@ engine, the queues or a tensor.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -43,24 +43,25 @@ class CheckpointState:
     num_layers: int
     run_s: float  # compute time the running pass has used so far, suspensions excluded
     num_suspended: int  # batches set aside earlier, waiting to resume
-    queued: tuple[Sequence, ...] = field(repr=False)  # the scheduler's queued sequences; policies read `waiting`
-    # The scheduling policy's ranking: True for a queued sequence the running batch should give way to.
-    outranks: Callable[[Sequence], bool] = field(repr=False)
+    # The scheduler's queued sequences, read on demand (policies read `waiting`), and the scheduling
+    # policy's ranking: those the running batch should give way to (policies read `outranking`).
+    queued: Callable[[], Iterable[Sequence]] = field(repr=False)
+    outranking_queued: Callable[[], Iterable[Sequence]] = field(repr=False)
 
     @property
     def is_outranked(self) -> bool:
-        """Some queued work ranks above the running batch (stops at the first found)."""
-        return any(self.outranks(s) for s in self.queued)
+        """Some queued work ranks above the running batch (reads only the first)."""
+        return next(iter(self.outranking_queued()), None) is not None
 
     @cached_property
     def outranking(self) -> tuple[WaitingRequest, ...]:
         """The queued sequences that rank above the running batch."""
-        return tuple(self._view(s) for s in self.queued if self.outranks(s))
+        return tuple(self._view(s) for s in self.outranking_queued())
 
     @cached_property
     def waiting(self) -> tuple[WaitingRequest, ...]:
         """Every queued sequence, in no particular order (built on first use)."""
-        return tuple(self._view(s) for s in self.queued)
+        return tuple(self._view(s) for s in self.queued())
 
     @property
     def queue_lengths(self) -> Counter:

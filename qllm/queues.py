@@ -20,6 +20,10 @@ class FCFSQueue:
     def add(self, sequence: Sequence) -> None:
         self._items.append(sequence)
 
+    def add_first(self, sequence: Sequence) -> None:
+        """Ahead of every sequence queued."""
+        self._items.appendleft(sequence)
+
     def peek(self) -> Sequence:
         return self._items[0]
 

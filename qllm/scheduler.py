@@ -11,7 +11,7 @@ from __future__ import annotations
 from qllm.batch import Batch
 from qllm.events import EventSink
 from qllm.memory import MemoryBudget, suspended_bytes
-from qllm.policies.protocol import SchedulingPolicy
+from qllm.policies.protocol import SchedulingPolicy, is_outranked
 from qllm.preemption import CheckpointPolicy, CheckpointState
 from qllm.queues import PriorityQueue
 from qllm.sequence import Sequence, SequenceStatus
@@ -141,7 +141,7 @@ class Scheduler:
         self.policy.add(sequence)
 
     def _is_outranked(self, batch: Batch) -> bool:
-        return any(self.policy.outranks(s, batch) for s in self.policy.queued())
+        return is_outranked(self.policy, batch)
 
     def _checkpoint_state(self, batch: Batch, now_s: float) -> CheckpointState:
         return CheckpointState(
@@ -154,8 +154,8 @@ class Scheduler:
             num_layers=self.num_layers,
             run_s=batch.run_s,
             num_suspended=len(self.suspended),
-            queued=tuple(self.policy.queued()),
-            outranks=lambda sequence: self.policy.outranks(sequence, batch),
+            queued=self.policy.queued,
+            outranking_queued=lambda: self.policy.outranking(batch),
         )
 
     def _start(self, sequences: list[Sequence]) -> None:
@@ -209,7 +209,13 @@ class Scheduler:
         """BE aging: a BE sequence queued or suspended for longer than the bound is served as LS from now on."""
         if self.be_aging_s is None:
             return
-        suspended = (s for batch in self.suspended for s in batch.sequences)
-        for sequence in (*self.policy.queued(), *suspended):
-            if not sequence.is_urgent and now_s - sequence.ready_s > self.be_aging_s:
-                sequence.is_promoted = True
+        def aged(sequences):
+            return [s for s in sequences if not s.is_urgent and now_s - s.ready_s > self.be_aging_s]
+
+        for sequence in aged(s for batch in self.suspended for s in batch.sequences):
+            sequence.is_promoted = True
+        queued = sorted(aged(self.policy.queued()), key=lambda s: s.ready_s)
+        for sequence in queued:
+            sequence.is_promoted = True
+        if queued:
+            self.policy.promote(queued)

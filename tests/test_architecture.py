@@ -59,8 +59,11 @@ class ShortestPromptFirst:
     def has_queued(self):
         return bool(self.prefill or len(self.decode))
 
-    def outranks(self, sequence, batch):
-        return False
+    def outranking(self, batch):
+        return ()
+
+    def promote(self, sequences):
+        pass
 
     def finished(self, sequence):
         pass

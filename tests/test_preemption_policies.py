@@ -18,8 +18,8 @@ def state(running_is_urgent: bool, waiting: list[Sequence], layer=0, run_s=1.0, 
     return CheckpointState(
         now_s=10.0, running_classes=("LS",) if running_is_urgent else ("BE",), running_is_urgent=running_is_urgent,
         running_is_prefill=True, layer=layer, expert=None, num_layers=num_layers, run_s=run_s,
-        num_suspended=0, queued=tuple(waiting),
-        outranks=lambda s: s.is_urgent and s.is_prefill and not running_is_urgent,
+        num_suspended=0, queued=lambda: waiting,
+        outranking_queued=lambda: [s for s in waiting if s.is_urgent and s.is_prefill and not running_is_urgent],
     )  # fmt: skip
 
 

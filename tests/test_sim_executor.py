@@ -23,7 +23,7 @@ from qllm.sequence import Sequence
 from qllm.sim.cost_model import StageCosts
 from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
 from qllm.sim.routing import UniformRouting
-from qllm.stop_check import StopCheck
+from qllm import stop_check
 from tests.helpers import engine_config
 
 COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.4, shared_expert_s=0.5,
@@ -155,7 +155,7 @@ def test_routing_sends_each_token_to_top_k_distinct_experts():
 def sim_run(config, engine: str, requests, stop_everywhere: bool, monkeypatch, **overrides):
     """Replay `requests` on the sim; `stop_everywhere`: the pass stops at every checkpoint."""
     if stop_everywhere:
-        monkeypatch.setattr(StopCheck, "may_stop", lambda self, batch: True)
+        monkeypatch.setattr(stop_check, "may_stop", lambda scheduler, batch: True)
     resources = RunResources(config)
     clock = resources.new_clock()
     recorder = Recorder(clock)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import chain
 
 from qllm.batch import Batch
@@ -43,8 +44,11 @@ class PriorityContinuousBatchingPolicy:
     def has_queued(self) -> bool:
         return bool(len(self.waiting) or self.decode)
 
-    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
-        return False
+    def outranking(self, batch: Batch) -> Iterable[Sequence]:
+        return ()
+
+    def promote(self, sequences: list[Sequence]) -> None:
+        pass  # the order here does not depend on the class
 
     def finished(self, sequence: Sequence) -> None:
         self.admitted.discard(sequence)

@@ -2,7 +2,7 @@
 
 The scheduler owns every sequence; a policy keeps the queued ones in its own order (through
 `qllm.queues`) and, when nothing runs, picks the next batch from them. Suspended batches are the
-scheduler's: it resumes one whenever no queued sequence outranks it (`outranks`) or the policy
+scheduler's: it resumes one whenever no queued sequence outranks it (`outranking`) or the policy
 has nothing to start, so no policy can strand one.
 """
 
@@ -39,8 +39,14 @@ class SchedulingPolicy(Protocol):
     def has_queued(self) -> bool:
         """Any sequence queued."""
 
-    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
-        """True when queued `sequence` should run before `batch` (running or suspended) goes on."""
+    def outranking(self, batch: Batch) -> Iterable[Sequence]:
+        """The queued sequences that should run before `batch` (running or suspended) goes on, as
+        an iterable the scheduler may stop reading at the first (asked at every checkpoint: keep
+        it cheap, e.g. one of the policy's own queues)."""
+
+    def promote(self, sequences: list[Sequence]) -> None:
+        """These queued sequences, oldest first, are served as LS from now on (BE aging has just
+        set `is_promoted`): a policy that queues by class moves them."""
 
     def schedule(self) -> Decision:
         """The next batch, when nothing runs."""
@@ -51,3 +57,8 @@ class SchedulingPolicy(Protocol):
     def remove(self, sequence: Sequence) -> None:
         """Forget `sequence`, queued or inside a batch, as if it had never been added: it was
         aborted, or its batch was dissolved (the scheduler then `add`s it again)."""
+
+
+def is_outranked(policy: SchedulingPolicy, batch: Batch) -> bool:
+    """Some queued sequence should run before `batch` goes on (reads the policy's first one only)."""
+    return next(iter(policy.outranking(batch)), None) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import chain
 
 from qllm.batch import Batch
@@ -10,19 +11,11 @@ from qllm.queues import FCFSQueue, take_batch
 from qllm.sequence import Sequence
 
 
-def is_urgent(sequence: Sequence) -> bool:
-    return sequence.is_urgent
-
-
-def is_not_urgent(sequence: Sequence) -> bool:
-    return not sequence.is_urgent
-
-
 class QLLMPolicy:
     """Batches of one phase at a time (unless `mixed_batches`), batch size limit B, LS before BE.
 
-    The queues are a prompt queue and a decode queue, each first come first served, seen per class
-    (LS, or BE promoted by aging, vs BE). The next batch is, in order: (1) B LS decodes when that
+    Four queues, prompts and decodes of each class (LS, or BE promoted by aging: `promote` moves
+    it to the front of its LS queue, vs BE), each first come first served. The next batch is, in order: (1) B LS decodes when that
     many wait; (2) the waiting LS prompts; (3) BE prompts while fewer than B sequences are active
     (prefilled and unfinished: queued to decode, running or suspended); (4) one decode batch, LS
     sequences first, topped up with BE ones. LS prompts keep absolute priority; decodes of both
@@ -53,69 +46,79 @@ class QLLMPolicy:
         self.be_prefill_top_up = be_prefill_top_up  # BE prompts fill an LS prefill batch (the prototype does)
         self.prompts_first = prompts_first
         self.mixed_batches = mixed_batches  # BE prompts join the decode batch in one pass
-        self.prefill = FCFSQueue()
-        self.decode = FCFSQueue()
+        # The four queues, by class (urgent: LS, or BE promoted by aging) and phase; each FCFS.
+        self.ls_prefill, self.be_prefill = FCFSQueue(), FCFSQueue()
+        self.ls_decode, self.be_decode = FCFSQueue(), FCFSQueue()
         self.active: set[Sequence] = set()  # sequences past their prompt batch and unfinished, wherever they are
 
     @property
     def num_active(self) -> int:
         return len(self.active)
 
-    def add(self, sequence: Sequence) -> None:
+    def _queue_of(self, sequence: Sequence) -> FCFSQueue:
         if sequence.is_prefill:
-            self.prefill.add(sequence)
-        else:
-            self.decode.add(sequence)
+            return self.ls_prefill if sequence.is_urgent else self.be_prefill
+        return self.ls_decode if sequence.is_urgent else self.be_decode
+
+    def add(self, sequence: Sequence) -> None:
+        self._queue_of(sequence).add(sequence)
+        if not sequence.is_prefill:
             self.active.add(sequence)  # already there, unless its batch was dissolved (`remove`)
 
     def queued(self):
-        return chain(self.prefill, self.decode)
+        return chain(self.ls_prefill, self.ls_decode, self.be_prefill, self.be_decode)
 
     def has_queued(self) -> bool:
-        return bool(len(self.prefill) or len(self.decode))
+        return bool(len(self.ls_prefill) or len(self.be_prefill) or len(self.ls_decode) or len(self.be_decode))
+
+    def promote(self, sequences: list[Sequence]) -> None:
+        """Aged BE sequences, now urgent, go to the front of their phase's LS queue, oldest first."""
+        for sequence in reversed(sequences):
+            queue = self.be_prefill if sequence.is_prefill else self.be_decode
+            queue.remove(sequence)
+            self._queue_of(sequence).add_first(sequence)
 
     def finished(self, sequence: Sequence) -> None:
         self.active.discard(sequence)
 
     def remove(self, sequence: Sequence) -> None:
-        for queue in (self.prefill, self.decode):
+        for queue in (self.ls_prefill, self.be_prefill, self.ls_decode, self.be_decode):
             if sequence in queue:
                 queue.remove(sequence)
         self.active.discard(sequence)
 
-    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
-        if not (sequence.is_urgent and sequence.is_prefill):
-            return False
-        return not batch.is_urgent or (self.prompts_first and not batch.is_prefill)
+    def outranking(self, batch: Batch) -> Iterable[Sequence]:
+        if batch.is_urgent and not (self.prompts_first and not batch.is_prefill):
+            return ()
+        return self.ls_prefill
 
     def schedule(self) -> Decision:
         urgent = self._urgent_batch()
         if urgent:
             return Decision(start=urgent)
         room = self.max_batch_size - self.num_active
-        if len(self.prefill) and room > 0:
-            prompts = self._prompts(take_batch(self.prefill, room, self.max_batch_tokens))
+        if len(self.be_prefill) and room > 0:
+            prompts = self._prompts(take_batch(self.be_prefill, room, self.max_batch_tokens))
             return Decision(start=self._decode_batch() + prompts if self.mixed_batches else prompts)
         return Decision(start=self._decode_batch())
 
     def _urgent_batch(self) -> list[Sequence]:
         """Steps (1) and (2): B LS decodes when that many wait, else the waiting LS prompts (may be empty)."""
-        if sum(map(is_urgent, self.decode)) >= self.max_batch_size:
-            return take_batch(self.decode, self.max_batch_size, where=is_urgent)
+        if len(self.ls_decode) >= self.max_batch_size:
+            return take_batch(self.ls_decode, self.max_batch_size)
         return self._ls_prefill_batch()
 
     def _decode_batch(self) -> list[Sequence]:
         """LS decodes first, topped up with BE decodes."""
-        batch = take_batch(self.decode, self.max_batch_size, where=is_urgent)
-        return batch + take_batch(self.decode, self.max_batch_size - len(batch), where=is_not_urgent)
+        batch = take_batch(self.ls_decode, self.max_batch_size)
+        return batch + take_batch(self.be_decode, self.max_batch_size - len(batch))
 
     def _ls_prefill_batch(self) -> list[Sequence]:
-        batch = take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens, where=is_urgent)
+        batch = take_batch(self.ls_prefill, self.max_batch_size, self.max_batch_tokens)
         if batch and self.be_prefill_top_up:
             used = sum(s.num_new_tokens for s in batch)
             room = self.max_batch_size - len(batch)
-            batch += take_batch(self.prefill, room, self.max_batch_tokens - used, where=is_not_urgent,
-                                oversized_head=False)  # fmt: skip
+            batch += take_batch(self.be_prefill, room, self.max_batch_tokens - used, oversized_head=False)
         return self._prompts(batch)
 
     def _prompts(self, batch: list[Sequence]) -> list[Sequence]:

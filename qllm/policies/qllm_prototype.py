@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import chain
+
 from qllm.batch import Batch
 from qllm.policies.protocol import Decision
 from qllm.policies.qllm import QLLMPolicy
@@ -19,13 +22,13 @@ class QLLMPrototypePolicy(QLLMPolicy):
     and BE batches shrink as they drain (docs/reproducing.md measures what that costs).
     """
 
-    def outranks(self, sequence: Sequence, batch: Batch) -> bool:
-        return sequence.is_urgent and not batch.is_urgent
+    def outranking(self, batch: Batch) -> Iterable[Sequence]:
+        return () if batch.is_urgent else chain(self.ls_prefill, self.ls_decode)
 
     def schedule(self) -> Decision:
         urgent = self._urgent_batch()
         if urgent:
             return Decision(start=urgent)
-        if len(self.decode):  # (3) and (4): LS decodes topped up with BE ones, or BE decodes alone
+        if len(self.ls_decode) or len(self.be_decode):  # (3) and (4): LS decodes topped up with BE ones, or BE decodes alone
             return Decision(start=self._decode_batch())
-        return Decision(start=self._prompts(take_batch(self.prefill, self.max_batch_size, self.max_batch_tokens)))
+        return Decision(start=self._prompts(take_batch(self.be_prefill, self.max_batch_size, self.max_batch_tokens)))
