@@ -67,26 +67,20 @@ class PriorityQueue:
         return len(self._heap)
 
 
-def take_batch(queue: FCFSQueue | PriorityQueue, max_sequences: int, max_tokens: float = math.inf, where=None,
+def take_batch(queue: FCFSQueue | PriorityQueue, max_sequences: int, max_tokens: float = math.inf,
                oversized_head: bool = True) -> list[Sequence]:
-    """Remove and return queued sequences, in the queue's order, while the batch stays within both
-    limits (`max_tokens` counts the tokens each feeds); `where` (a predicate) skips the sequences it
-    rejects, leaving them queued.
+    """Remove and return sequences from the head of the queue, in its order, while the batch stays
+    within both limits (`max_tokens` counts the tokens each feeds).
 
     With `oversized_head` the first sequence is taken even alone over `max_tokens`, so that a long
     prompt cannot block its queue forever.
     """
     batch: list[Sequence] = []
     num_tokens = 0
-    for sequence in list(queue):
-        if len(batch) >= max_sequences:
+    while len(queue) and len(batch) < max_sequences:
+        tokens = queue.peek().num_new_tokens
+        if num_tokens + tokens > max_tokens and (batch or not oversized_head):
             break
-        if where is not None and not where(sequence):
-            continue
-        if num_tokens + sequence.num_new_tokens > max_tokens and (batch or not oversized_head):
-            break
-        batch.append(sequence)
-        num_tokens += sequence.num_new_tokens
-    for sequence in batch:
-        queue.remove(sequence)
+        batch.append(queue.pop())
+        num_tokens += tokens
     return batch

@@ -15,10 +15,10 @@ class QLLMPolicy:
     """Batches of one phase at a time (unless `mixed_batches`), batch size limit B, LS before BE.
 
     Four queues, prompts and decodes of each class (LS, or BE promoted by aging: `promote` moves
-    it to the front of its LS queue, vs BE), each first come first served. The next batch is, in order: (1) B LS decodes when that
-    many wait; (2) the waiting LS prompts; (3) BE prompts while fewer than B sequences are active
-    (prefilled and unfinished: queued to decode, running or suspended); (4) one decode batch, LS
-    sequences first, topped up with BE ones. LS prompts keep absolute priority; decodes of both
+    it to the front of its LS queue, vs BE), each first come first served. The next batch is, in
+    order: (1) B LS decodes when that many wait; (2) the waiting LS prompts; (3) BE prompts while
+    fewer than B sequences are active (prefilled and unfinished: queued to decode, running or
+    suspended); (4) one decode batch, LS sequences first, topped up with BE ones. LS prompts keep absolute priority; decodes of both
     classes share the batch, as in continuous batching, and counting every active sequence keeps
     them within one batch of B (BE prompts wait while LS work fills it).
 

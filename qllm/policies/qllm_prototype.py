@@ -29,6 +29,6 @@ class QLLMPrototypePolicy(QLLMPolicy):
         urgent = self._urgent_batch()
         if urgent:
             return Decision(start=urgent)
-        if len(self.ls_decode) or len(self.be_decode):  # (3) and (4): LS decodes topped up with BE ones, or BE decodes alone
+        if len(self.ls_decode) or len(self.be_decode):  # (3), (4): LS decodes topped up with BE ones, or BE ones alone
             return Decision(start=self._decode_batch())
         return Decision(start=self._prompts(take_batch(self.be_prefill, self.max_batch_size, self.max_batch_tokens)))
