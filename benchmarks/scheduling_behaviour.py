@@ -8,13 +8,14 @@
   engine's throughput as a share of the offered load (the trace's output tokens per second of
   arrivals): a share under 1 means the engine is saturated.
 
-    python benchmarks/scheduling_behaviour.py [--threads 1] [--loads 1 2] [hydra overrides, e.g. model=small_mixtral]
+    python benchmarks/scheduling_behaviour.py [--threads 1] [--loads 1 2] [--rounds 5] [hydra overrides, e.g. model=small_mixtral]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 
 import torch
 
@@ -37,6 +38,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--loads", type=float, nargs="+", default=[1.0, 2.0],
                         help="offered load as multiples of the trace's own (default: 1 2)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the engines this many times in turn at each load and report medians "
+                             "(a busy machine moves one run's throughput by up to 20 %%)")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/config.yaml")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,11 +53,10 @@ def main() -> None:
         cfg.trace.time_scale = time_scale / load
         requests = requests_from_trace(load_workload(cfg.trace))
         params = {"run_id": f"load-{load:g}"}
-        summaries = {
-            name: run_engine(name, cfg.engine[name], resources, requests, cfg, params)["summary"] for name in ENGINES
-        }
-        report(summaries, load, offered_tok_s(requests))
-        loaded_ls_p99[load] = summaries["qllm"].set_index("priority_class").loc["LS"].ttft_s_p99
+        rounds = [{name: run_engine(name, cfg.engine[name], resources, requests, cfg, params)["summary"]
+                   .set_index("priority_class") for name in ENGINES} for _ in range(args.rounds)]  # fmt: skip
+        report(rounds, load, offered_tok_s(requests))
+        loaded_ls_p99[load] = statistics.median(r["qllm"].loc["LS"].ttft_s_p99 for r in rounds)
     alone = [dataclasses.replace(r, arrival_s=0.0) for r in requests if r.priority_class == "LS"]
     ttft = [run_engine("qllm", cfg.engine.qllm, resources, [r], cfg, params)["requests"]["ttft_s"].iloc[0] for r in alone]
     alone_p99 = float(torch.quantile(torch.tensor(ttft, dtype=torch.float64), 0.99))
@@ -62,18 +65,25 @@ def main() -> None:
         print(f"qllm LS TTFT p99 at load x{load:g} / alone p99:  {p99 / alone_p99:6.2f}x  (target <= 2)")
 
 
-def report(summaries: dict, load: float, offered: float) -> None:
-    ls = {name: s.set_index("priority_class").loc["LS"] for name, s in summaries.items()}
-    every = {name: s.set_index("priority_class").loc["all"] for name, s in summaries.items()}
-    print(f"\nload x{load:g}: offered {offered:.0f} tok/s")
+def report(rounds: list[dict], load: float, offered: float) -> None:
+    """Each engine's medians over the rounds; the ratios' range over the rounds when there are several."""
+    def median(name: str, cls: str, column: str) -> float:
+        return statistics.median(r[name].loc[cls][column] for r in rounds)
+
+    def ratio(text: str, top: tuple, bottom: tuple, unit: float, target: str) -> None:
+        per_round = [r[top[0]].loc[top[1]][top[2]] / r[bottom[0]].loc[bottom[1]][bottom[2]] for r in rounds]
+        spread = f"  (rounds {min(per_round):.2f}-{max(per_round):.2f})" if len(rounds) > 1 else ""
+        print(f"{text:30s}{median(*top) / median(*bottom):6.{unit}f}x  (target {target}){spread}")
+
+    print(f"\nload x{load:g}: offered {offered:.0f} tok/s" + (f", medians of {len(rounds)} rounds" if len(rounds) > 1 else ""))
     print(f"{'engine':9s} {'LS TTFT p50':>12s} {'p99':>10s} {'throughput':>12s} {'of offered':>10s}")
     for name in ENGINES:
-        throughput = every[name].throughput_tok_s
-        print(f"{name:9s} {ls[name].ttft_s_p50 * 1e3:9.2f} ms {ls[name].ttft_s_p99 * 1e3:7.2f} ms "
+        throughput = median(name, "all", "throughput_tok_s")
+        print(f"{name:9s} {median(name, 'LS', 'ttft_s_p50') * 1e3:9.2f} ms {median(name, 'LS', 'ttft_s_p99') * 1e3:7.2f} ms "
               f"{throughput:7.1f} tok/s {throughput / offered:10.2f}")  # fmt: skip
-    print(f"fcfs_rtc / qllm LS TTFT p50:  {ls['fcfs_rtc'].ttft_s_p50 / ls['qllm'].ttft_s_p50:6.1f}x  (target >= 20)")
-    print(f"qllm / fcfs_cb throughput:    {every['qllm'].throughput_tok_s / every['fcfs_cb'].throughput_tok_s:6.2f}x"
-          "  (target >= 0.95)")  # fmt: skip
+    ratio("fcfs_rtc / qllm LS TTFT p50:", ("fcfs_rtc", "LS", "ttft_s_p50"), ("qllm", "LS", "ttft_s_p50"), 1, ">= 20")
+    ratio("qllm / fcfs_cb throughput:", ("qllm", "all", "throughput_tok_s"), ("fcfs_cb", "all", "throughput_tok_s"), 2,
+          ">= 0.95")  # fmt: skip
 
 
 if __name__ == "__main__":
