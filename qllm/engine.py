@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from qllm import stop_check
 from qllm.batch import Batch
 from qllm.errors import ConfigurationError
 from qllm.events import Clock, EventSink, Quantum
@@ -24,7 +25,6 @@ from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
-from qllm import stop_check
 
 
 class QLLMEngine:
@@ -59,8 +59,7 @@ class QLLMEngine:
             self.events.rejected(request.request_id, reason)
             return
         prompt = prompt_token_ids(request, config.vocab_size)
-        sequence = Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s)
-        self.scheduler.add(sequence)
+        self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
 
     def abort(self, request_id: str) -> bool:
         """Drop an unfinished request (its client went away) and free its KV; call between steps.

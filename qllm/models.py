@@ -66,10 +66,7 @@ def load_model(
     else:
         if model_type is None:
             raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
-        try:
-            hf_config = AutoConfig.for_model(model_type, **(config or {}))
-        except (ValueError, TypeError) as error:  # an unknown model type, or a config value of the wrong kind
-            raise ConfigurationError(f"model.model_type {model_type!r} / model.config: {error}") from error
+        hf_config = architecture_config(model_type, config)
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(
             hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
@@ -80,6 +77,14 @@ def load_model(
         model = model.to(device)
     model = model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
     return apply_cpu_kernels(model, cpu_kernels)
+
+
+def architecture_config(model_type: str, config: dict | None) -> PretrainedConfig:
+    """The Hugging Face config of `model_type` with the `config` kwargs set."""
+    try:
+        return AutoConfig.for_model(model_type, **(config or {}))
+    except (ValueError, TypeError) as error:  # an unknown model type, or a config value of the wrong kind
+        raise ConfigurationError(f"model.model_type {model_type!r} / model.config: {error}") from error
 
 
 def load_config(
@@ -97,7 +102,7 @@ def load_config(
     folder's config.json. `dtype` and a 4-bit `quantization` are recorded as a loaded model's config
     records them. `placement` (seed, device, attn_implementation) concerns weights only."""
     if model_type is not None:
-        hf_config = AutoConfig.for_model(model_type, **(config or {}))
+        hf_config = architecture_config(model_type, config)
     elif pretrained is not None and Path(pretrained).expanduser().is_dir():
         hf_config = AutoConfig.from_pretrained(Path(pretrained).expanduser(), trust_remote_code=trust_remote_code)
     else:

@@ -73,7 +73,7 @@ class Scheduler:
         if self.running is None:
             self._promote_aged(now_s)
             resumable = self.suspended[0] if self.suspended else None
-            if resumable is not None and not self._is_outranked(resumable):
+            if resumable is not None and not is_outranked(self.policy, resumable):
                 self._resume(resumable)
             else:
                 decision = self.policy.schedule()
@@ -139,9 +139,6 @@ class Scheduler:
     def _queue(self, sequence: Sequence) -> None:
         sequence.status = SequenceStatus.QUEUED
         self.policy.add(sequence)
-
-    def _is_outranked(self, batch: Batch) -> bool:
-        return is_outranked(self.policy, batch)
 
     def _checkpoint_state(self, batch: Batch, now_s: float) -> CheckpointState:
         return CheckpointState(

@@ -83,8 +83,9 @@ class SimExecutor:
     ) -> Generator[Checkpoint, None, list[int]]:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
         num_new_tokens = [s.num_new_tokens for s in batch]
-        shape = PassShape(len(batch), max(num_new_tokens), max(s.num_tokens for s in batch), sum(num_new_tokens))
-        table_width = self.kv_pool.blocks_for(max(s.num_tokens for s in batch))  # the cache's block tables
+        key_len = max(s.num_tokens for s in batch)
+        shape = PassShape(len(batch), max(num_new_tokens), key_len, sum(num_new_tokens))
+        table_width = self.kv_pool.blocks_for(key_len)  # the cache's block tables
         held = functools.partial(held_bytes, self.model, shape, len(batch) * table_width)
         return simulated_pass(self.clock, self.plan(shape), [s.kv for s in batch], num_new_tokens, may_stop, held)
 
@@ -125,7 +126,7 @@ class ExpertCostTable:
 
 def simulated_pass(
     clock: SimulatedClock, plan: ExpertPlan | WholeLayerPlan, kvs: list[SequenceKV], num_new_tokens: list[int],
-    may_stop: Callable[[], bool] | None, held: Callable[[int, int], int],
+    may_stop: Callable[[], bool] | None, held: Callable[[int], int],
 ) -> Generator[Checkpoint, None, list[int]]:
     """Run `plan` on `clock` (see the module docstring). Few locals, on purpose: qllm.memory walks
     this frame to measure a suspended pass, and finds here only what a real pass would hold."""
