@@ -1,112 +1,183 @@
-"""How closely the simulator predicts the real executor: the CPU presets' points run on both.
+"""How closely the simulator predicts the real executor, on workloads drawn at random from a seed.
 
-For each load (the CPU presets' trace: 120 ShareGPT requests, prompts cut to 64 tokens, outputs to
-32, 20 % LS, from under to past the tiny model's capacity of about 60 req/s) and each engine
-(qllm, the FCFS run-to-completion baseline, priority_cb), the real executor replays the trace in
-real time, and the simulator replays it on its virtual clock with the profiled cost model, measured
-by `qllm-profile` just before (each of `--repeats` rounds: a profile, then every point, real and
-simulated). Per priority class it prints the error of the simulated p50 and p99 TTFT, p50
-turnaround and throughput against the real runs, (sim - real) / real on the medians over the
-rounds, beside the real rounds' own spread, (max - min) / median: on a shared machine the real
-runs vary too, and an error inside that spread is noise, not the model.
+Each workload (harness/random_workloads.py) is a random choice of arrival process (Poisson, Gamma
+with CV 2-4, or a real trace's timestamps), lengths (ShareGPT, Azure code and conversation,
+BurstGPT, Mooncake, uniform; prompts up to 512 tokens, outputs up to 256), load (0.3x-2x the
+engine's capacity), LS share (0.1-0.5), batch limit (8/16/32), granularity (layer/expert), model
+and engine (qllm, fcfs_rtc, fcfs_cb, priority_cb). Before the workloads of a model, the model is
+profiled on this machine (`qllm-profile`, in this process); a workload's capacity is the simulated
+engine's throughput with every request arriving at once; then the workload runs twice on the real
+executor (their spread) and once simulated. Per workload, class and metric it reports the
+simulated value's signed error against the mean of the two real runs, and the real runs' own
+spread |a - b| / mean, then medians, p90s and signed medians per metric.
 
-    taskset -c 1 python benchmarks/sim_fidelity.py                                     # about 3 min a round
-    taskset -c 1 python benchmarks/sim_fidelity.py --profile profiles/tiny_mixtral.parquet  # the committed one
+    taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
+    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
 
-Pin it to one core, as the presets run (one torch thread).
+Pin it to one core, as the presets run (one torch thread). The workloads' arrivals span about
+`--duration` seconds each, so a run of 12 takes about 12 x 3 x that plus the profiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import secrets
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from harness.app import CONF_DIR, compose_config, run_engine
 from harness.engines import RunResources
 from harness.profile_app import profile
+from harness.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
+                                      requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
-from harness.workload import load_workload
+from harness.trace_schema import validate_trace
 
-ENGINES = ("qllm", "fcfs_rtc", "priority_cb")
-RATES = (10, 30, 50, 80)  # nominal req/s: the presets' grid (ttft_vs_rate 10-50, throughput_vs_rate to 80)
-POINT = ("experiment=ttft_vs_rate", "progress=false")  # the CPU presets' trace, caps, LS share and SLO
-METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "e2e_s_p50": "turnaround p50", "throughput_tok_s": "tok/s"}
-
-
-def summaries(executor_overrides: tuple[str, ...], rate: float, engines=ENGINES) -> dict[str, pd.DataFrame]:
-    """Each engine's summary table (rows per class) at `rate`."""
-    cfg = compose_config(*POINT, f"engine=[{','.join(engines)}]", f"trace.rate={rate}", *executor_overrides)
-    resources = RunResources(cfg)
-    requests = requests_from_trace(load_workload(cfg.trace))
-    params = {"run_id": f"{rate}", "rate": rate}
-    return {name: run_engine(name, engine_cfg, resources, requests, cfg, params)["summary"]
-            for name, engine_cfg in cfg.engine.items()}  # fmt: skip
+METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
+           "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
+CLASSES = ("LS", "BE", "all")
+CAPACITY_REQUESTS = 64  # requests arriving at once, to measure a workload's capacity on the simulator
 
 
-def metric_rows(summary: pd.DataFrame) -> dict[tuple[str, str], float]:
-    """(class, metric label) -> value, from one engine's summary table."""
-    rows = summary.set_index("priority_class")
-    return {(cls, label): float(rows.loc[cls, column]) for cls in ("LS", "BE", "all") for column, label in METRICS.items()}
-
-
-def compare(reals: list[pd.DataFrame], sims: list[pd.DataFrame]) -> pd.DataFrame:
-    """Simulated against real metrics, each the median over the repeats, and the real repeats' spread."""
-    real, sim = (pd.DataFrame([metric_rows(summary) for summary in runs]) for runs in (reals, sims))
-    rows = []
-    for key, values in real.items():
-        median, simulated = values.median(), sim[key].median()
-        rows.append({"class": key[0], "metric": key[1], "real": median, "sim": simulated,
-                     "real spread": (values.max() - values.min()) / median, "error": (simulated - median) / median})
-    return pd.DataFrame(rows)
-
-
-def profile_here(out: Path) -> None:
-    """`qllm-profile out=<out>` in this process."""
+def profile_here(model: str, out: Path, overrides: list[str]) -> None:
+    """`qllm-profile model=<model> out=<out> <overrides>` in this process."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("profile", overrides=[f"out={out}"], return_hydra_config=True)
+        cfg = compose("profile", overrides=[f"model={model}", f"out={out}", *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     profile(cfg)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", help="a profile to use (default: measure one before each repeat)")
-    parser.add_argument("--rates", type=float, nargs="+", default=RATES)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per point, each after a fresh profile (medians compared)")
-    args = parser.parse_args()
-    reals = {rate: [] for rate in args.rates}
-    sims = {rate: [] for rate in args.rates}
+def run_summary(workload: Workload, trace: pd.DataFrame, executor: list[str]) -> pd.DataFrame:
+    """The engine's summary table (a row per class) for `trace`, on the real or simulated executor."""
+    cfg = compose_config(*workload.overrides(), *executor, "progress=false")
+    resources = RunResources(cfg)
+    requests = requests_from_trace(validate_trace(trace, source=f"workload {workload.index}"))
+    (name, engine_cfg), = cfg.engine.items()
+    return run_engine(name, engine_cfg, resources, requests, cfg, {"run_id": str(workload.index)})["summary"]
+
+
+def capacity_rps(workload: Workload, limits: Limits, sim: list[str]) -> float:
+    """Requests per second the simulated engine serves of this workload's requests, all arriving at once."""
+    trace = draw_trace(with_rate(workload, 1.0), CAPACITY_REQUESTS, 1.0, limits).assign(arrival_s=0.0)
+    summary = run_summary(workload, trace, sim).set_index("priority_class")
+    return float(summary.loc["all", "throughput_rps"])
+
+
+def metric_values(summary: pd.DataFrame) -> dict[tuple[str, str], float]:
+    rows = summary.set_index("priority_class")
+    return {(cls, label): float(rows.loc[cls, column]) if cls in rows.index else np.nan
+            for cls in CLASSES for column, label in METRICS.items()}  # fmt: skip
+
+
+def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) -> pd.DataFrame:
+    """Per class and metric: the real runs, their mean and spread, the simulated value and its error."""
+    first, second = (metric_values(summary) for summary in reals)
+    simulated = metric_values(sim)
+    rows = []
+    for key in simulated:
+        mean = (first[key] + second[key]) / 2
+        if not np.isfinite(mean) or mean <= 0:
+            continue  # a class the workload did not draw, or a one-token output's TPOT
+        rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine,
+                     "class": key[0], "metric": key[1], "real_a": first[key], "real_b": second[key],
+                     "sim": simulated[key], "real_spread": abs(first[key] - second[key]) / mean,
+                     "error": (simulated[key] - mean) / mean})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
+              profiles: dict[str, Path] | None = None, progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+    """Draw `count` workloads from `seed` and compare real and simulated runs of each (module docstring).
+    `profiles`: a profile per model to use instead of measuring one."""
+    workloads = draw_workloads(seed, count, models, engines)
+    tables, done = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for repeat in range(args.repeats):  # a profile, then every point: a slow spell of the machine spreads over all
-            profile = Path(args.profile) if args.profile else Path(folder) / f"profile{repeat}.parquet"
-            if not args.profile:
-                profile_here(profile)
-            for rate in args.rates:
-                reals[rate].append(summaries(("executor=real",), rate))
-                sims[rate].append(summaries(("executor=sim", "hardware=profiled", f"hardware.path={profile}"), rate))
-    tables = [compare([r[engine] for r in reals[rate]], [s[engine] for s in sims[rate]]).assign(rate=rate, engine=engine)
-              for rate in args.rates for engine in ENGINES]  # fmt: skip
-    table = pd.concat(tables, ignore_index=True)
+        for model in sorted({w.model for w in workloads}):
+            path = (profiles or {}).get(model)
+            if path is None:
+                path = Path(folder) / f"{model}.parquet"
+                started = time.perf_counter()
+                profile_here(model, path, profile_overrides)
+                progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
+            sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
+            for workload in (w for w in workloads if w.model == model):
+                workload = with_rate(workload, capacity_rps(workload, limits, sim))
+                trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
+                started = time.perf_counter()
+                reals = [run_summary(workload, trace, ["executor=real"]) for _ in range(2)]
+                table = compare(workload, reals, run_summary(workload, trace, sim))
+                progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: "
+                         f"median |error| {100 * table['error'].abs().median():.1f} % "
+                         f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+                tables.append(table)
+                done.append(workload)
+    return done, pd.concat(tables, ignore_index=True)
+
+
+def per_metric(table: pd.DataFrame) -> pd.DataFrame:
+    """Median and p90 of |error|, the signed median, and the real runs' median spread, per metric."""
+    grouped = table.assign(abs_error=table["error"].abs()).groupby("metric", sort=False)
+    stats = pd.DataFrame({
+        "n": grouped.size(),
+        "|error| median %": 100 * grouped["abs_error"].median(),
+        "|error| p90 %": 100 * grouped["abs_error"].quantile(0.9),
+        "signed median %": 100 * grouped["error"].median(),
+        "real spread median %": 100 * grouped["real_spread"].median(),
+    })
+    overall = table["error"]
+    stats.loc["all metrics"] = [len(table), 100 * overall.abs().median(), 100 * overall.abs().quantile(0.9),
+                                100 * overall.median(), 100 * table["real_spread"].median()]  # fmt: skip
+    return stats
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="draws the workloads (default: a random one, printed)")
+    parser.add_argument("--workloads", type=int, default=12)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES))
+    parser.add_argument("--duration", type=float, default=Limits.duration_s, help="seconds of arrivals per workload")
+    parser.add_argument("--max-prompt-len", type=int, default=Limits.max_prompt_len)
+    parser.add_argument("--max-output-len", type=int, default=Limits.max_output_len)
+    parser.add_argument("--max-requests", type=int, default=Limits.max_requests)
+    parser.add_argument("--profile", nargs=2, action="append", metavar=("MODEL", "PATH"), default=[],
+                        help="use this profile for MODEL instead of measuring one (repeatable)")
+    parser.add_argument("--profile-override", action="append", default=[],
+                        help="a qllm-profile override for the profiles measured here, e.g. repeats=5 (repeatable)")
+    parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
+    args = parser.parse_args(argv)
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    print(f"seed {seed} (repeat with --seed {seed}); data: {SHARED_DATA if SHARED_DATA.is_dir() else 'shipped only'}")
+    torch.set_num_threads(1)
+    limits = Limits(args.max_prompt_len, args.max_output_len, args.duration, min(Limits.min_requests, args.max_requests),
+                    args.max_requests)  # fmt: skip
+    profiles = {model: Path(path) for model, path in args.profile}
+    workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles)
     pd.set_option("display.width", 200)
-    pd.set_option("display.max_rows", 500)
-    shown = table.assign(**{"error %": (100 * table["error"]).round(1), "real spread %": (100 * table["real spread"]).round(1)})
-    columns = ["rate", "engine", "class", "metric", "real", "real spread %", "sim", "error %"]
-    print(shown[columns].to_string(index=False, float_format="%.4g"))
-    magnitude = table["error"].abs()
-    print(f"\n|error| median {100 * magnitude.median():.1f} %, p90 {100 * magnitude.quantile(0.9):.1f} %, "
-          f"max {100 * magnitude.max():.1f} %; {int((magnitude <= 0.10).sum())} of {len(table)} within 10 %; "
-          f"{int((magnitude <= table['real spread']).sum())} within the real repeats' own spread "
-          f"(median spread {100 * table['real spread'].median():.1f} %)")
-    print("\nmedian |error| % and median real spread %, by metric and class:")
-    pivot = table.assign(error=magnitude).pivot_table(index="metric", columns="class", values=["error", "real spread"],
-                                                       aggfunc="median")  # fmt: skip
-    print((100 * pivot).round(1).to_string())
+    pd.set_option("display.max_rows", 1000)
+    print("\nworkloads:")
+    for workload in workloads:
+        print(f"  {workload.describe()} rate={workload.rate:.2f}/s")
+    shown = table.assign(**{"error %": (100 * table["error"]).round(1), "spread %": (100 * table["real_spread"]).round(1)})
+    print(shown[["workload", "engine", "class", "metric", "real_a", "real_b", "sim", "spread %", "error %"]]
+          .to_string(index=False, float_format="%.4g"))  # fmt: skip
+    print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
+    print(per_metric(table).round(1).to_string())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.assign(seed=seed).to_csv(args.out, index=False)
+        print(f"-> {args.out}")
+    return table
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
