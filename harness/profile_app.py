@@ -3,7 +3,7 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profiler
 
 from __future__ import annotations
 
-import platform
+import os
 import sys
 from pathlib import Path
 
@@ -15,10 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.engines import RunResources
-from harness.profiler import measure_engine, measure_stages
+from harness.profiler import ShapeSpace, measure_engine, measure_stages
 from harness.workload import PROJECT_ROOT
 from qllm.request import DEFAULT_PRIORITY, Request
-from qllm.sim.profiled import write_profile
+from qllm.sim.profiled import cpu_name, write_profile
 from qllm.sim.shape import ModelShape
 
 
@@ -30,18 +30,11 @@ def engine_requests(cfg: DictConfig) -> list[Request]:
     ]
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def profile(cfg: DictConfig) -> pd.DataFrame:
     torch.set_num_threads(cfg.torch_threads)
     resources = RunResources(cfg)
-    grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    stages = measure_stages(resources.model, grid, cfg.repeats, cfg.seed)
+    space = ShapeSpace(**OmegaConf.to_container(cfg.shapes, resolve=True))
+    stages = measure_stages(resources.model, space, cfg.seed)
     name, engine_cfg = next(iter(cfg.engine.items()))
     engine = measure_engine(lambda clock, events: resources.build_engine(engine_cfg, name, clock, events),
                             engine_requests(cfg.engine_run))  # fmt: skip
@@ -49,10 +42,13 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),
         "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "cores_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": cfg.torch_threads,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "repeats": cfg.repeats,
+        "python": sys.version.split()[0],
+        "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
     }
     table = pd.concat([stages, engine], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out

@@ -1,9 +1,11 @@
 """Measure the real executor stage by stage, for the simulator's profiled cost model (qllm/sim/profiled.py).
 
-For each pass shape of a grid (phase, batch size, length) the real executor runs passes at
-`expert` granularity (one expert per checkpoint) and at `layer` granularity, and every quantum
-(the work between two checkpoints) is timed as the engine times it, around `next()`. A quantum is
-one stage, or a stage plus a neighbour, and the neighbours are separated by subtraction:
+Pass shapes are drawn at random (`draw_shapes`): batch sizes, and per row a prompt length (prefill)
+or a cached context (decode), sometimes all rows alike and sometimes not (padded), up to the sizes
+the runs will meet. For each shape the real executor runs a pass at `expert` granularity (one
+expert per checkpoint) and one at `layer` granularity, and every quantum (the work between two
+checkpoints) is timed as the engine times it, around `next()`. A quantum is one stage, or a stage
+plus a neighbour, and the neighbours are separated by subtraction:
 
 - `attention`: a layer's attention half (layers after the first); `pass_start`: the first quantum
   (embeddings, masks, rotary and layer 0's attention) minus the pass's median attention;
@@ -12,16 +14,21 @@ one stage, or a stage plus a neighbour, and the neighbours are separated by subt
   minus its expert's time; `combine`: its last quantum minus its expert's time (with a shared
   expert, which runs last, the shared expert and the block's output together);
 - `dense_mlp`: a dense layer's MLP half; `layer`: a sparse layer called whole; `pass_end`: the last
-  quantum (final norm, LM head, next tokens, KV commit).
+  quantum (final norm, LM head, next tokens, KV commit);
+- `whole_pass_start`: the first quantum of the `layer` pass minus its median layer: a pass that
+  calls layer 0 whole starts dearer than one that runs it in halves, by an amount that grows with
+  the keys (measured, not explained: 0.26 ms of 1.6 ms on tiny_olmoe, 4 rows of 600 keys).
 
 The engine's own work is measured on a real run of `QLLMEngine`: the gaps between its quanta, at a
-checkpoint (`checkpoint`) and between passes (`pass_overhead`), by phase and batch size.
+checkpoint (`checkpoint`) and between passes (`pass_overhead`), with the shape of the quantum after
+the gap. Every sample is kept; the cost model fits them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -34,38 +41,73 @@ from qllm.executor import ATTENTION, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
-from qllm.sim.profiled import interpolate
-
-EXPERT_BINS = 24  # expert samples are summarized in this many geometric bins of received tokens
-MIN_ENGINE_SAMPLES = 3  # batch sizes the engine run saw fewer times are left to interpolation
+from qllm.sim.profiled import fit
 
 
-def measure_stages(model, grid: dict, repeats: int, seed: int = 0) -> pd.DataFrame:
-    """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over `grid`:
-    {phase: {"batch_size": [...], "length": [...]}}."""
+@dataclass(frozen=True)
+class ShapeSpace:
+    """The pass shapes a profile draws from: up to what the runs it serves will meet."""
+
+    num_shapes: int = 150  # shapes drawn (each timed at expert and at layer granularity)
+    max_batch_size: int = 32
+    max_prompt_len: int = 512  # per row, prefill
+    max_batch_tokens: int = 2048  # prompt tokens per prefill pass (the policies' max_batch_tokens)
+    max_context_len: int = 768  # cached tokens per row, decode
+    max_batch_context: int = 16384  # cached tokens per decode pass
+    decode_share: float = 0.6  # of the shapes drawn
+    uneven_share: float = 0.5  # shapes whose rows differ in length (padded)
+
+
+def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, list[int]]]:
+    """(phase, per-row lengths: prompt tokens at prefill, cached tokens at decode) for each shape,
+    batch sizes log-uniform, so small and large passes are both well covered."""
+    shapes = []
+    for _ in range(space.num_shapes):
+        decode = rng.random() < space.decode_share
+        longest, budget = (space.max_context_len, space.max_batch_context) if decode else (space.max_prompt_len,
+                                                                                            space.max_batch_tokens)  # fmt: skip
+        batch_size = int(np.exp(rng.uniform(0, np.log(space.max_batch_size + 1))))
+        batch_size = max(1, min(batch_size, space.max_batch_size, budget))
+        cap = max(1, min(longest, budget // batch_size))
+        rows = batch_size if rng.random() < space.uneven_share else 1
+        # Half the shapes log-uniform in length (short rows well covered), half uniform (long ones, where
+        # attention's quadratic part and the caches make the cost bend).
+        lengths = np.exp(rng.uniform(0, np.log(cap + 1), rows)) if rng.random() < 0.5 else rng.uniform(1, cap + 1, rows)
+        lengths = np.resize(np.clip(lengths.astype(int), 1 if not decode else 2, cap), batch_size)
+        shapes.append(("decode" if decode else "prefill", [int(n) for n in lengths]))
+    return shapes
+
+
+def shape_columns(phase: str, lengths: list[int]) -> dict:
+    """The profile's shape columns (qllm.sim.profiled.COLUMNS) for a pass over rows of `lengths`."""
+    if phase == "decode":
+        return {"phase": phase, "batch_size": len(lengths), "query_len": 1, "key_len": max(lengths) + 1,
+                "real_tokens": len(lengths)}  # fmt: skip
+    return {"phase": phase, "batch_size": len(lengths), "query_len": max(lengths), "key_len": max(lengths),
+            "real_tokens": sum(lengths)}  # fmt: skip
+
+
+def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
+    """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from `space`."""
     by_parts, whole = RealExecutor(model, "expert", 1), RealExecutor(model, "layer")
     if by_parts.num_layers < 2:
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
     num_experts = next(parts.moe for parts in by_parts.adapter.parts if parts.moe is not None).num_experts
     generator = torch.Generator().manual_seed(seed)
-    points = [{"phase": phase, "batch_size": batch_size, "length": length}
-              for phase, axes in grid.items() for batch_size in axes["batch_size"] for length in axes["length"]]  # fmt: skip
     samples, experts, blocks = [], [], []
-    order = np.random.default_rng(seed)
-    for _ in range(repeats):  # the whole grid once per repeat, shuffled: a burst of other load spreads over the
-        for index in order.permutation(len(points)):  # points, and no shape runs warm after itself as in a loop
-            point = points[index]
-            shape = (point["phase"], point["batch_size"], point["length"])
-            quanta = timed_quanta(by_parts.forward(batch_for(by_parts, *shape, generator)))
-            parts = split_expert_pass(quanta, num_experts)
-            samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
-            experts += parts["experts"]
-            blocks += [{**point, **block} for block in parts["blocks"]]
-            layer_quanta = timed_quanta(whole.forward(batch_for(whole, *shape, generator)))
-            samples += [{**point, "stage": "layer", "seconds": s} for _, s, _ in layer_quanta[1:-1]]
-    expert_rows = expert_table(pd.DataFrame(experts, columns=["tokens", "seconds"]))
+    for phase, lengths in draw_shapes(space, np.random.default_rng(seed)):
+        point = shape_columns(phase, lengths)
+        quanta = timed_quanta(by_parts.forward(batch_for(by_parts, phase, lengths, generator)))
+        parts = split_expert_pass(quanta, num_experts)
+        samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
+        experts += parts["experts"]
+        blocks += [{**point, **block} for block in parts["blocks"]]
+        layer_s = [s for _, s, _ in timed_quanta(whole.forward(batch_for(whole, phase, lengths, generator)))]
+        samples += [{**point, "stage": "layer", "seconds": s} for s in layer_s[1:-1]]
+        samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - np.median(layer_s[1:-1])})
+    expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
-    return pd.concat([summarize(pd.DataFrame(samples)), expert_rows], ignore_index=True)
+    return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
 
 
 def timed_quanta(forward_pass: Generator) -> list[tuple[object, float, dict]]:
@@ -110,63 +152,53 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
 
 
 def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
-    """`router` and `combine`: a block's first and last quanta less their expert's interpolated time."""
-    tokens, seconds = expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float)
+    """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
+    tokens = expert_rows["tokens"].to_numpy(float)
+    constant, per_token = fit(np.stack([np.ones_like(tokens), tokens], axis=1), expert_rows["seconds"].to_numpy(float))
 
     def expert_s(received):
-        return 0.0 if received is None else float(interpolate(np.array([float(received)]), tokens, seconds)[0])
+        return 0.0 if received is None else constant + per_token * received
 
+    shape_keys = ("phase", "batch_size", "query_len", "key_len", "real_tokens")
     samples = []
     for block in blocks:
-        point = {key: block[key] for key in ("phase", "batch_size", "length")}
+        point = {key: block[key] for key in shape_keys}
         samples.append({**point, "stage": "router", "seconds": block["first_s"] - expert_s(block["first_tokens"])})
         samples.append({**point, "stage": "combine", "seconds": block["last_s"] - expert_s(block["last_tokens"])})
     return samples
 
 
-def expert_table(experts: pd.DataFrame) -> pd.DataFrame:
-    """Expert samples in geometric bins of received tokens: each bin's median tokens and seconds."""
-    edges = np.unique(np.round(np.geomspace(1, experts["tokens"].max() + 1, EXPERT_BINS + 1)))
-    bins = pd.cut(experts["tokens"], edges, right=False, include_lowest=True)
-    rows = experts.groupby(bins, observed=True).agg(tokens=("tokens", "median"), seconds=("seconds", "median"),
-                                                    samples=("seconds", "size"))  # fmt: skip
-    return rows.reset_index(drop=True).assign(stage="expert", phase="any", batch_size=0, length=0)
-
-
-def summarize(samples: pd.DataFrame) -> pd.DataFrame:
-    """The median of each (stage, phase, batch size, length)'s samples."""
-    keys = ["stage", "phase", "batch_size", "length"]
-    rows = samples.groupby(keys).agg(seconds=("seconds", "median"), samples=("seconds", "size")).reset_index()
-    return rows.assign(tokens=0.0)
-
-
-def batch_for(executor: RealExecutor, phase: str, batch_size: int, length: int, generator) -> list[Sequence]:
-    """A batch whose next pass has the shape: a prompt of `length` tokens per sequence (prefill), or
-    one new token after `length - 1` cached ones (decode; the cache is filled by an untimed prefill)."""
-    prompt_len = length if phase == "prefill" else length - 1
+def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator) -> list[Sequence]:
+    """A batch whose next pass has the shape: a prompt of `lengths[i]` tokens in row i (prefill), or
+    one new token after `lengths[i]` cached ones (decode; caches filled by untimed prefills, rows of
+    like length together)."""
     vocab = executor.config.vocab_size
     batch = [
-        Sequence(Request(f"p{i}", 0.0, prompt_len, 2, "BE", DEFAULT_PRIORITY["BE"]),
-                 torch.randint(1, vocab, (prompt_len,), generator=generator).tolist(), executor.new_kv())
-        for i in range(batch_size)
+        Sequence(Request(f"p{i}", 0.0, n, 2, "BE", DEFAULT_PRIORITY["BE"]),
+                 torch.randint(1, vocab, (n,), generator=generator).tolist(), executor.new_kv())
+        for i, n in enumerate(lengths)
     ]  # fmt: skip
     if phase == "decode":
-        for sequence, token in zip(batch, run_to_completion(executor.forward(batch))):
-            sequence.output_ids.append(token)
+        by_length = sorted(batch, key=lambda sequence: sequence.request.prompt_len)
+        for start in range(0, len(by_length), 4):
+            rows = by_length[start : start + 4]
+            for sequence, token in zip(rows, run_to_completion(executor.forward(rows))):
+                sequence.output_ids.append(token)
     return batch
 
 
 def measure_engine(build_engine, requests: list[Request]) -> pd.DataFrame:
     """Profile rows `checkpoint` and `pass_overhead`: the gaps between an engine's quanta while it is
-    never idle (every request arrives at 0), by the phase and batch size of the quantum after the gap.
-    `build_engine(clock, recorder)` builds the engine to measure."""
+    never idle (every request arrives at 0), with the phase, rows and tokens of the quantum after
+    the gap. `build_engine(clock, recorder)` builds the engine to measure."""
     clock = RealClock()
     recorder = Recorder(clock)
     replay(requests, build_engine(clock, recorder), recorder, progress=False)
     samples = []
     for before, after in zip(recorder.quanta, recorder.quanta[1:]):
-        stage = "pass_overhead" if before.layer is None else "checkpoint"
-        samples.append({"stage": stage, "phase": after.kind, "batch_size": len(after.request_ids), "length": 0,
-                        "seconds": after.t_start_s - before.t_end_s})  # fmt: skip
-    rows = summarize(pd.DataFrame(samples))
-    return rows[rows["samples"] >= MIN_ENGINE_SAMPLES]
+        rows, tokens = len(after.request_ids), after.num_tokens
+        query_len = 1 if after.kind == "decode" else -(-tokens // rows)
+        samples.append({"stage": "pass_overhead" if before.layer is None else "checkpoint", "phase": after.kind,
+                        "batch_size": rows, "query_len": query_len, "key_len": query_len, "real_tokens": tokens,
+                        "tokens": 0.0, "seconds": after.t_start_s - before.t_end_s})  # fmt: skip
+    return pd.DataFrame(samples)

@@ -1,9 +1,11 @@
-"""The profiled cost model: the profile table round-trips, interpolates and extrapolates linearly,
-is refused for another model, and `qllm-profile` writes one from the real executor."""
+"""The profiled cost model: a profile round-trips, each stage's fit recovers the costs that made the
+samples (between and beyond the measured shapes, through noise spikes), a profile of another model
+or another CPU is refused, and `qllm-profile` measures every stage of the real executor."""
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,10 +13,17 @@ import pytest
 
 from harness.app import compose_config
 from harness.engines import RunResources
+from harness.profiler import ShapeSpace, draw_shapes, shape_columns
+from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
-from qllm.sim.profiled import PHASES, STAGES, ProfiledCostModel, read_profile, write_profile
+from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, cpu_name, features, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
+
+HERE = {"cpu": cpu_name()}
+# Seconds per unit of each feature (FEATURES order); each stage scales its own by (stage number + 1).
+TRUE_COSTS = np.array([1e-4, 2e-6, 3e-7, 5e-7, 4e-9, 1e-8, 3e-7, 2e-6])
+ENGINE_COSTS = np.array([3e-5, 1e-6, 0, 2e-7, 0, 0, 0, 0])  # the engine's stages: rows and tokens, no attention
 
 
 @pytest.fixture(scope="module")
@@ -22,56 +31,110 @@ def tiny_shape() -> ModelShape:
     return ModelShape.of(RunResources(compose_config()).model_config)
 
 
-def planar(stage_number: int, batch_size: float, length: float) -> float:
-    """A stage time linear in batch size and length: what linear interpolation must reproduce anywhere."""
-    return 1e-4 * (stage_number + 1) + 2e-5 * batch_size + 3e-6 * length
+def stage_cost(model: ModelShape, stage: str, batch_size, query_len, key_len, real_tokens) -> np.ndarray:
+    costs = ENGINE_COSTS if stage in ("checkpoint", "pass_overhead") else TRUE_COSTS
+    return features(model, batch_size, query_len, key_len, real_tokens) @ (costs * (STAGES.index(stage) + 1))
 
 
-def synthetic_table() -> pd.DataFrame:
-    rows = [
-        {"stage": stage, "phase": phase, "batch_size": b, "length": l, "tokens": 0.0,
-         "seconds": planar(i, b, l), "samples": 3}
-        for (i, stage), phase, b, l in itertools.product(enumerate(STAGES), PHASES, (1, 4, 16), (8, 64))
-    ]  # fmt: skip
-    rows += [{"stage": "expert", "phase": "any", "batch_size": 0, "length": 0, "tokens": t, "seconds": 1e-4 + 1e-6 * t,
-              "samples": 3} for t in (1, 10, 100)]  # fmt: skip
-    return pd.DataFrame(rows)
+def synthetic_table(model: ModelShape, spikes: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Samples on shapes drawn as qllm-profile draws them, timed by TRUE_COSTS; `spikes`: the share of
+    samples taken 10x longer (the core busy with something else)."""
+    rng = np.random.default_rng(seed)
+    shapes = pd.DataFrame([shape_columns(*shape) for shape in draw_shapes(ShapeSpace(num_shapes=60), rng)])
+    rows = [shapes.assign(stage=stage, tokens=0.0) for stage in STAGES]
+    table = pd.concat(rows, ignore_index=True)
+    table["seconds"] = [float(stage_cost(model, r.stage, r.batch_size, r.query_len, r.key_len, r.real_tokens))
+                        for r in table.itertuples()]  # fmt: skip
+    tokens = rng.integers(1, 400, 200).astype(float)
+    experts = pd.DataFrame({"stage": "expert", "phase": "any", "batch_size": 0, "query_len": 0, "key_len": 0,
+                            "real_tokens": 0, "tokens": tokens, "seconds": 2e-4 + 3e-6 * tokens})  # fmt: skip
+    table = pd.concat([table, experts], ignore_index=True)
+    spiked = rng.random(len(table)) < spikes
+    table.loc[spiked, "seconds"] *= 10
+    return table
 
 
-def test_a_profile_round_trips_and_interpolates_linearly(tmp_path, tiny_shape):
+@pytest.mark.parametrize("spikes", [0.0, 0.05])
+def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shapes(tmp_path, tiny_shape, spikes):
     path = tmp_path / "profile.parquet"
-    write_profile(synthetic_table(), path, tiny_shape, {"command": "test"})
+    write_profile(synthetic_table(tiny_shape, spikes), path, tiny_shape, {**HERE, "command": "test"})
     table, model, about = read_profile(path)
-    assert len(table) == len(synthetic_table()) and about == {"command": "test"} and model["num_layers"] == 4
+    assert len(table) == len(synthetic_table(tiny_shape)) and about["command"] == "test" and model["num_layers"] == 4
     costs = ProfiledCostModel(str(path), tiny_shape)
-    for batch_size, length in ((4, 64), (2, 30), (10, 8), (32, 200)):  # on the grid, between, beyond
-        decode = costs.stage_costs(PassShape(batch_size, 1, length))
-        prefill = costs.stage_costs(PassShape(batch_size, length, length))
-        for i, stage in enumerate(STAGES):
-            expected = planar(i, batch_size, length)
-            assert getattr(decode, f"{stage}_s") == pytest.approx(expected)
-            assert getattr(prefill, f"{stage}_s") == pytest.approx(expected)
-    assert costs.expert_s(np.array([0, 1, 55, 1000])) == pytest.approx([0, 1.01e-4, 1.55e-4, 1.1e-3])
+    shapes = [PassShape(4, 1, 300, 4), PassShape(32, 1, 2000, 32), PassShape(3, 100, 100, 170),
+              PassShape(64, 64, 64, 4096), PassShape(1, 1000, 1000, 1000)]  # fmt: skip
+    for shape in shapes:  # inside the drawn space, and far beyond it (2,000 keys, 64 rows, 4,096 tokens)
+        got = costs.stage_costs(shape)
+        for stage in STAGES:
+            expected = float(stage_cost(tiny_shape, stage, shape.batch_size, shape.query_len, shape.key_len,
+                                        shape.num_real_tokens))  # fmt: skip
+            assert getattr(got, f"{stage}_s") == pytest.approx(expected, rel=0.02), (shape, stage)
+    assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
+
+
+def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
+    """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
+    contexts costs the engine what a short one does."""
+    path = tmp_path / "profile.parquet"
+    write_profile(synthetic_table(tiny_shape), path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    short, long = (costs.stage_costs(PassShape(8, 1, keys, 8)) for keys in (16, 4000))
+    assert short.checkpoint_s == long.checkpoint_s and short.pass_overhead_s == long.pass_overhead_s
+    assert long.attention_s > short.attention_s
 
 
 def test_a_profile_of_another_model_is_refused(tmp_path, tiny_shape):
     path = tmp_path / "profile.parquet"
-    write_profile(synthetic_table(), path, tiny_shape, {})
+    write_profile(synthetic_table(tiny_shape), path, tiny_shape, HERE)
     wider = ModelShape.of(RunResources(compose_config("model.config.hidden_size=128")).model_config)
     with pytest.raises(ValueError, match="another model.*hidden_size"):
         ProfiledCostModel(str(path), wider)
 
 
+def test_a_profile_of_another_cpu_is_refused_unless_allowed(tmp_path, tiny_shape):
+    path = tmp_path / "profile.parquet"
+    write_profile(synthetic_table(tiny_shape), path, tiny_shape, {"cpu": "Some Other CPU 9000"})
+    with pytest.raises(ConfigurationError) as refused:
+        ProfiledCostModel(str(path), tiny_shape)
+    message = str(refused.value)
+    assert "\n" not in message and "Some Other CPU 9000" in message and cpu_name() in message
+    assert "qllm-profile" in message and "allow_foreign_profile" in message
+    assert ProfiledCostModel(str(path), tiny_shape, allow_foreign_profile=True).stage_costs(PassShape(2, 1, 9)).layer_s > 0
+
+
+def test_qllm_bench_refuses_a_foreign_profile_in_one_line(tmp_path, tiny_shape):
+    path = tmp_path / "foreign.parquet"
+    write_profile(synthetic_table(tiny_shape), path, tiny_shape, {"cpu": "Some Other CPU 9000"})
+    args = ("executor=sim", f"hardware.path={path}", "engine=[qllm]", "trace.num_requests=4", "progress=false",
+            f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    refused = run_cli(*args, expect_ok=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Some Other CPU 9000" in lines[0] and "qllm-profile" in lines[0]
+    run_cli(*args, "hardware.allow_foreign_profile=true")
+
+
+def test_the_shipped_profile_says_which_machine_made_it(tiny_shape):
+    _, model, about = read_profile(resolve(compose_config().hardware.path))
+    assert model == json.loads(json.dumps(dataclasses.asdict(tiny_shape)))
+    for key in ("cpu", "cores", "torch_threads", "torch", "transformers", "command"):
+        assert about.get(key), key
+
+
 def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     out = tmp_path / "tiny.parquet"
-    run_cli("model.config.num_hidden_layers=2", "repeats=1", f"out={out}", "grid.prefill.batch_size=[1,2]",
-            "grid.prefill.length=[1,8]", "grid.decode.batch_size=[1,2]", "grid.decode.length=[8,16]",
-            "engine_run.num_requests=24", module="harness.profile_app")  # fmt: skip
+    run_cli("model.config.num_hidden_layers=2", f"out={out}", "shapes.num_shapes=12", "shapes.max_batch_size=4",
+            "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24",
+            module="harness.profile_app")  # fmt: skip
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
-    assert (timed["seconds"] > 0).all() and model["num_layers"] == 2 and about["torch_threads"] == 1  # (router and
-    # combine are differences of two timed quanta: noise can make one negative; the cost model clips at 0)
+    assert (timed["seconds"] > 0).all() and model["num_layers"] == 2  # (router and combine are differences of two
+    # timed quanta: noise can make one negative; the fit weighs them as typical samples)
+    assert about["cpu"] == cpu_name() and about["torch_threads"] == 1 and about["cores"] >= 1
+    drawn = table[table["stage"].isin(["attention", "layer", "pass_start", "pass_end"])]  # the drawn shapes' own stages
+    assert drawn["batch_size"].max() <= 4 and drawn.loc[drawn["phase"] == "prefill", "query_len"].max() <= 16
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
     assert ProfiledCostModel(str(out), shape).stage_costs(PassShape(2, 1, 12)).layer_s > 0
+    assert len(FEATURES) == len(TRUE_COSTS)

@@ -10,6 +10,7 @@ machine by `qllm-profile`) or analytic for a named GPU.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,11 @@ class StageCosts:
     pass_end_s: float  # final norm, LM head, next tokens, KV commit
     checkpoint_s: float  # the engine's own work at a checkpoint where the pass goes on
     pass_overhead_s: float  # the engine's own work between two passes (post-processing, the next batch)
+    whole_pass_start_s: float | None = None  # pass_start_s where every layer is called whole (None: the same)
+
+    def with_whole_layers(self) -> StageCosts:
+        """These costs for a pass that calls every layer whole (layer and iteration granularity)."""
+        return self if self.whole_pass_start_s is None else dataclasses.replace(self, pass_start_s=self.whole_pass_start_s)
 
 
 class CostModel(Protocol):

@@ -52,6 +52,7 @@ class WholeLayerPlan:
 
     @classmethod
     def of(cls, costs: StageCosts, layer_s: np.ndarray, granularity: str) -> WholeLayerPlan:
+        costs = costs.with_whole_layers()
         if granularity == "iteration":
             return cls(np.zeros(0), total_s(costs, float(layer_s.sum()), 0))
         return cls(with_overheads(costs, np.cumsum(layer_s)), total_s(costs, float(layer_s.sum()), len(layer_s)))

@@ -1,50 +1,73 @@
-"""The profiled cost model: stage times measured on this machine, interpolated between shapes.
+"""The profiled cost model: stage times measured on this machine, fitted over the features that drive them.
 
-`qllm-profile` (harness/profile_app.py) runs the real executor over a grid of pass shapes and
-writes a profile table (Parquet), one row per measured point:
+`qllm-profile` (harness/profile_app.py) runs the real executor over pass shapes drawn at random
+(batch sizes, prompt and context lengths, padded and unpadded batches) and writes every measured
+sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
 | stage | one of STAGES (what `StageCosts` names), or `expert` |
-| phase | `prefill` (`length` = prompt tokens per sequence, padded) or `decode` (`length` = keys per sequence) |
+| phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
-| length | see `phase` |
+| query_len | new tokens per row, padded to the longest |
+| key_len | cached plus new tokens, padded to the longest |
+| real_tokens | new tokens, padding left out |
 | tokens | `expert` rows: tokens the expert received (else 0) |
-| seconds | the median of the measured samples |
-| samples | how many samples the median is over |
+| seconds | the sample |
 
-The table's metadata names the model it was measured on (its `ModelShape`), and a run on another
-model is refused. Between grid points a stage's time is interpolated linearly in batch size and
-length, and extrapolated linearly beyond them; an expert's time is interpolated in its tokens.
+The table's metadata names the model it was measured on (its `ModelShape`) and the machine
+(`about`: CPU model, cores, torch threads, versions). A run on another model is refused, and so
+is a run on another CPU model unless `allow_foreign_profile` (a profile's times hold on the CPU
+that measured them). Each stage's time is a non-negative linear model of the pass's features
+(FEATURES: a constant, rows, padded and real tokens, the attention's query x key area, the keys
+gathered, the longest row's keys (work per block of a block table), the routed experts expected
+to run), fitted per phase by least squares on the relative
+error, so it predicts shapes between and beyond the measured ones from what drives the cost
+rather than by interpolating a grid. A routed expert's time is linear in the tokens it received.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.interpolate import RegularGridInterpolator
+from scipy.optimize import nnls
 
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape, StageCosts
 from qllm.sim.shape import ModelShape
 
-# Stages measured on the (batch_size, length) grid of each phase; `layer` is a layer called whole.
-STAGES = ("pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end", "checkpoint",
-          "pass_overhead")  # fmt: skip
+STAGES = ("pass_start", "whole_pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end",
+          "checkpoint", "pass_overhead")  # fmt: skip
 PHASES = ("prefill", "decode")
-COLUMNS = ("stage", "phase", "batch_size", "length", "tokens", "seconds", "samples")
+COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens", "tokens", "seconds")
+FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area", "keys", "longest", "experts_run")
+# The engine's own work between quanta scales with the sequences and tokens it handles, never with a
+# pass's attention (its run records no keys): those stages are fitted on these features only.
+ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_overhead": ("constant", "rows", "real_tokens")}
 MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile was measured on
 ABOUT_KEY = b"qllm.about"  # Parquet metadata: how and where it was measured
+OUTLIER = 3.0  # see `fit`
+PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, as /proc/cpuinfo names it (else the platform's word)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def write_profile(table: pd.DataFrame, path: Path, model: ModelShape, about: dict) -> None:
-    frame = table[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "length", "tokens"])
+    frame = table[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(dataclasses.asdict(model)).encode(),
                 ABOUT_KEY: json.dumps(about).encode()}  # fmt: skip
@@ -56,36 +79,78 @@ def read_profile(path: Path) -> tuple[pd.DataFrame, dict, dict]:
     """The table, the model shape it was measured on (as a dict) and how it was measured."""
     arrow = pq.read_table(path)
     metadata = arrow.schema.metadata or {}
-    if MODEL_KEY not in metadata:
-        raise ConfigurationError(f"{path}: not a profile written by qllm-profile (no {MODEL_KEY.decode()} metadata)")
+    if MODEL_KEY not in metadata or not set(COLUMNS) <= set(arrow.column_names):
+        raise ConfigurationError(f"{path}: not a profile written by this version of qllm-profile; "
+                                 f"measure one with `{PROFILE_COMMAND}`")  # fmt: skip
     return arrow.to_pandas(), json.loads(metadata[MODEL_KEY]), json.loads(metadata.get(ABOUT_KEY, b"{}"))
 
 
+def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> np.ndarray:
+    """[..., FEATURES] for passes of these shapes (arrays broadcast)."""
+    batch_size, query_len, key_len, real_tokens = (np.asarray(x, dtype=float) for x in
+                                                   (batch_size, query_len, key_len, real_tokens))  # fmt: skip
+    experts_run = model.num_experts * (1 - (1 - model.top_k / model.num_experts) ** real_tokens)
+    columns = (np.ones_like(batch_size), batch_size, batch_size * query_len, real_tokens,
+               batch_size * query_len * key_len, batch_size * key_len, key_len, experts_run)  # fmt: skip
+    return np.stack(np.broadcast_arrays(*columns), axis=-1)
+
+
+def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients of x @ coefficients ~ `seconds`: least squares with each residual over
+    the square root of its sample, so small passes count (a plain fit would serve the large ones
+    only) while the sum over many passes, what a run's time is made of, stays unbiased (a fit of the
+    relative error undershoots it). A sample over OUTLIER times the first fit's prediction (the
+    core taken by something else for a moment) is left out of the second."""
+    coefficients = _weighted_nnls(x, seconds)
+    predicted = x @ coefficients
+    kept = (seconds <= OUTLIER * predicted) | (predicted <= 0)
+    return _weighted_nnls(x[kept], seconds[kept]) if kept.sum() > x.shape[1] else coefficients
+
+
+def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    # Samples at or below zero (a stage found by subtracting two noisy quanta) weigh as the median one.
+    typical = np.median(seconds[seconds > 0]) if (seconds > 0).any() else 1.0
+    weight = 1 / np.sqrt(np.where(seconds > 0, np.maximum(seconds, typical * 1e-2), typical))
+    norms = np.maximum(np.abs(x * weight[:, None]).max(axis=0), 1e-30)  # columns of comparable size for the solver
+    coefficients, _ = nnls(x * weight[:, None] / norms, seconds * weight)
+    return coefficients / norms
+
+
 class ProfiledCostModel:
-    def __init__(self, path: str, model: ModelShape) -> None:
+    def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False) -> None:
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         if measured_on != this_model:
             differ = sorted(k for k, v in this_model.items() if measured_on.get(k) != v)
             raise ConfigurationError(
                 f"profile {path} was measured on another model ({', '.join(differ)} differ); "
-                f"measure this one with `qllm-profile model=...` and point hardware.path at its table"
+                f"measure this one with `{PROFILE_COMMAND}` and point hardware.path at its table"
             )
-        self.grids = {(stage, phase): grid_interpolator(rows) for (stage, phase), rows in
-                      table[table["stage"] != "expert"].groupby(["stage", "phase"])}  # fmt: skip
+        measured_cpu, this_cpu = self.about.get("cpu"), cpu_name()
+        if measured_cpu != this_cpu and not allow_foreign_profile:
+            raise ConfigurationError(
+                f"profile {path} was measured on another CPU ({measured_cpu!r}; this one is {this_cpu!r}): measure "
+                f"one here with `{PROFILE_COMMAND}`, or set hardware.allow_foreign_profile=true to use it anyway"
+            )  # fmt: skip
+        self.model = model
+        self.coefficients = {}  # (stage, phase) -> [FEATURES]
+        for (stage, phase), rows in table[table["stage"] != "expert"].groupby(["stage", "phase"]):
+            x = features(model, rows["batch_size"], rows["query_len"], rows["key_len"], rows["real_tokens"])
+            used = np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))
+            self.coefficients[stage, phase] = np.zeros(len(FEATURES))
+            self.coefficients[stage, phase][used] = fit(x[:, used], rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
-        missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.grids})
-        if missing or not (table["stage"] == "expert").any():
+        missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
+        experts = table[table["stage"] == "expert"]
+        if missing or experts.empty:
             raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
-        experts = table[table["stage"] == "expert"].groupby("tokens")["seconds"].median()
-        self.expert_tokens, self.expert_seconds = experts.index.to_numpy(float), experts.to_numpy(float)
+        tokens = experts["tokens"].to_numpy(float)
+        self.expert_coefficients = fit(np.stack([np.ones_like(tokens), tokens], axis=1), experts["seconds"].to_numpy(float))
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
-        is_decode = shape.query_len == 1 and shape.key_len > 1
-        phase, length = ("decode", shape.key_len) if is_decode else ("prefill", shape.query_len)
-        point = np.array([shape.batch_size, length], dtype=float)
-        seconds = {stage: max(float(grid(point)[0]), 0.0) for (stage, grid_phase), grid in self.grids.items()
-                   if grid_phase == phase}  # fmt: skip
+        phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
+        x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
+        seconds = {stage: float(x @ c) for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}
         return StageCosts(
             pass_start_s=seconds["pass_start"],
             attention_s=seconds["attention"],
@@ -97,36 +162,15 @@ class ProfiledCostModel:
             pass_end_s=seconds["pass_end"],
             checkpoint_s=seconds["checkpoint"],
             pass_overhead_s=seconds["pass_overhead"],
+            whole_pass_start_s=seconds["whole_pass_start"],
         )
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
-        seconds = interpolate(tokens.astype(float), self.expert_tokens, self.expert_seconds)
-        return np.where(tokens > 0, np.maximum(seconds, 0.0), 0.0)
+        seconds = self.expert_coefficients[0] + self.expert_coefficients[1] * tokens
+        return np.where(tokens > 0, seconds, 0.0)
 
 
 def resolve(path: str) -> Path:
     """A profile path as given, else relative to the project (the committed profiles/)."""
     candidate = Path(path).expanduser()
     return candidate if candidate.is_absolute() or candidate.exists() else Path(__file__).resolve().parents[2] / path
-
-
-def grid_interpolator(rows: pd.DataFrame) -> RegularGridInterpolator:
-    """Linear in (batch_size, length) over the measured grid, extrapolated linearly beyond it."""
-    values = rows.pivot_table(index="batch_size", columns="length", values="seconds", aggfunc="median")
-    if values.isna().any().any():
-        raise ConfigurationError(f"profile stage {rows['stage'].iloc[0]!r}: the grid has holes (every batch size x length needed)")
-    axes = (values.index.to_numpy(float), values.columns.to_numpy(float))
-    if min(len(axis) for axis in axes) < 2:  # one point on an axis: constant along it
-        axes = tuple(axis if len(axis) > 1 else np.array([axis[0], axis[0] + 1.0]) for axis in axes)
-        values = np.broadcast_to(values.to_numpy(), tuple(len(axis) for axis in axes))
-    return RegularGridInterpolator(axes, np.asarray(values), bounds_error=False, fill_value=None)
-
-
-def interpolate(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
-    """Piecewise linear through (xp, fp), extended linearly past both ends."""
-    if len(xp) == 1:
-        return np.full_like(x, fp[0])
-    inside = np.interp(x, xp, fp)
-    low = fp[0] + (x - xp[0]) * (fp[1] - fp[0]) / (xp[1] - xp[0])
-    high = fp[-1] + (x - xp[-1]) * (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
-    return np.where(x < xp[0], low, np.where(x > xp[-1], high, inside))
