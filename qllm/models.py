@@ -2,11 +2,14 @@
 
 Random weights are the CPU default: costs do not depend on weight values, and nothing is
 downloaded. Any Hugging Face causal LM architecture is named by its `model_type`.
+
+`quantization: bnb4` holds the linears (but the LM head) and every routed expert in NF4: a
+random-weight model is built piece by piece on its device (qllm.nf4_model); a pretrained one is
+loaded through bitsandbytes, which quantizes its linears, then its experts go to NF4 where they are.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -14,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, P
 
 from qllm.errors import ConfigurationError
 from qllm.kernels import apply_cpu_kernels
+from qllm.nf4_model import build_nf4_model, quantize_experts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -63,18 +67,19 @@ def load_model(
             )
         except OSError as error:  # no such folder, and no hub to fetch it from
             raise ConfigurationError(f"model.pretrained {pretrained!r}: {error}") from error
+        model = model.to(device) if quant is None else quantize_experts(model)
     else:
         if model_type is None:
             raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
         hf_config = architecture_config(model_type, config)
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(
-            hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-        )
         if quant is not None:
-            model = quantized_copy(model, quant, device, attn_implementation)
-    if quant is None:
-        model = model.to(device)
+            model = build_nf4_model(hf_config, DTYPES[dtype], device, attn_implementation, seed)
+            model.config.quantization_config = quant.to_dict()  # as a loaded checkpoint records it (qllm.sim.shape)
+        else:
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(
+                hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            ).to(device)
     model = model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
     return apply_cpu_kernels(model, cpu_kernels)
 
@@ -116,18 +121,3 @@ def load_config(
         hf_config.quantization_config = quant.to_dict()
     return hf_config
 
-
-def quantized_copy(
-    model: PreTrainedModel, quant: BitsAndBytesConfig, device: str, attn_implementation: str
-) -> PreTrainedModel:
-    """The random-weight model reloaded through `from_pretrained`, so bitsandbytes quantizes it
-    exactly as it would a downloaded checkpoint."""
-    with tempfile.TemporaryDirectory(prefix="qllm-model-") as folder:
-        model.save_pretrained(folder)
-        return AutoModelForCausalLM.from_pretrained(
-            folder,
-            quantization_config=quant,
-            device_map=device,
-            dtype=model.dtype,
-            attn_implementation=attn_implementation,
-        )

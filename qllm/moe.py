@@ -2,7 +2,7 @@
 
 `ExpertByExpert` routes the tokens with the block's router, called as is, then runs one expert
 at a time: the block's own experts module is called on the tokens routed to that expert alone,
-so whichever experts implementation the model uses (eager, grouped_mm, batched_mm, onednn), its weight
+so whichever experts implementation the model uses (eager, grouped_mm, batched_mm, onednn, nf4), its weight
 layout, biases and gating run unchanged. The weighted outputs accumulate in the object (the
 partial sums a preempted pass keeps); a shared expert, where the family has one, is one more
 unit, numbered `num_experts`.
@@ -14,6 +14,10 @@ into a running sum in ascending expert order; `grouped_mm`, `batched_mm` and `on
 (qllm.kernels) keep one weighted output per (token, top-k slot), sum over the slots at the end,
 then cast to the model dtype.
 
+The router's choices are read to the host once per block (which experts run, and their rows as
+spans of one sort), so on a GPU a block costs one stream sync; an implementation that accepts
+`expert=` (`nf4`) is told each unit's expert instead of reading the index again.
+
 Against the block's own forward (tests/test_moe.py): bit-identical for `eager`, `grouped_mm`
 (transformers' CPU default) and `onednn` in float32 and bfloat16; `batched_mm` is bit-identical in bfloat16 but in
 float32 differs in the last bits, within the test's tolerance (bmm picks its kernel by batch
@@ -22,11 +26,14 @@ count, and one expert's rows are a smaller batch than all tokens' rows).
 
 from __future__ import annotations
 
+import inspect
+from itertools import accumulate
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,21 @@ def sums_in_expert_order(experts: nn.Module) -> bool:
     return getattr(config, "_experts_implementation", None) == "eager"
 
 
+def expert_counts(flat_index: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(token, slot) pairs per expert, [num_experts], on the index's device. A scatter-add: unlike
+    `bincount` or `unique` it never reads the index back to the host (a stream sync on a GPU)."""
+    counts = torch.zeros(num_experts, dtype=torch.long, device=flat_index.device)
+    return counts.scatter_add_(0, flat_index, torch.ones_like(flat_index))
+
+
+def takes_expert(experts: nn.Module) -> bool:
+    """True when the experts implementation accepts `expert=` (all rows go to that expert), so that
+    it need not read the index back: `nf4` (qllm.kernels.nf4_experts) does."""
+    name = getattr(getattr(experts, "config", None), "_experts_implementation", None)
+    function = ALL_EXPERTS_FUNCTIONS.get(name) if name else None
+    return function is not None and "expert" in inspect.signature(function).parameters
+
+
 class ExpertByExpert:
     """The forward of one MoE block over `tokens`, run unit by unit (a routed expert, or the shared one)."""
 
@@ -62,7 +84,13 @@ class ExpertByExpert:
             dtype = torch.result_type(tokens, self.weights)
             self.routed = torch.zeros(num_tokens, top_k, tokens.shape[-1], dtype=dtype, device=tokens.device)
         self.shared_output: torch.Tensor | None = None  # [tokens, hidden] once the shared unit ran
-        hit = torch.unique(self.index).tolist()  # ascending: the experts that received tokens
+        flat_index = self.index.reshape(-1)
+        self.order = torch.argsort(flat_index, stable=True)  # pairs by expert, ascending (token, slot) within
+        counts = expert_counts(flat_index, parts.num_experts).tolist()  # the block's one read to the host
+        ends = list(accumulate(counts))
+        self.spans = {e: (end - count, end) for e, (count, end) in enumerate(zip(counts, ends)) if count}
+        self.hint = takes_expert(parts.experts)
+        hit = list(self.spans)  # ascending: the experts that received tokens
         self.units: list[int] = hit + ([parts.num_experts] if parts.shared is not None else [])
         self.num_done = 0  # units run so far, in `units` order
 
@@ -79,9 +107,12 @@ class ExpertByExpert:
         if unit == self.parts.num_experts:
             self.shared_output = self.parts.shared(self.tokens)
             return
-        rows, slots = torch.where(self.index == unit)  # [m] each, ascending (token, slot)
+        start, stop = self.spans[unit]
+        pairs = self.order[start:stop]  # [m], ascending (token, slot): no nonzero, no sync
+        rows, slots = pairs // self.index.shape[1], pairs % self.index.shape[1]
         index, weights = self.index[rows, slots, None], self.weights[rows, slots, None]  # [m, 1] each
-        output = self.parts.experts(self.tokens[rows], index, torch.ones_like(weights))  # [m, hidden], unweighted
+        hint = {"expert": unit} if self.hint else {}
+        output = self.parts.experts(self.tokens[rows], index, torch.ones_like(weights), **hint)  # [m, hidden], unweighted
         weighted = output * weights  # [m, hidden]: the product the experts module forms, in its dtype
         if self.in_expert_order:
             self.routed.index_add_(0, rows, weighted.to(self.routed.dtype))

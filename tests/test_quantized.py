@@ -1,16 +1,9 @@
-"""4-bit (bitsandbytes NF4) models through the QLLMEngine: token-exact against `generate` on the same
-quantized model, at layer and expert granularity, on CPU.
+"""4-bit (`quantization: bnb4`) models of every family: linears and routed experts in NF4, token-exact
+against `generate` on the same quantized model under preemption at every granularity, and logits
+equal to a stock model holding the same NF4 weights dequantized (qllm.nf4_model,
+qllm.kernels.nf4_experts).
 
-What transformers 5.24 quantizes: bitsandbytes replaces `nn.Linear` modules, so the attention
-projections (and Qwen2-MoE's shared expert and its gate) become `Linear4bit`; the routed
-experts are 3D parameters (`gate_up_proj`, `down_proj`), not Linear modules, and stay in the
-compute dtype, as do the routers (Mixtral's is a bare weight), the norms, the embeddings and
-`lm_head` (skipped by default). Expert granularity calls those same modules, so it runs
-quantized models unchanged.
-
-bitsandbytes' CPU 4-bit kernel needs out_features divisible by 32, so Qwen2-MoE's
-`shared_expert_gate` (out_features 1) cannot run quantized on CPU, under `generate` as much as
-here: this test leaves it (and lm_head) unquantized through `llm_int8_skip_modules`.
+Each family's model is its tiny config shrunk with its quirks switched on (tests/test_families.py).
 """
 
 from __future__ import annotations
@@ -19,43 +12,96 @@ from functools import cache
 
 import pytest
 import torch
+from bitsandbytes.functional import dequantize_4bit
 from bitsandbytes.nn import Linear4bit
-
 from hydra.utils import instantiate
+from transformers import AutoModelForCausalLM
 
-from harness.engines import RunResources
-from qllm.models import quantization_config, quantized_copy
 from harness.app import compose_config
-from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
+from harness.engines import RunResources
+from qllm.kernels.nf4_experts import NF4, nf4_bytes
+from qllm.kernels.onednn import experts_modules
+from tests.helpers import engine_config, oracle_tokens, replay_on_steps, requests_of
+from tests.test_families import ENGINE_AT, GRANULARITIES, QUIRKS, SHRINK
 
-SHRINK = dict(vocab_size=512, num_hidden_layers=2, max_position_embeddings=256)
-FAMILIES = {"mixtral": dict(num_local_experts=4), "qwen2_moe": dict(num_experts=4)}
-SPECS = [(10, 4, "BE", 0), (9, 3, "BE", 0), (5, 3, "LS", 1), (6, 3, "LS", 5)]
+FAMILIES = list(QUIRKS)
+SPECS = [(10, 5, "BE", 0), (9, 5, "BE", 0), (5, 3, "LS", 1.5), (6, 3, "LS", 4.5)]
+
+
+def bnb4_config(family: str):
+    overrides = [f"++model.config.{key}={value}" for key, value in {**SHRINK, **QUIRKS[family]}.items()]
+    return compose_config(f"model=tiny_{family}", "model.quantization=bnb4", "engine=[qllm,priority_cb]", *overrides)
 
 
 @cache
-def quantized_model(family: str):
-    shrink = [f"model.config.{key}={value}" for key, value in {**SHRINK, **FAMILIES[family]}.items()]
-    if family == "mixtral":
-        return instantiate(compose_config("model=tiny_mixtral", "model.quantization=bnb4", *shrink).model)
-    quant = quantization_config("bnb4", compute_dtype="float32")
-    quant.llm_int8_skip_modules = ["shared_expert_gate", "lm_head"]  # see the module docstring
-    model = instantiate(compose_config(f"model=tiny_{family}", *shrink).model)
-    return quantized_copy(model, quant, "cpu", "sdpa").eval()
+def family_resources(family: str) -> RunResources:
+    return RunResources(bnb4_config(family))
 
 
-def test_attention_is_4bit_and_routed_experts_stay_in_the_compute_dtype():
-    model = quantized_model("qwen2_moe")
-    layer = model.model.layers[0]
-    assert isinstance(layer.self_attn.q_proj, Linear4bit) and isinstance(layer.mlp.shared_expert.up_proj, Linear4bit)
-    assert layer.mlp.experts.gate_up_proj.dtype == torch.float32 and not isinstance(model.lm_head, Linear4bit)
+@cache
+def expected_tokens(family: str) -> dict[str, list[int]]:
+    model = family_resources(family).model
+    return {r.request_id: oracle_tokens(model, r) for r in requests_of(SPECS)}
 
 
-@pytest.mark.parametrize("granularity", ["layer", "expert"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_4bit_model_matches_generate_on_the_same_model_under_preemption(config, family, granularity):
-    model = quantized_model(family)
-    requests = requests_of(SPECS)
-    recorder = replay_on_steps(RunResources(config, model=model), engine_config(config, "qllm", granularity=granularity), requests)
+def test_bnb4_holds_linears_and_every_routed_expert_in_nf4(family):
+    model = family_resources(family).model
+    experts = experts_modules(model)
+    assert experts and model.config._experts_implementation == NF4
+    for module in experts:
+        assert not any(p.dim() == 3 for p in module.parameters(recurse=False)), type(module).__name__
+        weights = module.nf4_weights
+        assert weights.gate_up_packed.dtype == torch.uint8
+        values = sum(torch.Size(shape).numel() for shape in weights.shapes.values()) * module.num_experts
+        held = sum(b.numel() * b.element_size() for name, b in weights.named_buffers() if name != "code")
+        assert held == nf4_bytes(values)  # half a byte per weight, an absmax per 64
+    assert isinstance(model.model.layers[0].self_attn.q_proj, Linear4bit)
+    assert not isinstance(model.lm_head, Linear4bit)
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_4bit_model_matches_generate_on_the_same_model_under_preemption(family, granularity):
+    resources = family_resources(family)
+    engine = ENGINE_AT[granularity]
+    cfg = engine_config(resources.cfg, engine, policy__max_batch_size=2, granularity=granularity)
+    recorder = replay_on_steps(resources, cfg, requests_of(SPECS), engine)
     assert any(events.preempted_s for events in recorder.requests.values())
-    assert_matches_oracle(model, recorder, requests)
+    for request_id, expected in expected_tokens(family).items():
+        assert recorder.requests[request_id].token_ids == expected, (family, granularity, request_id)
+
+
+def dequantized_stock_model(model):
+    """A stock model of `model`'s architecture (its own experts implementation, nn.Linear layers)
+    holding `model`'s NF4 weights dequantized, everything else copied."""
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    del config.quantization_config
+    stock = AutoModelForCausalLM.from_config(config, dtype=model.dtype, attn_implementation="sdpa").eval()
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, Linear4bit):
+            state[prefix + "weight"] = dequantize_4bit(module.weight.data, module.weight.quant_state)
+            if module.bias is not None:
+                state[prefix + "bias"] = module.bias
+        elif hasattr(module, "nf4_weights"):
+            state[prefix + "gate_up_proj"] = module.nf4_weights.dequantized("gate_up")
+            state[prefix + "down_proj"] = module.nf4_weights.dequantized("down")
+        for key, param in module.named_parameters(recurse=False):
+            state.setdefault(prefix + key, param)
+    missing, unexpected = stock.load_state_dict(state, strict=False)
+    assert not unexpected and all("lm_head" in key for key in missing if model.config.tie_word_embeddings), missing
+    assert missing == [] or model.config.tie_word_embeddings, missing
+    return stock
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logits_match_the_nf4_weights_dequantized_into_a_stock_model(family):
+    model = instantiate(bnb4_config(family).model)  # fresh: before any forward repacks a CPU Linear4bit
+    stock = dequantized_stock_model(model)
+    assert stock.config._experts_implementation != NF4
+    input_ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, actual = stock(input_ids).logits, model(input_ids).logits
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

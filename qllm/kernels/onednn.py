@@ -38,7 +38,7 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
         return f"it runs on {model.device}; the oneDNN kernels are for the CPU"
     if model.dtype not in DTYPES:
         return f"its dtype is {model.dtype}; the oneDNN kernels take float32 or bfloat16"
-    if getattr(model, "is_quantized", False):
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
         return "its weights are quantized"
     reason = onednn_ops.missing_reason()
     if reason is not None:

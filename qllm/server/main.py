@@ -46,7 +46,7 @@ def build_app(cfg: DictConfig, model_name: str) -> FastAPI:
     if cfg.torch_threads is not None:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    clock, metrics = WallClock(), ServerMetrics()
+    clock, metrics = WallClock(cfg.model.get("device", "cpu")), ServerMetrics()
     events = ServerEvents(clock, metrics)
     engine = RunResources(cfg).build_engine(engine_cfg, name, clock, events)
     if not hasattr(engine, "abort"):
