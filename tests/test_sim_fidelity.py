@@ -1,0 +1,74 @@
+"""The fidelity suite: workloads drawn from a seed cover what the issue asks and repeat with the seed,
+and a small run of benchmarks/sim_fidelity.py measures real and simulated runs and writes its table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import sim_fidelity
+from harness.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
+                                      requests_for, with_rate)  # fmt: skip
+
+
+def test_workloads_repeat_with_their_seed_and_differ_across_seeds():
+    assert draw_workloads(5, 12) == draw_workloads(5, 12)
+    assert draw_workloads(5, 12) != draw_workloads(6, 12)
+    trace = draw_trace(with_rate(draw_workloads(5, 1)[0], 3.0), 40, 3.0, Limits())
+    again = draw_trace(with_rate(draw_workloads(5, 1)[0], 3.0), 40, 3.0, Limits())
+    pd.testing.assert_frame_equal(trace, again)
+
+
+def test_drawn_workloads_span_the_choices():
+    workloads = draw_workloads(0, 400)
+    assert {w.engine for w in workloads} == set(ENGINES)
+    assert {w.batch_limit for w in workloads} == {8, 16, 32}
+    assert {w.granularity for w in workloads if w.engine == "qllm"} == {"layer", "expert"}
+    assert all(w.granularity is None for w in workloads if w.engine != "qllm")
+    loads, ls = np.array([w.load for w in workloads]), np.array([w.ls_fraction for w in workloads])
+    assert 0.3 <= loads.min() < 0.4 and 1.8 < loads.max() <= 2.0 and 0.1 <= ls.min() and ls.max() <= 0.5
+    cvs = [w.cv for w in workloads if w.arrival == "gamma"]
+    assert cvs and 2.0 <= min(cvs) and max(cvs) <= 4.0
+    expected_arrivals = {"poisson", "gamma", *available_sources()}
+    assert {w.arrival for w in workloads} == expected_arrivals
+    assert {w.lengths for w in workloads} == {"sharegpt", "uniform", *available_sources()}
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not here: only the shipped lengths")
+@pytest.mark.parametrize("source", ["azure_code", "azure_conv", "burstgpt", "mooncake"])
+def test_real_timestamps_keep_their_pattern_at_the_chosen_rate(source):
+    workload = next(w for w in draw_workloads(1, 400) if w.arrival == source)
+    limits = Limits(max_prompt_len=512, max_output_len=256)
+    trace = draw_trace(workload, 100, 4.0, limits)
+    arrivals = trace["arrival_s"].to_numpy()
+    assert arrivals[0] == 0.0 and (np.diff(arrivals) >= 0).all()
+    assert arrivals[-1] == pytest.approx(99 / 4.0)  # 4 req/s on average
+    assert trace["prompt_len"].max() <= 512 and trace["output_len"].max() <= 256 and trace["prompt_len"].min() >= 1
+    assert (trace["priority_class"] == "LS").sum() == round(100 * workload.ls_fraction)
+
+
+def test_gamma_arrivals_are_bursty_and_requests_scale_with_the_rate():
+    workload = next(w for w in draw_workloads(2, 100) if w.arrival == "gamma")
+    gaps = np.diff(draw_trace(workload, 2000, 10.0, Limits())["arrival_s"])
+    assert gaps.std() / gaps.mean() == pytest.approx(workload.cv, rel=0.25)
+    limits = Limits(duration_s=10, min_requests=16, max_requests=160)
+    assert [requests_for(rate, limits) for rate in (0.5, 5, 50)] == [16, 50, 160]
+
+
+def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_path, capsys):
+    out = tmp_path / "fidelity.csv"
+    table = sim_fidelity.main([
+        "--seed", "3", "--workloads", "2", "--models", "tiny_mixtral", "--engines", "qllm", "fcfs_rtc",
+        "--duration", "0.5", "--max-prompt-len", "24", "--max-output-len", "6", "--max-requests", "10",
+        "--profile-override", "shapes.num_shapes=8", "--profile-override", "shapes.max_batch_size=4",
+        "--profile-override", "shapes.max_prompt_len=24", "--profile-override", "shapes.max_context_len=32",
+        "--profile-override", "engine_run.num_requests=40", "--out", str(out),
+    ])  # fmt: skip
+    written = pd.read_csv(out)
+    assert len(written) == len(table) > 0 and set(written["workload"]) == {0, 1} and (written["seed"] == 3).all()
+    assert set(written["metric"]) <= set(sim_fidelity.METRICS.values()) and "throughput" in set(written["metric"])
+    assert np.isfinite(written[["real_a", "real_b", "sim", "error", "real_spread"]]).all().all()
+    assert (written["sim"] > 0).all() and (written["real_a"] > 0).all()
+    printed = capsys.readouterr().out
+    assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
