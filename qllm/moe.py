@@ -37,6 +37,8 @@ class MoeParts:
     experts: nn.Module  # (tokens [m, hidden], index [m, j], weights [m, j]) -> weighted sum over the j [m, hidden]
     num_experts: int  # routed experts; the shared expert, if any, is unit `num_experts`
     shared: Callable[[torch.Tensor], torch.Tensor] | None = None  # tokens [tokens, hidden] -> [tokens, hidden]
+    router_args: tuple[torch.Tensor, ...] = ()  # what the block passes its router after the tokens (a score bias)
+    routed_scale: float | None = None  # multiplies the routed experts' sum before the shared expert is added
 
 
 def sums_in_expert_order(experts: nn.Module) -> bool:
@@ -53,7 +55,7 @@ class ExpertByExpert:
     def __init__(self, parts: MoeParts, tokens: torch.Tensor) -> None:
         self.parts = parts
         self.tokens = tokens  # [tokens, hidden]
-        _, self.weights, self.index = parts.router(tokens)  # each [tokens, k]
+        _, self.weights, self.index = parts.router(tokens, *parts.router_args)  # each [tokens, k]
         self.in_expert_order = sums_in_expert_order(parts.experts)
         num_tokens, top_k = self.index.shape
         if self.in_expert_order:  # like eager: one running sum in the model dtype
@@ -94,4 +96,6 @@ class ExpertByExpert:
         if self.num_done != len(self.units):
             raise RuntimeError(f"{len(self.units) - self.num_done} MoE units have not run yet")
         routed = self.routed if self.in_expert_order else self.routed.sum(dim=1).to(self.tokens.dtype)
+        if self.parts.routed_scale is not None:
+            routed = routed * self.parts.routed_scale
         return routed if self.shared_output is None else routed + self.shared_output
