@@ -38,6 +38,8 @@ from qllm.moe import MoeParts
 ATTENTION_NAMES = ("self_attn", "self_attention")
 MLP_NAMES = ("mlp", "block_sparse_moe", "feed_forward")
 ROUTER_NAMES = ("gate", "router")
+SHARED_NAMES = ("shared_experts", "shared_expert", "shared_mlp")
+BLOCK_PARTS = {*ROUTER_NAMES, "experts", *SHARED_NAMES, "shared_expert_gate"}  # what a sparse block may hold
 EXPERTS_INTERFACE = ("hidden_states", "top_k_index", "top_k_weights")
 
 
@@ -55,9 +57,15 @@ def generic_adapter(model: PreTrainedModel) -> DecoderAdapter:
             f"mixture-of-experts models"
         )
     check_cache_argument(layers[0], parts[0].self_attn)
+    rotary_emb = _child(decoder, "rotary_emb", model)
+    if "layer_type" in inspect.signature(rotary_emb.forward).parameters:
+        raise ConfigurationError(
+            f"model_type {config.model_type!r}: {type(rotary_emb).__name__} computes a different rope per layer type; "
+            f"QLLM's executor computes one rope per pass"
+        )
     adapter = DecoderAdapter(
         embed_tokens=_child(decoder, "embed_tokens", model),
-        rotary_emb=_child(decoder, "rotary_emb", model),
+        rotary_emb=rotary_emb,
         layers=layers,
         norm=_child(decoder, "norm", model),
         lm_head=_child(model, "lm_head", model),
@@ -79,17 +87,29 @@ def layer_parts(model: PreTrainedModel, layer: nn.Module, family: Family) -> Lay
 
 
 def layer_norms(layer: nn.Module, model: PreTrainedModel) -> tuple[nn.Module | None, ...]:
-    """(before attention, on attention's output, before the MLP, on the MLP's output)."""
+    """(before attention, on attention's output, before the MLP, on the MLP's output): pre-norm
+    (input_layernorm, post_attention_layernorm before the MLP), post-norm (no input_layernorm:
+    post_attention_layernorm and post_feedforward_layernorm on each half's output), or a norm
+    before and after each half (pre_mlp/pre_feedforward beside post_mlp/post_feedforward, or
+    post_self_attn_layernorm on attention's output)."""
     has = lambda name: getattr(layer, name, None) is not None  # noqa: E731
-    pre_mlp = next((n for n in ("pre_feedforward_layernorm", "pre_mlp_layernorm") if has(n)), None)
-    post_mlp = next((n for n in ("post_feedforward_layernorm", "post_mlp_layernorm") if has(n)), None)
-    if pre_mlp and post_mlp:  # a norm before and after each half
-        names = ("input_layernorm", "post_attention_layernorm", pre_mlp, post_mlp)
-    elif post_mlp and not has("input_layernorm"):  # post-norm: each half's output is normed
-        names = (None, "post_attention_layernorm", None, post_mlp)
-    else:  # pre-norm
-        names = ("input_layernorm", None, "post_attention_layernorm", None)
-    return tuple(None if name is None else _child(layer, name, model) for name in names)
+    first = lambda *names: next((name for name in names if has(name)), None)  # noqa: E731
+    attention_in = first("input_layernorm")
+    mlp_in = first("pre_feedforward_layernorm", "pre_mlp_layernorm")
+    attention_out = first("post_self_attn_layernorm") or (
+        first("post_attention_layernorm") if mlp_in or not attention_in else None
+    )
+    if mlp_in is None and attention_out != "post_attention_layernorm":
+        mlp_in = first("post_attention_layernorm")
+    mlp_out = first("post_feedforward_layernorm", "post_mlp_layernorm")
+    if not (mlp_in or mlp_out):
+        raise ConfigurationError(
+            f"model_type {model.config.model_type!r}: {type(layer).__name__} has no norm of its own around its MLP "
+            f"(has {[n for n, _ in layer.named_children()]}); QLLM's generic adapter runs layers whose attention and "
+            f"MLP are two residual halves, one after the other, not in parallel"
+        )
+    names = (attention_in, attention_out, mlp_in, mlp_out)
+    return tuple(None if name is None else getattr(layer, name) for name in names)
 
 
 def moe_parts(model: PreTrainedModel, block: nn.Module, beside: nn.Module | None, family: Family) -> MoeParts | None:
@@ -98,10 +118,16 @@ def moe_parts(model: PreTrainedModel, block: nn.Module, beside: nn.Module | None
     if experts is None:
         return None
     taken = list(inspect.signature(experts.forward).parameters)[:3]
-    if tuple(taken) != EXPERTS_INTERFACE:
+    if not takes_experts_interface(taken):
         raise ConfigurationError(
             f"model_type {model.config.model_type!r}: {type(experts).__name__}.forward takes {taken}, not transformers' "
             f"experts interface {list(EXPERTS_INTERFACE)}, so QLLM cannot run its experts one by one"
+        )
+    unknown = sorted({name for name, _ in block.named_children()} - BLOCK_PARTS)
+    if unknown:
+        raise ConfigurationError(
+            f"model_type {model.config.model_type!r}: {type(block).__name__} also holds {unknown}, which QLLM's generic "
+            f"adapter does not know where to run when it runs the block expert by expert"
         )
     router = _first_child(block, ROUTER_NAMES, model)
     return MoeParts(
@@ -109,14 +135,33 @@ def moe_parts(model: PreTrainedModel, block: nn.Module, beside: nn.Module | None
         experts=experts,
         num_experts=experts.num_experts,
         shared=beside if beside is not None else shared_expert(block),
-        router_args=tuple(getattr(block, name) for name in family.router_args),
+        route=declared_route(block, router, family),
         routed_scale=getattr(block, family.routed_scale) if family.routed_scale else None,
     )
 
 
+def takes_experts_interface(parameters: list[str]) -> bool:
+    """(hidden_states, top_k_index, top_k_weights), under these names or a family's own (gpt-oss:
+    router_indices, routing_weights)."""
+    return len(parameters) == 3 and "ind" in parameters[1] and "weight" in parameters[2]
+
+
+def declared_route(block: nn.Module, router: nn.Module, family: Family):
+    """tokens [tokens, hidden] -> the router's (logits, weights, index), called as the block calls it
+    where that differs from router(tokens); None otherwise."""
+    if not family.router_args and not family.router_reads_batches:
+        return None
+
+    def route(tokens: torch.Tensor) -> tuple:
+        args = [getattr(block, name) for name in family.router_args]  # read per call: a move replaces buffers
+        return router(tokens[None] if family.router_reads_batches else tokens, *args)
+
+    return route
+
+
 def shared_expert(block: nn.Module):
     """tokens [tokens, hidden] -> the shared expert's output as the block adds it; None if it has none."""
-    for name in ("shared_experts", "shared_expert", "shared_mlp"):
+    for name in SHARED_NAMES:
         shared = getattr(block, name, None)
         if shared is not None:
             break

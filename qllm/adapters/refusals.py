@@ -14,11 +14,12 @@ KV_LAYER_TYPES = ("full_attention", "sliding_attention")  # layer_types whose on
 STATEFUL_LAYERS = {  # model_type -> its layers that keep state other than a KV cache
     "qwen3_next": "gated DeltaNet linear-attention layers (Qwen3NextGatedDeltaNet)",
     "qwen3_5_moe": "gated DeltaNet linear-attention layers (Qwen3_5MoeGatedDeltaNet)",
+    "qwen3_5_moe_text": "gated DeltaNet linear-attention layers (Qwen3_5MoeGatedDeltaNet)",
     "jamba": "Mamba layers (JambaMambaMixer)",
     "nemotron_h": "Mamba2 layers (NemotronHMamba2Mixer)",
     "granitemoehybrid": "Mamba2 layers (GraniteMoeHybridMambaLayer)",
     "minimax": "lightning linear-attention layers (MiniMaxLightningAttention)",
-    "kimi_linear": "Kimi delta-attention layers (KimiDeltaAttention)",
+    "kimi_linear": "Kimi delta-attention layers (KimiLinearDeltaAttention)",
     "lfm2_moe": "short-convolution layers (Lfm2MoeShortConv)",
     "bailing_hybrid": "delta linear-attention layers (BailingHybridDeltaAttention)",
 }
