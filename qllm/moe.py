@@ -38,7 +38,6 @@ class MoeParts:
     num_experts: int  # routed experts; the shared expert, if any, is unit `num_experts`
     shared: Callable[[torch.Tensor], torch.Tensor] | None = None  # tokens [tokens, hidden] -> [tokens, hidden]
     route: Callable[[torch.Tensor], tuple] | None = None  # how the block calls `router`, where not router(tokens)
-    routed_scale: float | None = None  # multiplies the routed experts' sum before the shared expert is added
 
 
 def sums_in_expert_order(experts: nn.Module) -> bool:
@@ -96,6 +95,4 @@ class ExpertByExpert:
         if self.num_done != len(self.units):
             raise RuntimeError(f"{len(self.units) - self.num_done} MoE units have not run yet")
         routed = self.routed if self.in_expert_order else self.routed.sum(dim=1).to(self.tokens.dtype)
-        if self.parts.routed_scale is not None:
-            routed = routed * self.parts.routed_scale
         return routed if self.shared_output is None else routed + self.shared_output

@@ -6,8 +6,6 @@ are found by name and kind. A family is listed only for a fact its modules do no
 - `router_args`: attributes of the MoE block that the block passes its router after the tokens
   (a score-correction bias kept on the block, not on the router); `router_reads_batches`: the router
   takes [batch, query, hidden], not [tokens, hidden];
-- `routed_scale`: an attribute of the MoE block that multiplies the routed experts' sum before the
-  shared expert is added;
 - `granite_scales`: the four scalar multipliers GraniteMoE applies outside its modules.
 
 `RUNS` names the families the tests run token-exact (tests/test_families.py); the adapter also
@@ -25,7 +23,6 @@ class Family:
 
     router_args: tuple[str, ...] = ()  # MoE block attributes passed to its router after the tokens
     router_reads_batches: bool = False  # the router unpacks a 3D input
-    routed_scale: str | None = None  # MoE block attribute: routed sum * it, before the shared expert
     granite_scales: bool = False  # embeddings * embedding_multiplier, halves * residual_multiplier, logits / logits_scaling
 
 
@@ -34,7 +31,6 @@ FAMILIES: dict[str, Family] = {  # model_type -> what differs from the default
     "granitemoeshared": Family(granite_scales=True),
     "minimax_m2": Family(router_args=("e_score_correction_bias",)),
     "afmoe": Family(router_args=("expert_bias",), router_reads_batches=True),
-    "laguna": Family(routed_scale="routed_scaling_factor"),
 }
 
 DEFAULT = Family()

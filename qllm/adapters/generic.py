@@ -136,7 +136,6 @@ def moe_parts(model: PreTrainedModel, block: nn.Module, beside: nn.Module | None
         num_experts=experts.num_experts,
         shared=beside if beside is not None else shared_expert(block),
         route=declared_route(block, router, family),
-        routed_scale=getattr(block, family.routed_scale) if family.routed_scale else None,
     )
 
 

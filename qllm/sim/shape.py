@@ -63,7 +63,7 @@ class ModelShape:
     @classmethod
     def of(cls, config: PretrainedConfig) -> ModelShape:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")  # every family has eager
         adapter = adapter_for(model)
         sparse = [parts for parts in adapter.parts if parts.moe is not None]
         if not sparse:
@@ -82,7 +82,7 @@ class ModelShape:
             num_kv_heads=config.num_key_value_heads,
             vocab_size=config.vocab_size,
             num_experts=moe.num_experts,
-            top_k=config.num_experts_per_tok,
+            top_k=getattr(moe.router, "top_k", None) or config.num_experts_per_tok,
             sparse_layers=tuple(parts.moe is not None for parts in adapter.parts),
             has_shared_expert=moe.shared is not None,
             num_mask_windows=len(set(adapter.sliding_windows)),
