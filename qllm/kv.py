@@ -15,6 +15,7 @@ so a pass preempted between layers leaves every sequence consistent.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -24,11 +25,22 @@ PADDING_BLOCK = 0  # never handed out: pads short block tables; zeros, so masked
 GROWTH = 1.25  # the pool's capacity grows by this factor when it runs out of free blocks
 
 
-def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Keys and values of one token across every decoder layer."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    element = torch.empty((), dtype=dtype).element_size()
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element
+@dataclass(frozen=True)
+class KVShape:
+    """What every decoder layer's attention writes to its cache per token: keys [key_heads, key_dim] and
+    values [value_heads, value_dim]. They differ where attention caches a latent (DeepSeek's
+    multi-head latent attention caches its compressed KV as the keys and the rotary part as the values)."""
+
+    num_layers: int
+    key_heads: int
+    key_dim: int
+    value_heads: int
+    value_dim: int
+
+    def bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Keys and values of one token across every decoder layer."""
+        element = torch.empty((), dtype=dtype).element_size()
+        return self.num_layers * (self.key_heads * self.key_dim + self.value_heads * self.value_dim) * element
 
 
 class BlockPool:
@@ -74,25 +86,30 @@ class BlockPool:
 
 
 class KVPool(BlockPool):
-    """Blocks backed by one tensor: [num_layers, 2 (keys, values), capacity, block_size, kv_heads, head_dim]."""
+    """Blocks backed by two tensors, keys [num_layers, capacity, block_size, key_heads, key_dim] and
+    values [num_layers, capacity, block_size, value_heads, value_dim] (`storage`, in that order)."""
 
-    def __init__(self, config, dtype: torch.dtype, device: torch.device | str, block_size: int = 16) -> None:
-        super().__init__(block_size, kv_bytes_per_token(config, dtype))
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.storage = torch.zeros(config.num_hidden_layers, 2, 1, block_size, config.num_key_value_heads, head_dim,
-                                   dtype=dtype, device=device)  # fmt: skip
+    def __init__(self, shape: KVShape, dtype: torch.dtype, device: torch.device | str, block_size: int = 16) -> None:
+        super().__init__(block_size, shape.bytes_per_token(dtype))
+        self.storage = (
+            torch.zeros(shape.num_layers, 1, block_size, shape.key_heads, shape.key_dim, dtype=dtype, device=device),
+            torch.zeros(shape.num_layers, 1, block_size, shape.value_heads, shape.value_dim, dtype=dtype, device=device),
+        )
 
     def layer(self, layer: int, kind: int) -> torch.Tensor:
-        """Keys (kind 0) or values (1) of one layer, every slot: [capacity * block_size, kv_heads, head_dim] (a view)."""
-        storage = self.storage[layer, kind]
+        """Keys (kind 0) or values (1) of one layer, every slot: [capacity * block_size, heads, dim] (a view)."""
+        storage = self.storage[kind][layer]
         return storage.view(-1, *storage.shape[2:])
 
     def _grow(self, capacity: int) -> None:
         # Fresh slots are zeros: a masked read of a slot never written must not be NaN (0 * NaN is NaN).
-        grown = self.storage.new_zeros(self.storage.shape[:2] + (capacity,) + self.storage.shape[3:])
-        grown[:, :, : self.capacity] = self.storage
-        self.storage = grown
+        self.storage = tuple(self._grown(storage, capacity) for storage in self.storage)
         super()._grow(capacity)
+
+    def _grown(self, storage: torch.Tensor, capacity: int) -> torch.Tensor:
+        grown = storage.new_zeros(storage.shape[:1] + (capacity,) + storage.shape[2:])
+        grown[:, : self.capacity] = storage
+        return grown
 
 
 class SequenceKV:

@@ -44,6 +44,7 @@ class MoeParts:
     experts: nn.Module  # (tokens [m, hidden], index [m, j], weights [m, j]) -> weighted sum over the j [m, hidden]
     num_experts: int  # routed experts; the shared expert, if any, is unit `num_experts`
     shared: Callable[[torch.Tensor], torch.Tensor] | None = None  # tokens [tokens, hidden] -> [tokens, hidden]
+    route: Callable[[torch.Tensor], tuple] | None = None  # how the block calls `router`, where not router(tokens)
 
 
 def sums_in_expert_order(experts: nn.Module) -> bool:
@@ -75,7 +76,7 @@ class ExpertByExpert:
     def __init__(self, parts: MoeParts, tokens: torch.Tensor) -> None:
         self.parts = parts
         self.tokens = tokens  # [tokens, hidden]
-        _, self.weights, self.index = parts.router(tokens)  # each [tokens, k]
+        _, self.weights, self.index = (parts.route or parts.router)(tokens)  # each [tokens, k]
         self.in_expert_order = sums_in_expert_order(parts.experts)
         num_tokens, top_k = self.index.shape
         if self.in_expert_order:  # like eager: one running sum in the model dtype

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from qllm import rotary
 from qllm.adapters import adapter_for
-from qllm.adapters.decoder import LayerParts, check_cache_argument
+from qllm.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, Checkpoint, check_granularity
 from qllm.kv import KVPool, SequenceKV
@@ -60,9 +60,8 @@ class RealExecutor:
             )
         self.model = model
         self.config = model.config
-        self.kv_pool = KVPool(model.config, model.dtype, model.device, kv_block_size)
         self.adapter = adapter_for(model)
-        check_cache_argument(self.adapter.layers)
+        self.kv_pool = KVPool(self.adapter.kv, model.dtype, model.device, kv_block_size)
         self.granularity = granularity
         self.experts_per_checkpoint = experts_per_checkpoint  # experts run between two checkpoints (expert granularity)
         self.num_layers = len(self.adapter.layers)
@@ -174,7 +173,7 @@ class RealExecutor:
             mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
             mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input)
-        tokens = parts.add_residual(tokens, mlp_output)
+        tokens = parts.finish_mlp(tokens, mlp_output)
         if by_experts:
             yield Checkpoint(layer=index, expert=last_expert)
         return unpack(tokens, groups)

@@ -81,14 +81,19 @@ class UnifiedDynamicCache(Cache):
             raise RuntimeError("this forward pass already committed or was abandoned; start a new one")
         if self._gather_index is None:
             self._prepare_indices(key_states.device)
-        storage = self.pool.storage[layer_idx]  # [2 (keys, values), pool blocks, block_size, kv_heads, head_dim]
-        slots = storage.view(2, -1, *storage.shape[3:])  # [2, pool slots, kv_heads, head_dim]
-        slots.index_copy_(1, self._write_index, self._new_tokens(key_states, value_states))
-        gathered = storage.index_select(1, self._gather_index)  # [2, batch * blocks per row, block_size, heads, dim]
-        per_row = gathered.view(2, self.batch_size, -1, *storage.shape[3:])[:, :, : self.key_length]
+        keys, values = (self._write_and_gather(storage[layer_idx], new)
+                        for storage, new in zip(self.pool.storage, (key_states, value_states)))  # fmt: skip
         self.layers_written.add(layer_idx)
-        keys, values = per_row.transpose(2, 3)  # each [batch, kv_heads, key_length, head_dim]
         return keys, values
+
+    def _write_and_gather(self, storage: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Write one layer's new keys (or values) [batch, heads, query, dim] into `storage`
+        [pool blocks, block_size, heads, dim]; return the batch view [batch, heads, key_length, dim]."""
+        slots = storage.view(-1, *storage.shape[2:])  # [pool slots, heads, dim]
+        slots.index_copy_(0, self._write_index, self._new_tokens(states))
+        gathered = storage.index_select(0, self._gather_index)  # [batch * blocks per row, block_size, heads, dim]
+        per_row = gathered.view(self.batch_size, -1, *storage.shape[2:])[:, : self.key_length]
+        return per_row.transpose(1, 2)
 
     def commit(self) -> None:
         """Every layer has written the new tokens: they join each sequence's cache."""
@@ -119,12 +124,12 @@ class UnifiedDynamicCache(Cache):
     def get_max_length(self) -> int:
         return -1  # grows without bound, like DynamicCache
 
-    def _new_tokens(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor:
-        """The real new tokens' keys and values: [2, num_real_tokens, kv_heads, head_dim]."""
+    def _new_tokens(self, states: torch.Tensor) -> torch.Tensor:
+        """The real new tokens' keys (or values): [num_real_tokens, heads, dim]."""
         if self.query_length == 1:  # decode: one token per row, no padding
-            return torch.stack((key_states[:, :, 0], value_states[:, :, 0]))
+            return states[:, :, 0]
         rows, query_slots = self._real_tokens
-        return torch.stack((key_states[rows, :, query_slots], value_states[rows, :, query_slots]))
+        return states[rows, :, query_slots]
 
     def _prepare_indices(self, device: torch.device) -> None:
         width = self.pool.blocks_for(self.key_length)

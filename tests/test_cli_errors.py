@@ -37,7 +37,7 @@ MISTAKES = {  # what the user typed -> words the one line must hold
     "unreadable trace": (lambda tmp: f"trace.path={tmp / 'missing.csv'}", ["missing.csv", "no such trace file"]),
     "unknown option": (lambda tmp: "trace.rat=5", ["trace.rat"]),
     "unknown engine": (lambda tmp: "engine=[nope]", ["engine", "nope"]),
-    "unsupported model": (lambda tmp: "model.model_type=llama", ["no QLLM adapter", "llama"]),
+    "unsupported model": (lambda tmp: "model.model_type=llama", ["'llama': no decoder layer's MLP block holds routed `experts`"]),
     "unknown model type": (lambda tmp: "model.model_type=not_a_model", ["model.model_type", "not_a_model"]),
 }
 

@@ -1,28 +1,41 @@
 """Every supported MoE family through the QLLMEngine: token-exact against `generate` under preemption,
-at iteration, layer and expert granularity.
+at iteration, layer and expert granularity, all through the one generic adapter.
 
 Each family's model is its conf/model/tiny_<family>.yaml shrunk (vocab 512, 2 layers, 4 experts)
 with the family's quirks switched on where it has them: Qwen2-MoE's shared expert, a sliding
 window on some layers and a dense (mlp_only) layer; Qwen3-MoE's renormalized top-k, a dense layer
 off the decoder_sparse_step grid and a window; OLMoE's qkv clipping; PhiMoE's sparsemixer, a
 window, and biased attention and LM head; GraniteMoE's four multipliers (and GraniteMoeShared's
-shared MLP), as in the YAMLs.
+shared MLP). The families added with the generic adapter have their quirks in their YAMLs (two
+layers already): DeepSeek-V2/V3 and GLM-4.7-Flash's latent attention (keys and values of different
+widths in the KV pool), grouped top-k with a score-correction bias, dense first layers and shared
+experts; gpt-oss's sinks, alternating sliding-window layers and biased experts; FlexOlmo's
+post-norm and AFMoE's and Kolibri1's sandwich norms; routers fed a bias kept on their block
+(MiniMax-M2, AFMoE).
+
+Families refused (tests at the end): those whose layers keep state other than a KV cache, by name,
+and anything the generic adapter cannot place, with its own one-line reason.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 from functools import cache
 from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.utils import instantiate
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from qllm import rotary
 from qllm.adapters import adapter_for
+from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, run_to_completion
+from qllm.moe import ExpertByExpert
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
@@ -40,6 +53,10 @@ QUIRKS = {
     "phimoe": dict(num_local_experts=4, sliding_window=6),
     "granitemoe": dict(num_local_experts=4),
     "granitemoeshared": dict(num_local_experts=4),
+    **{family: {} for family in (  # already two layers and four experts in their YAMLs
+        "deepseek_v3", "deepseek_v2", "glm4_moe_lite", "glm4_moe", "gpt_oss", "ernie4_5_moe", "exaone_moe", "dots1",
+        "hunyuan_v1_moe", "minimax_m2", "flex_olmo", "solar_open", "flint", "kolibri1", "afmoe",
+    )},
 }
 FAMILIES = list(QUIRKS)
 GRANULARITIES = ["iteration", "layer", "expert"]
@@ -117,19 +134,33 @@ def test_a_dense_layer_checkpoints_after_attention_and_after_its_mlp():
     assert len(checkpoints) == 4 and checkpoints[3][1] >= 0  # sparse layer 1: attention, then one group of 8
 
 
-def test_families_without_an_adapter_are_refused_with_what_to_add():
-    deepseek = SimpleNamespace(config=SimpleNamespace(model_type="deepseek_v3"))
-    with pytest.raises(ValueError, match=r"'deepseek_v3' \(multi-head latent attention.*supported: \['granitemoe', "):
-        adapter_for(deepseek)
-    unknown = SimpleNamespace(config=SimpleNamespace(model_type="my_moe"))
-    with pytest.raises(ValueError, match=r"'my_moe'; supported: .*'phimoe'.*qllm/adapters/my_moe.py"):
-        adapter_for(unknown)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_layer_run_in_halves_equals_the_whole_layer(family):
+    """The norms, MLP half and shared expert the generic adapter found are where the layer runs them:
+    attention half, then the MLP half whole and expert by expert, bit for bit the layer's own forward."""
+    model = family_model(family)
+    adapter = adapter_for(model)
+    hidden = torch.randn(2, 6, model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    position_ids = torch.arange(6).expand(2, 6)
+    position_embeddings = adapter.rotary_emb(hidden, position_ids=position_ids)
+    for layer, parts in zip(adapter.layers, adapter.parts):
+        with torch.no_grad():
+            expected = layer(hidden, position_embeddings=position_embeddings, position_ids=position_ids)
+            attended = parts.attend(hidden, position_embeddings, None, position_ids, None)
+            mlp_input = parts.mlp_input(attended).reshape(-1, hidden.shape[-1])
+            whole = parts.finish_mlp(attended, parts.run_mlp(mlp_input[None])[0].view_as(hidden))
+            assert torch.equal(whole, expected), family
+            if parts.moe is not None:
+                by_experts = ExpertByExpert(parts.moe, mlp_input)
+                for unit in by_experts.units:
+                    by_experts.run(unit)
+                assert torch.equal(parts.finish_mlp(attended, by_experts.output().view_as(hidden)), expected), family
 
 
 @pytest.mark.parametrize("name", [f"tiny_{family}" for family in FAMILIES if family != "mixtral"])
 def test_tiny_model_configs_load_and_run_at_expert_granularity(name):
     model = instantiate(compose_config(f"model={name}").model)
-    assert model.config.vocab_size == 32000 and model.config.num_hidden_layers == 4
+    assert model.config.vocab_size == 32000  # the shipped traces' token ids fit
     executor = RealExecutor(model, granularity="expert")
     seq = Sequence(Request("r0", 0.0, 3, 1, "BE", 1), [31999, 5, 7], executor.new_kv())
     tokens = run_to_completion(executor.forward([seq]))
@@ -156,3 +187,48 @@ def test_a_length_dependent_rope_is_computed_per_sequence():
     requests = requests_of([(5, 6, "BE", 0), (20, 6, "BE", 0)])
     recorder = replay_on_steps(resources, engine_config(resources.cfg, "qllm"), requests)
     assert_matches_oracle(model, recorder, requests)
+
+
+STATEFUL = ["qwen3_next", "qwen3_5_moe", "jamba", "nemotron_h", "minimax", "granitemoehybrid", "kimi_linear", "lfm2_moe",
+            "bailing_hybrid"]  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", STATEFUL)
+def test_families_whose_layers_keep_other_state_are_refused_naming_the_layer(model_type):
+    config = AutoConfig.for_model(model_type)
+    with pytest.raises(ConfigurationError) as refused:
+        adapter_for(SimpleNamespace(config=config))
+    message = str(refused.value)
+    assert "\n" not in message and f"{model_type!r}" in message and "not a key/value cache" in message, message
+    layer_class = re.search(r"\((\w+)\)", message).group(1)  # the layer type named is the family's own module
+    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    assert hasattr(modeling, layer_class), (model_type, layer_class)
+
+
+GENERIC_REFUSALS = {  # model_type (its default config, two layers, on the meta device) -> the reason's words
+    "cohere2_moe": "has no norm of its own around its MLP",  # attention and MLP in parallel
+    "axk1": "also holds ['post_mlp_layernorm']",  # a norm inside the MoE block, after the experts' sum
+    "mimo_v2_flash": "computes a different rope per layer type",
+    "llama4_text": "layer_types ['chunked_attention']",
+    "jetmoe": "no decoder layer's MLP block holds routed `experts`",  # its experts are not transformers' experts
+}
+
+
+@pytest.mark.parametrize("model_type", GENERIC_REFUSALS)
+def test_what_the_generic_adapter_cannot_place_is_refused_in_one_line(model_type):
+    config = AutoConfig.for_model(model_type, num_hidden_layers=2)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ConfigurationError) as refused:
+        adapter_for(model)
+    message = str(refused.value)
+    assert "\n" not in message and f"{model_type!r}" in message and GENERIC_REFUSALS[model_type] in message, message
+
+
+def test_experts_outside_the_experts_interface_are_refused():
+    """Llama 4's experts take every expert's inputs at once (no top-k index): not runnable one by one."""
+    config = AutoConfig.for_model("llama4_text", num_hidden_layers=2, layer_types=["full_attention"] * 2)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(ConfigurationError, match=r"Llama4TextExperts.forward takes \['hidden_states'\], not"):
+        adapter_for(model)

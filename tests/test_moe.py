@@ -92,9 +92,9 @@ def test_a_layer_run_in_halves_equals_the_whole_layer(family):
     with torch.no_grad():
         expected = layer(hidden, position_embeddings=position_embeddings, position_ids=position_ids)
         attended = parts.attend(hidden, position_embeddings, None, position_ids, None)
-        mlp_input = parts.post_attention_layernorm(attended).reshape(-1, hidden.shape[-1])
-        by_experts = parts.add_residual(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
-        whole_mlp = parts.add_residual(attended, parts.run_mlp(mlp_input[None])[0].view_as(hidden))  # packed tokens
+        mlp_input = parts.mlp_input(attended).reshape(-1, hidden.shape[-1])
+        by_experts = parts.finish_mlp(attended, run_all_units(parts.moe, mlp_input).view_as(hidden))
+        whole_mlp = parts.finish_mlp(attended, parts.run_mlp(mlp_input[None])[0].view_as(hidden))  # packed tokens
     assert torch.equal(by_experts, expected) and torch.equal(whole_mlp, expected)
 
 

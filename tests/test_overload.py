@@ -9,13 +9,13 @@ from omegaconf import OmegaConf
 
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
-from qllm.kv import kv_bytes_per_token
+from qllm.adapters import adapter_for
 from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 
 
 def run_with_budget(config, resources, specs, budget_tokens: int, **overrides):
     model = resources.model
-    budget = budget_tokens * kv_bytes_per_token(model.config, model.dtype)
+    budget = budget_tokens * adapter_for(model).kv.bytes_per_token(model.dtype)
     cfg = engine_config(config, "qllm", memory_budget_mb=budget / 2**20, policy__max_batch_size=8, **overrides)
     requests = requests_of(specs)
     recorder = replay_on_steps(resources, cfg, requests)

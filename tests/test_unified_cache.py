@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from types import SimpleNamespace
 
-from qllm.kv import KVPool, SequenceKV
+from qllm.kv import KVPool, KVShape, SequenceKV
 from qllm.unified_cache import UnifiedDynamicCache
 
 NUM_LAYERS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 2, 2, 4, 4
 
 
 def new_pool() -> KVPool:
-    config = SimpleNamespace(num_hidden_layers=NUM_LAYERS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM)
-    return KVPool(config, torch.float32, "cpu", block_size=BLOCK_SIZE)
+    return KVPool(KVShape(NUM_LAYERS, KV_HEADS, HEAD_DIM, KV_HEADS, HEAD_DIM), torch.float32, "cpu", block_size=BLOCK_SIZE)
 
 
 def new_kvs(count: int) -> list[SequenceKV]:

@@ -91,7 +91,7 @@ class AnalyticCostModel:
     def _attention_s(self, shape: PassShape) -> float:
         """Projections, the attention itself over the padded keys (and its mask), the cache write."""
         m, tokens = self.model, shape.num_tokens
-        kv = shape.batch_size * shape.key_len * 2 * m.num_kv_heads * m.head_dim * m.dtype_bytes
+        kv = shape.batch_size * shape.key_len * m.kv_bytes_per_token // m.num_layers  # one layer's keys and values
         mask = shape.batch_size * shape.query_len * shape.key_len
         activations = 4 * tokens * m.hidden_size * m.dtype_bytes
         weights = self._weight_bytes(m.attention_params, tokens, m.is_4bit)

@@ -25,7 +25,7 @@ import torch
 from transformers import PretrainedConfig
 
 from qllm.executor import Checkpoint, check_granularity
-from qllm.kv import BlockPool, SequenceKV, kv_bytes_per_token
+from qllm.kv import BlockPool, SequenceKV
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.held import held_bytes
@@ -64,7 +64,7 @@ class SimExecutor:
         self.config = model_config
         self.model = ModelShape.of(model_config)
         self.num_layers = self.model.num_layers
-        self.kv_pool = BlockPool(kv_block_size, kv_bytes_per_token(model_config, model_config.dtype or torch.float32))
+        self.kv_pool = BlockPool(kv_block_size, self.model.kv_bytes_per_token)
         self.costs = cost_model(model=self.model)
         self.clock = clock
         self.granularity = granularity

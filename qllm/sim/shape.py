@@ -42,6 +42,7 @@ class ModelShape:
     num_mask_windows: int  # distinct attention windows: one mask each per pass
     sums_in_expert_order: bool  # the experts module's `eager` running sum (else one output per top-k slot)
     dtype_bytes: int  # compute dtype: activations and KV
+    kv_bytes_per_token: int  # keys and values every layer caches per token (keys and values may differ in width)
     is_4bit: bool  # bitsandbytes NF4 weights (the config's quantization_config)
     # Parameters each stage reads: one layer's attention, router, shared expert or dense MLP; one routed expert
     attention_params: int
@@ -62,12 +63,13 @@ class ModelShape:
     @classmethod
     def of(cls, config: PretrainedConfig) -> ModelShape:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")  # every family has eager
         adapter = adapter_for(model)
         sparse = [parts for parts in adapter.parts if parts.moe is not None]
         if not sparse:
             raise ConfigurationError(f"model_type {config.model_type!r} has no MoE layer: the simulator models MoE models")
         moe, dense = sparse[0].moe, next((parts.mlp for parts in adapter.parts if parts.moe is None), None)
+        dtype = config.dtype or torch.float32
         quantization = getattr(config, "quantization_config", None) or {}
         if not isinstance(quantization, dict):
             quantization = quantization.to_dict()
@@ -80,12 +82,13 @@ class ModelShape:
             num_kv_heads=config.num_key_value_heads,
             vocab_size=config.vocab_size,
             num_experts=moe.num_experts,
-            top_k=config.num_experts_per_tok,
+            top_k=getattr(moe.router, "top_k", None) or config.num_experts_per_tok,
             sparse_layers=tuple(parts.moe is not None for parts in adapter.parts),
             has_shared_expert=moe.shared is not None,
             num_mask_windows=len(set(adapter.sliding_windows)),
             sums_in_expert_order=sums_in_expert_order(moe.experts),
-            dtype_bytes=torch.empty((), dtype=config.dtype or torch.float32).element_size(),
+            dtype_bytes=torch.empty((), dtype=dtype).element_size(),
+            kv_bytes_per_token=adapter.kv.bytes_per_token(dtype),
             is_4bit=bool(quantization.get("load_in_4bit")),
             attention_params=num_params(sparse[0].self_attn),
             router_params=num_params(moe.router),
