@@ -97,17 +97,27 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     samples, experts, blocks = [], [], []
     for phase, lengths in draw_shapes(space, np.random.default_rng(seed)):
         point = shape_columns(phase, lengths)
-        quanta = timed_quanta(by_parts.forward(batch_for(by_parts, phase, lengths, generator)))
+        quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
         parts = split_expert_pass(quanta, num_experts)
         samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
         experts += parts["experts"]
         blocks += [{**point, **block} for block in parts["blocks"]]
-        layer_s = [s for _, s, _ in timed_quanta(whole.forward(batch_for(whole, phase, lengths, generator)))]
+        layer_s = [s for _, s, _ in timed_quanta_of(whole, batch_for(whole, phase, lengths, generator))]
         samples += [{**point, "stage": "layer", "seconds": s} for s in layer_s[1:-1]]
         samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - np.median(layer_s[1:-1])})
     expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
     return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+
+
+def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, dict]]:
+    """`timed_quanta` of a pass over `batch`, whose KV blocks then go back to the pool: a profile that
+    kept them would grow the pool (and time its growth) as no serving run does."""
+    try:
+        return timed_quanta(executor.forward(batch))
+    finally:
+        for sequence in batch:
+            sequence.kv.free()
 
 
 def timed_quanta(forward_pass: Generator) -> list[tuple[object, float, dict]]:

@@ -96,15 +96,21 @@ def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> 
 
 
 def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-    """Non-negative coefficients of x @ coefficients ~ `seconds`: least squares with each residual over
-    the square root of its sample, so small passes count (a plain fit would serve the large ones
-    only) while the sum over many passes, what a run's time is made of, stays unbiased (a fit of the
-    relative error undershoots it). A sample over OUTLIER times the first fit's prediction (the
-    core taken by something else for a moment) is left out of the second."""
+    """Non-negative coefficients of x @ coefficients ~ `seconds`. The shape of the cost (how it grows
+    with each feature) is a least-squares fit with each residual over the square root of its sample,
+    so small passes count (a plain fit would serve the large ones only), on the samples within
+    OUTLIER times a first fit's prediction: a spike (the core taken by something else for a moment)
+    would bend it. Its level is then set so that the predicted sum equals the measured sum, each
+    sample capped at OUTLIER times its prediction: a run's time is such a sum, and a fit of ratios
+    alone falls short of it where the noise is a share of the time."""
     coefficients = _weighted_nnls(x, seconds)
     predicted = x @ coefficients
     kept = (seconds <= OUTLIER * predicted) | (predicted <= 0)
-    return _weighted_nnls(x[kept], seconds[kept]) if kept.sum() > x.shape[1] else coefficients
+    if kept.sum() > x.shape[1]:
+        coefficients = _weighted_nnls(x[kept], seconds[kept])
+    predicted = x @ coefficients
+    total = np.minimum(seconds, OUTLIER * np.maximum(predicted, 0)).sum()
+    return coefficients * (total / predicted.sum()) if total > 0 and predicted.sum() > 0 else coefficients
 
 
 def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
