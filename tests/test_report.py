@@ -54,6 +54,7 @@ def open_report(browser, path: Path):
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(path.resolve().as_uri())
     page.wait_for_selector("table#requests.dataTable", timeout=60_000)
+    page.wait_for_selector("body[data-plotted]", timeout=60_000)  # every figure drawn
     return page, errors
 
 
@@ -71,12 +72,13 @@ def real_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
-def shown_value(text: str, header: str, column: str) -> float:
-    """A cell's text back in the summary's units (seconds, shares)."""
+def shown_value(text: str, header: str, column: str) -> tuple[float, float]:
+    """A cell's text back in the summary's units (seconds, shares), and half its last digit's worth."""
     if text == "-":
-        return math.nan
+        return math.nan, 0.0
     scale = 1e-3 if header.endswith("(ms)") else 0.01 if column == "slo_attainment" else 1.0
-    return float(text) * scale
+    decimals = len(text.partition(".")[2])
+    return float(text) * scale, 0.5001 * 10.0**-decimals * scale
 
 
 def assert_page_matches(page, summary: pd.DataFrame) -> None:
@@ -90,8 +92,8 @@ def assert_page_matches(page, summary: pd.DataFrame) -> None:
         for cell in row["cells"]:
             want = float(expected[cell["column"]])
             assert (math.isnan(want) and cell["value"] == "nan") or float(cell["value"]) == want, (row, cell)
-            shown = shown_value(cell["text"], row["header"][cell["index"]], cell["column"])
-            assert (math.isnan(want) and math.isnan(shown)) or shown == pytest.approx(want, rel=1e-2, abs=5e-4), cell
+            shown, rounding = shown_value(cell["text"], row["header"][cell["index"]], cell["column"])
+            assert (math.isnan(want) and math.isnan(shown)) or shown == pytest.approx(want, rel=0, abs=rounding), cell
 
 
 def pane_counts(page, column: str) -> dict[str, int]:
