@@ -5,7 +5,8 @@ read; their summaries are concatenated into `sweep_summary.{parquet,csv}` with t
 parameters as columns (from each run's Hydra overrides, `.hydra/overrides.yaml`), plus
 `offered_rps` (the trace's measured arrival rate) and `run_dir`. The figures
 (harness.figures) go to `figures/`: metric-vs-x plots when a parameter varies, and the TTFT
-CDF, turnaround bars and timeline of the most loaded run.
+CDF, turnaround bars and timeline of the most loaded run. `report.html` (harness.report) shows
+it all in one page.
 
     qllm-report results/sweeps/ttft_vs_rate         # after the fact, for any results folder
 """
