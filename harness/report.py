@@ -52,6 +52,7 @@ RATIOS = [("ttft_s_p50", "TTFT p50"), ("e2e_s_p50", "turnaround p50"), ("through
 REQUEST_COLUMNS = ["engine", "request_id", "priority_class", "status", "arrival_s", "ttft_s", "tpot_s", "e2e_s",
                    "prompt_len", "output_len", "generated_len", "preemptions", "suspended_s", "slo_met", "error"]  # fmt: skip
 FILTER_COLUMNS = ("point", "engine", "priority_class", "status")  # a search pane each
+SUMMARY_FIGURE_COLUMNS = ("model", "e2e_s_p50", "e2e_s_p99", "ttft_s_p50", "ttft_s_p99")  # beside COLUMNS
 PAGE_LENGTH = 25
 
 
@@ -161,7 +162,7 @@ def requests_table_html(requests: pd.DataFrame, is_sweep: bool) -> str:
     shown = requests[REQUEST_COLUMNS].copy()
     if is_sweep:
         shown.insert(0, "point", requests["run_dir"])
-    shown["error"] = shown["error"].where(shown["status"] != "finished", "").fillna("")
+    shown["error"] = shown["error"].astype("string").fillna("").where(shown["status"] != "finished", "")
     seconds = [c for c in shown.columns if c.endswith("_s")]
     shown[seconds] = shown[seconds].round(4)
     panes = [shown.columns.get_loc(c) for c in FILTER_COLUMNS if c in shown.columns]
@@ -173,9 +174,15 @@ def requests_table_html(requests: pd.DataFrame, is_sweep: bool) -> str:
     )  # fmt: skip
 
 
+def _with_columns(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """`df` with any of `columns` it lacks as NaN (tables written by hand or by an older version)."""
+    return df.reindex(columns=list(dict.fromkeys([*df.columns, *columns])))
+
+
 def page_context(root: Path, tables: dict[str, pd.DataFrame], x: str | None) -> dict:
     """Everything the template shows, from the gathered tables of the runs below `root`."""
-    summary, requests = tables["summary"], tables["requests"]
+    summary = _with_columns(tables["summary"], [c for c, _, _ in COLUMNS] + list(SUMMARY_FIGURE_COLUMNS))
+    requests = _with_columns(tables["requests"], [*REQUEST_COLUMNS, "slo_ttft_s"])
     order = summary.sort_values([x, "run_dir"] if x else ["run_dir"], kind="stable")["run_dir"].unique()
     simulated = sorted(summary["simulated_on"].dropna().unique()) if "simulated_on" in summary else []
     return {
