@@ -26,7 +26,7 @@ def _row_keys(summary: pd.DataFrame) -> list[str]:
     return ["engine", *varying]
 
 
-def _three_digits(v: float) -> str:
+def three_digits(v: float) -> str:
     """About three significant digits, never an exponent: 0.0213, 2.25, 13.9, 1234."""
     decimals = 0 if v == 0 else min(4, max(0, 2 - int(np.floor(np.log10(abs(v))))))
     return f"{v:.{decimals}f}"
@@ -40,9 +40,9 @@ def _format_column(values: pd.Series, header: str, kind: str, in_ms: bool) -> tu
     if kind == "pct":
         return header, fmt(lambda v: f"{100 * v:.1f}")
     if kind == "float":
-        return header, fmt(_three_digits)
+        return header, fmt(three_digits)
     scale, unit = (1000.0, "ms") if in_ms else (1.0, "s")
-    return f"{header} ({unit})", fmt(lambda v: _three_digits(scale * v))
+    return f"{header} ({unit})", fmt(lambda v: three_digits(scale * v))
 
 
 def _left_aligned(values: pd.Series, header: str) -> pd.Series:

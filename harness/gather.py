@@ -5,7 +5,8 @@ read; their summaries are concatenated into `sweep_summary.{parquet,csv}` with t
 parameters as columns (from each run's Hydra overrides, `.hydra/overrides.yaml`), plus
 `offered_rps` (the trace's measured arrival rate) and `run_dir`. The figures
 (harness.figures) go to `figures/`: metric-vs-x plots when a parameter varies, and the TTFT
-CDF, turnaround bars and timeline of the most loaded run.
+CDF, turnaround bars and timeline of the most loaded run. `report.html` (harness.report) shows
+it all in one page.
 
     qllm-report results/sweeps/ttft_vs_rate         # after the fact, for any results folder
 """
@@ -25,13 +26,14 @@ from omegaconf import DictConfig
 
 from harness import figures
 from harness.comparison import comparison_table
+from harness.report import REPORT_FILE, write_report
 from harness.results import DONE_FILE, is_complete, write_tables
 from qllm.errors import exit_with_usage_error
 
 SWEEP_TABLE = "sweep_summary"
 FIGURES_DIR = "figures"
 # Overrides that choose what runs or how it prints, not a parameter of the measured point.
-NOT_PARAMETERS = ("experiment", "engine", "progress", "record_token_ids")
+NOT_PARAMETERS = ("experiment", "engine", "progress", "record_token_ids", "report")
 # Overrides the summary has a column for already (harness.app.sweep_columns).
 RECORDED_OVERRIDES = ("model", "hardware", "trace", "seed", "trace.rate", "trace.burstiness", "trace.ls_fraction")
 # The x axis of the rate-style figures: the first of these that varies between runs, plotted as
@@ -168,9 +170,11 @@ def draw_figures(tables: dict[str, pd.DataFrame], root: Path, out_dir: Path) -> 
     return drawn
 
 
-def report(root: Path, out_dir: Path | None = None, with_table: bool = True, with_figures: bool = True):
-    """Gather every complete run below `root`; write the table into `out_dir` (default `root`)
-    and the figures into its figures/. Returns the gathered summary (None: no complete run)."""
+def report(root: Path, out_dir: Path | None = None, with_table: bool = True, with_figures: bool = True,
+           with_html: bool = True):
+    """Gather every complete run below `root`; write the table into `out_dir` (default `root`),
+    the figures into its figures/ and the page into its report.html (harness.report). Returns the
+    gathered summary (None: no complete run)."""
     root = Path(root)
     out_dir = Path(out_dir) if out_dir is not None else root
     runs = find_complete_runs(root)
@@ -182,28 +186,32 @@ def report(root: Path, out_dir: Path | None = None, with_table: bool = True, wit
         write_tables(out_dir, {SWEEP_TABLE: tables["summary"]})
     if with_figures:
         draw_figures(tables, root, out_dir / FIGURES_DIR)
+    if with_html:
+        write_report(root, tables, out_dir, x=sweep_axis(tables["summary"]))
     return tables["summary"]
 
 
 class GatherSweep(Callback):
-    """Hydra callback: gathers a multirun's jobs when it ends, and draws a single run's figures."""
+    """Hydra callback: gathers a multirun's jobs when it ends, and draws a single run's figures;
+    both write report.html unless the config says `report: false`."""
 
     def __init__(self, figures: bool = True) -> None:
         self.figures = figures
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = report(sweep_dir, with_figures=self.figures)
+        summary = report(sweep_dir, with_figures=self.figures, with_html=config.get("report", True))
         if summary is not None:
             print(comparison_table(summary.drop(columns="run_id")))
             print(f"\nsweep summary: {sweep_dir / SWEEP_TABLE}.parquet ({len(find_complete_runs(sweep_dir))} runs)")
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         job_return = kwargs.get("job_return")
-        if self.figures and job_return is not None and job_return.hydra_cfg is not None:
+        with_html = config.get("report", True)
+        if (self.figures or with_html) and job_return is not None and job_return.hydra_cfg is not None:
             run_dir = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
             if is_complete(run_dir):
-                report(run_dir, with_table=False)
+                report(run_dir, with_table=False, with_figures=self.figures, with_html=with_html)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -215,7 +223,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("dir", type=Path, help="a results folder: a sweep, a run, or results/ itself")
     parser.add_argument("-o", "--out", type=Path, help="where to write the table and figures/ (default: DIR)")
-    parser.add_argument("--no-figures", action="store_true", help="write the table only")
+    parser.add_argument("--no-figures", action="store_true", help="draw no figures into figures/")
+    parser.add_argument("--no-html", action="store_true", help="write no report.html")
     parser.add_argument("--reference", default="qllm", help="engine the LS TTFT ratios are relative to")
     return parser.parse_args(argv)
 
@@ -225,13 +234,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.dir.is_dir():
         exit_with_usage_error("qllm-report", f"{args.dir} is not a directory")
-    summary = report(args.dir, args.out, with_figures=not args.no_figures)
+    summary = report(args.dir, args.out, with_figures=not args.no_figures, with_html=not args.no_html)
     if summary is None:
         exit_with_usage_error("qllm-report", f"no complete run (no {DONE_FILE} file) below {args.dir}")
     print(comparison_table(summary.drop(columns="run_id"), reference_engine=args.reference))
     out = args.out or args.dir
     print(f"\n{summary['run_dir'].nunique()} runs -> {out / SWEEP_TABLE}.parquet, .csv"
-          + ("" if args.no_figures else f"; figures in {out / FIGURES_DIR}"))
+          + ("" if args.no_figures else f"; figures in {out / FIGURES_DIR}")
+          + ("" if args.no_html else f"; page {out / REPORT_FILE}"))
 
 
 if __name__ == "__main__":

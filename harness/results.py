@@ -9,6 +9,7 @@ Layout of `results/<run dir>/`:
   config.yaml              the resolved config (Hydra's own .hydra/config.yaml is unresolved)
   <table>.parquet, .csv    requests, summary, timeline (`write_tables`); CSV list columns are JSON
   DONE                     the completion marker (`mark_complete`)
+  report.html              one page of all of it, written after DONE (harness.gather, harness.report)
 """
 
 from __future__ import annotations

@@ -95,6 +95,7 @@ def test_qllm_report_gathers_any_results_folder_after_the_fact(tmp_path, capsys)
     assert summary["time_scale"].tolist() == [0.5] * 4 and "engine" in summary and "run_dir" in summary
     assert summary["offered_rps"].tolist() == pytest.approx([2.0, 2.0, 4.0, 4.0])  # = rate
     assert (tmp_path / "report" / "figures" / "ttft_vs_rate.png").is_file()
+    assert (tmp_path / "report" / "report.html").is_file()  # the page too, from tables that lack some columns
 
 
 def write_run(run_dir: Path, rate: float) -> None:
