@@ -1,0 +1,49 @@
+"""A cost model scaled to published step times: an analytic model's stage times, each multiplied by one
+factor fitted so that the model's whole passes match what someone measured.
+
+The ideal analytic model (qllm.sim.analytic) prices bytes and FLOPs at a GPU's datasheet rates; a
+real system runs slower (kernels below peak, Python between them). Given the step times the
+paper's authors published for their own prototype (conf/hardware/paper_calibrated.yaml), the
+factor is the geometric mean of published / predicted over those steps, so a claim simulated on
+both models is a band: the ideal hardware at one end, the authors' measured speed at the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from qllm.sim.cost_model import CostModel, PassShape, StageCosts
+from qllm.sim.shape import ModelShape
+
+
+def whole_pass_s(costs: StageCosts, model: ModelShape) -> float:
+    """One pass with every layer called whole and a checkpoint after each (layer granularity)."""
+    costs = costs.with_whole_layers()
+    layers = np.where(model.sparse_layers, costs.layer_s, costs.attention_s + costs.dense_mlp_s).sum()
+    return (costs.pass_overhead_s + costs.pass_start_s + float(layers) + model.num_layers * costs.checkpoint_s
+            + costs.pass_end_s)  # fmt: skip
+
+
+class CalibratedCostModel:
+    def __init__(self, model: ModelShape, base: Callable[..., CostModel], published: list[dict]) -> None:
+        """`base`: the cost model to scale (a `hardware` config, partial); `published`: measured steps,
+        each {batch_size, query_len, key_len, seconds, source}."""
+        self.base = base(model=model)
+        ratios = []
+        for step in published:
+            shape = PassShape(int(step["batch_size"]), int(step["query_len"]), int(step["key_len"]))
+            ratios.append(float(step["seconds"]) / whole_pass_s(self.base.stage_costs(shape), model))
+        if not ratios:
+            raise ValueError("a calibrated cost model needs at least one published step time")
+        self.scale = float(np.exp(np.mean(np.log(ratios))))
+
+    def stage_costs(self, shape: PassShape) -> StageCosts:
+        costs = self.base.stage_costs(shape)
+        return StageCosts(**{field.name: None if getattr(costs, field.name) is None else self.scale * getattr(costs, field.name)
+                             for field in dataclasses.fields(costs)})  # fmt: skip
+
+    def expert_s(self, tokens: np.ndarray) -> np.ndarray:
+        return self.scale * self.base.expert_s(tokens)
