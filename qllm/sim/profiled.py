@@ -100,17 +100,16 @@ def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     with each feature) is a least-squares fit with each residual over the square root of its sample,
     so small passes count (a plain fit would serve the large ones only), on the samples within
     OUTLIER times a first fit's prediction: a spike (the core taken by something else for a moment)
-    would bend it. Its level is then set so that the predicted sum equals the measured sum, each
-    sample capped at OUTLIER times its prediction: a run's time is such a sum, and a fit of ratios
-    alone falls short of it where the noise is a share of the time."""
+    is the machine, not the pass. Its level is then set so that the predicted sum over those samples
+    equals their measured sum: a run's time is such a sum, and a fit of ratios alone falls short of
+    it where the noise is a share of the time."""
     coefficients = _weighted_nnls(x, seconds)
-    predicted = x @ coefficients
-    kept = (seconds <= OUTLIER * predicted) | (predicted <= 0)
-    if kept.sum() > x.shape[1]:
-        coefficients = _weighted_nnls(x[kept], seconds[kept])
-    predicted = x @ coefficients
-    total = np.minimum(seconds, OUTLIER * np.maximum(predicted, 0)).sum()
-    return coefficients * (total / predicted.sum()) if total > 0 and predicted.sum() > 0 else coefficients
+    kept = (seconds <= OUTLIER * (x @ coefficients)) | (x @ coefficients <= 0)
+    if kept.sum() <= x.shape[1]:
+        return coefficients
+    coefficients = _weighted_nnls(x[kept], seconds[kept])
+    total, predicted = seconds[kept].sum(), (x[kept] @ coefficients).sum()
+    return coefficients * (total / predicted) if total > 0 and predicted > 0 else coefficients
 
 
 def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
