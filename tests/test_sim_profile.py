@@ -116,7 +116,7 @@ def test_qllm_bench_refuses_a_foreign_profile_in_one_line(tmp_path, tiny_shape):
 
 
 def test_the_shipped_profile_says_which_machine_made_it(tiny_shape):
-    _, model, about = read_profile(resolve(compose_config().hardware.path))
+    _, model, about = read_profile(resolve(compose_config("executor=sim").hardware.path))
     assert model == json.loads(json.dumps(dataclasses.asdict(tiny_shape)))
     for key in ("cpu", "cores", "torch_threads", "torch", "transformers", "command"):
         assert about.get(key), key
