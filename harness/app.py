@@ -18,6 +18,7 @@ from harness.comparison import comparison_table
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
+from harness.repeats import PER_REPEAT_TABLE, aggregate_repeats, tag_repeat, trace_for_repeat
 from harness.replay import replay, requests_from_trace
 from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.workload import PROJECT_ROOT, load_workload
@@ -117,8 +118,35 @@ def check_combinations(cfg: DictConfig, resources: RunResources) -> None:
     """Refuse, before anything runs, what the chosen executor cannot do."""
     for name, engine_cfg in cfg.engine.items():
         resources.check_engine(engine_cfg, name)
+    if not isinstance(cfg.get("repeats", 1), int) or cfg.get("repeats", 1) < 1:
+        raise ConfigurationError(f"repeats={cfg.repeats}: give a whole number of trace seeds, 1 or more")
     if cfg.record_token_ids and not resources.runs_a_model:
         raise ConfigurationError("record_token_ids=true: the simulated executor computes no tokens; use executor=real")
+
+
+def replay_repeats(cfg: DictConfig, resources: RunResources, params: dict) -> list[dict]:
+    """run_engine's results for every repeat (harness.repeats: repeat r replays the trace drawn
+    with trace.seed + r) and every engine, engines in turn within a repeat, so a slow spell of
+    the machine falls on every engine alike; stops at the first interrupted replay."""
+    results = []
+    for repeat in range(cfg.get("repeats", 1)):
+        requests = requests_from_trace(load_workload(trace_for_repeat(cfg.trace, repeat)))
+        for name, engine_cfg in cfg.engine.items():
+            results.append({**run_engine(name, engine_cfg, resources, requests, cfg, params), "repeat": repeat})
+            if results[-1]["interrupted"]:
+                return results
+    return results
+
+
+def tables_over_repeats(results: list[dict], repeats: int) -> dict[str, pd.DataFrame]:
+    """The run's tables; with repeats > 1 every row carries its `repeat`, the per-repeat summaries
+    are `summary_repeats` and `summary` is their aggregate (harness.repeats)."""
+    if repeats == 1:
+        return {name: pd.concat([r[name] for r in results], ignore_index=True) for name in TABLES}
+    tables = {name: pd.concat([tag_repeat(r[name], r["repeat"]) for r in results], ignore_index=True) for name in TABLES}
+    tables[PER_REPEAT_TABLE] = tables["summary"]
+    tables["summary"] = aggregate_repeats(tables[PER_REPEAT_TABLE])
+    return tables
 
 
 def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, pd.DataFrame]:
@@ -130,15 +158,10 @@ def run_benchmark(cfg: DictConfig, run_dir: Path, model_name: str) -> dict[str, 
     write_manifest(run_dir, {"run_id": run_dir.name, **job_command()})
     (run_dir / "INCOMPLETE").unlink(missing_ok=True)
     write_config(run_dir, cfg)
-    requests = requests_from_trace(load_workload(cfg.trace))
     params = sweep_columns(cfg, run_dir.name, model_name)
-    results = []
     with sigterm_as_interrupt():
-        for name, engine_cfg in cfg.engine.items():
-            results.append(run_engine(name, engine_cfg, resources, requests, cfg, params))
-            if results[-1]["interrupted"]:
-                break
-    tables = {name: pd.concat([r[name] for r in results], ignore_index=True) for name in TABLES}
+        results = replay_repeats(cfg, resources, params)
+    tables = tables_over_repeats(results, cfg.get("repeats", 1))
     write_tables(run_dir, tables)
     interrupted = results[-1]["interrupted"]
     if interrupted:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.repeats import has_intervals, interval_columns
+
 CLASS_ORDER = {"LS": 0, "BE": 1, "all": 2}
 # (summary column, header, kind): kind "time" picks ms or s per column, "pct" prints a percentage.
 COLUMNS = [
@@ -43,6 +45,16 @@ def _format_column(values: pd.Series, header: str, kind: str, in_ms: bool) -> tu
         return header, fmt(three_digits)
     scale, unit = (1000.0, "ms") if in_ms else (1.0, "s")
     return f"{header} ({unit})", fmt(lambda v: three_digits(scale * v))
+
+
+def _with_half_interval(values: pd.Series, rows: pd.DataFrame, column: str, header: str, kind: str, in_ms: bool):
+    """`values` as "mean ± half its 95 % interval" where the summary has one (repeats, harness.repeats);
+    counts are left alone (their interval over repeats is no news)."""
+    if kind == "int" or not has_intervals(rows, column):
+        return values
+    low, high = interval_columns(column)
+    _, halves = _format_column((rows[high] - rows[low]) / 2, header, kind, in_ms)
+    return values + halves.map(lambda half: "" if half == "-" else f" ± {half}")
 
 
 def _left_aligned(values: pd.Series, header: str) -> pd.Series:
@@ -86,7 +98,7 @@ def comparison_table(summary: pd.DataFrame, reference_engine: str = "qllm") -> s
     in_ms = bool(np.nanmedian(np.abs(times)) < 1.0) if np.isfinite(times).any() else False
     for column, header, kind in COLUMNS:  # one time unit for the table: ms if most times are under 1 s
         name, values = _format_column(rows[column], header, kind, in_ms)
-        shown[name] = values
+        shown[name] = _with_half_interval(values, rows, column, header, kind, in_ms)
     lines = shown.to_string(index=False).splitlines()
     out = [lines[0]]
     for i, line in enumerate(lines[1:]):

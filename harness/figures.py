@@ -2,7 +2,8 @@
 
 Each `*_figure` function takes plot-ready tables and returns a matplotlib Figure; `save_figure`
 writes it as PNG and PDF. Rate-style figures take `x`, the swept column (rate, ls_fraction,
-burstiness, offered_rps, ...); replicates at one x (seeds) are averaged, with min-max bars.
+burstiness, offered_rps, ...); replicates at one x (seeds) are averaged, with min-max bars,
+and a summary with 95 % intervals (`repeats=N`, harness.repeats) adds a shaded band per engine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from harness.atomic import atomic_write
+from harness.repeats import has_intervals, interval_columns
 
 # Fixed engine -> color (and legend label), so an engine looks the same in every figure.
 ENGINE_COLORS = {
@@ -43,6 +45,7 @@ QUANTUM_COLORS = {
     (False, "prefill"): "#2166ac", (False, "decode"): "#92c5de", (False, "mixed"): "#4393c3",
 }  # fmt: skip
 PANEL_SIZE = (4.8, 3.4)  # inches per panel
+BAND_PREFIX = "_ci95 "  # label of an engine's interval band: "_" keeps it out of legends
 
 
 def engine_color(engine: str) -> str:
@@ -69,9 +72,15 @@ def _panels(num: int, sharey: bool = False) -> tuple[Figure, np.ndarray]:
 
 
 def points(summary: pd.DataFrame, x: str, metric: str, priority_class: str) -> pd.DataFrame:
-    """engine, x, mean/min/max of `metric` over the replicates at each x, for one class."""
+    """engine, x, mean/min/max of `metric` over the replicates at each x, for one class; where the
+    summary has the metric's 95 % interval over repeats, ci95_low/ci95_high too (averaged over
+    the replicates: one run per x gives its own interval)."""
     rows = summary[summary["priority_class"] == priority_class].dropna(subset=[x])
-    grouped = rows.groupby(["engine", x])[metric].agg(["mean", "min", "max"]).reset_index()
+    stats = {"mean": (metric, "mean"), "min": (metric, "min"), "max": (metric, "max")}
+    if has_intervals(rows, metric):
+        low, high = interval_columns(metric)
+        stats |= {"ci95_low": (low, "mean"), "ci95_high": (high, "mean")}
+    grouped = rows.groupby(["engine", x]).agg(**stats).reset_index()
     return grouped.sort_values(["engine", x])
 
 
@@ -94,8 +103,11 @@ def _plot_lines(ax, summary: pd.DataFrame, x: str, metric: str, priority_class: 
     for engine in engine_order(data["engine"]):
         d = data[data["engine"] == engine]
         err = [scale * (d["mean"] - d["min"]), scale * (d["max"] - d["mean"])]
-        ax.errorbar(d[x], scale * d["mean"], yerr=err, marker="o", ms=4, capsize=2,
-                    color=engine_color(engine), label=ENGINE_LABELS.get(engine, engine))
+        label = ENGINE_LABELS.get(engine, engine)
+        ax.errorbar(d[x], scale * d["mean"], yerr=err, marker="o", ms=4, capsize=2, color=engine_color(engine), label=label)
+        if "ci95_low" in d:  # the 95 % interval over repeats; "_": kept out of the legend
+            ax.fill_between(d[x], scale * d["ci95_low"], scale * d["ci95_high"], color=engine_color(engine),
+                            alpha=0.2, linewidth=0, label=f"{BAND_PREFIX}{label}")
     ax.set_xlabel(AXIS_LABELS.get(x, x))
     ax.grid(True, alpha=0.3)
 
@@ -136,17 +148,27 @@ def throughput_vs_x_figure(summary: pd.DataFrame, x: str = "rate") -> Figure:
     return fig
 
 
+def _bar_span(rows: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """What a bar's error bar spans: the mean 95 % interval over repeats, else the replicates' range."""
+    if has_intervals(rows, metric):
+        return tuple(rows[column].mean() for column in interval_columns(metric))
+    return rows[metric].min(), rows[metric].max()
+
+
 def turnaround_figure(summary: pd.DataFrame, stat: str = "mean", title: str | None = None) -> Figure:
-    """Turnaround (arrival to last token) per engine, grouped by class; bars span the replicates."""
+    """Turnaround (arrival to last token) per engine, grouped by class; bars span the replicates,
+    or the 95 % interval over repeats where the summary has one (harness.repeats)."""
     classes = [c for c in ("LS", "BE") if c in set(summary["priority_class"])]
     engines = engine_order(summary["engine"])
     fig, axes = _panels(1)
     width = 0.8 / max(len(engines), 1)
+    metric = f"e2e_s_{stat}"
     for i, engine in enumerate(engines):
         rows = summary[summary["engine"] == engine]
-        values = [rows.loc[rows["priority_class"] == c, f"e2e_s_{stat}"] for c in classes]
-        means = [v.mean() for v in values]
-        err = [[m - v.min() for m, v in zip(means, values)], [v.max() - m for m, v in zip(means, values)]]
+        per_class = [rows[rows["priority_class"] == c] for c in classes]
+        means = [r[metric].mean() for r in per_class]
+        spans = [_bar_span(r, metric) for r in per_class]
+        err = [[m - lo for m, (lo, _) in zip(means, spans)], [hi - m for m, (_, hi) in zip(means, spans)]]
         axes[0].bar(np.arange(len(classes)) + (i - (len(engines) - 1) / 2) * width, means, width, yerr=err,
                     capsize=2, color=engine_color(engine), label=ENGINE_LABELS.get(engine, engine))
     axes[0].set_xticks(np.arange(len(classes)), [CLASS_LABELS[c] for c in classes])
@@ -269,3 +291,19 @@ def plotted_lines(fig: Figure) -> dict[tuple[str, str], tuple[np.ndarray, np.nda
             if isinstance(line, Line2D) and len(line.get_xdata()):
                 series[panel, label] = (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float))
     return series
+
+
+def plotted_bands(fig: Figure) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The interval bands a line figure shades: (panel title or y label, legend label) ->
+    (x, low, high), read back from each band's polygon."""
+    bands = {}
+    for ax in fig.axes:
+        panel = ax.get_title() or ax.get_ylabel()
+        for band in ax.collections:
+            if band.get_label().startswith(BAND_PREFIX) and band.get_paths():
+                corners = np.concatenate([path.vertices for path in band.get_paths()])
+                xs = np.unique(corners[:, 0])
+                low = np.array([corners[corners[:, 0] == x, 1].min() for x in xs])
+                high = np.array([corners[corners[:, 0] == x, 1].max() for x in xs])
+                bands[panel, band.get_label().removeprefix(BAND_PREFIX)] = (xs, low, high)
+    return bands

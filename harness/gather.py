@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from harness import figures
 from harness.comparison import comparison_table
+from harness.repeats import REPEAT, first_repeat
 from harness.report import REPORT_FILE, write_report
 from harness.results import DONE_FILE, is_complete, write_tables
 from qllm.errors import exit_with_usage_error
@@ -75,7 +76,10 @@ def parameter_names(keys: Sequence[str], existing: Sequence[str]) -> dict[str, s
 
 
 def offered_rps(requests: pd.DataFrame) -> float:
-    """Arrivals per second of the trace a run replayed: (n - 1) / (last - first arrival)."""
+    """Arrivals per second of the trace a run replayed: (n - 1) / (last - first arrival); the mean
+    over the traces of a run with repeats (harness.repeats)."""
+    if REPEAT in requests.columns:
+        return float(pd.Series([offered_rps(r.drop(columns=REPEAT)) for _, r in requests.groupby(REPEAT)]).mean())
     arrivals = requests.drop_duplicates("request_id")["arrival_s"]
     span = arrivals.max() - arrivals.min()
     return (len(arrivals) - 1) / span if span > 0 else float("nan")
@@ -161,8 +165,9 @@ def draw_figures(tables: dict[str, pd.DataFrame], root: Path, out_dir: Path) -> 
     save(figures.turnaround_figure(at_focus, title=title), "turnaround")
     focus_requests = requests[requests["run_dir"] == focus]
     save(figures.ttft_cdf_figure(focus_requests), "ttft_cdf")
-    timeline = pd.read_parquet(Path(root) / focus / "timeline.parquet")
-    ls_arrivals = focus_requests.loc[focus_requests["priority_class"] == "LS", ["engine", "arrival_s"]]
+    timeline = first_repeat(pd.read_parquet(Path(root) / focus / "timeline.parquet"))  # one trace, not overlaid
+    first = first_repeat(focus_requests)
+    ls_arrivals = first.loc[first["priority_class"] == "LS", ["engine", "arrival_s"]]
     save(figures.timeline_figure(timeline, ls_arrivals_s=ls_arrivals), "timeline")
     window = figures.first_preemption_window(timeline)
     if window is not None:

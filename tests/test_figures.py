@@ -148,6 +148,19 @@ def test_the_turnaround_bars_are_each_engines_mean_per_class():
         np.testing.assert_allclose(heights[figures.ENGINE_LABELS[engine]], expected)
 
 
+def test_with_intervals_over_repeats_the_turnaround_bars_span_them():
+    summary = sweep_summary()
+    summary = summary[(summary["rate"] == 4.0) & (summary["seed"] == 0)].assign(
+        e2e_s_mean_ci95_low=lambda s: 0.8 * s["e2e_s_mean"], e2e_s_mean_ci95_high=lambda s: 1.5 * s["e2e_s_mean"])
+    ax = figures.turnaround_figure(summary).axes[0]
+    spans = {c.get_label(): [tuple(seg[:, 1]) for seg in c.errorbar.lines[2][0].get_segments()]
+             for c in ax.containers if hasattr(c, "patches")}  # fmt: skip
+    for engine in ENGINES:
+        rows = summary[summary["engine"] == engine].set_index("priority_class").loc[["LS", "BE"]]
+        expected = list(zip(rows["e2e_s_mean_ci95_low"], rows["e2e_s_mean_ci95_high"]))
+        np.testing.assert_allclose(spans[figures.ENGINE_LABELS[engine]], expected)
+
+
 def test_the_timeline_draws_one_box_per_quantum_at_its_time():
     timeline = timeline_table()
     fig = figures.timeline_figure(timeline)
