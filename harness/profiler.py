@@ -93,6 +93,9 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     if by_parts.num_layers < 2:
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
     num_experts = next(parts.moe for parts in by_parts.adapter.parts if parts.moe is not None).num_experts
+    sparse = [parts.moe is not None for parts in whole.adapter.parts]  # `layer` times MoE layers only
+    if not any(sparse[1:]):
+        raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
     generator = torch.Generator().manual_seed(seed)
     samples, experts, blocks = [], [], []
     for phase, lengths in draw_shapes(space, np.random.default_rng(seed)):
@@ -103,11 +106,21 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
         experts += parts["experts"]
         blocks += [{**point, **block} for block in parts["blocks"]]
         layer_s = [s for _, s, _ in timed_quanta_of(whole, batch_for(whole, phase, lengths, generator))]
-        samples += [{**point, "stage": "layer", "seconds": s} for s in layer_s[1:-1]]
-        samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - np.median(layer_s[1:-1])})
+        sparse_s = [s for index, s in enumerate(layer_s[1:-1], start=1) if sparse[index]]  # layer i is quantum i
+        samples += [{**point, "stage": "layer", "seconds": s} for s in sparse_s]
+        samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - layer_zero_s(sparse, sparse_s, parts)})
     expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
     return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+
+
+def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> float:
+    """What layer 0 alone takes in a pass that calls layers whole: a sparse layer's median, or for a
+    dense layer 0 its attention and dense MLP halves as the same shape's expert pass timed them."""
+    if sparse[0]:
+        return float(np.median(sparse_s))
+    halves = {stage: [s for name, s in parts["stages"] if name == stage] for stage in ("attention", "dense_mlp")}
+    return float(np.median(halves["attention"]) + np.median(halves["dense_mlp"]))
 
 
 def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, dict]]:
