@@ -32,6 +32,7 @@ class ServerMetrics:
         self.requests = metric(Counter, "requests", "Requests that ended, by status: finished, stopped "
                                "(end-of-sequence token), aborted (client gone), rejected, failed.",
                                [*by_class, "status"])  # fmt: skip
+        self.generation_tokens = metric(Counter, "generation_tokens", "Tokens the engine generated, for any request.")
         self.preemptions = metric(Counter, "preemptions", "Sequences whose work was set aside.", by_class)
         self.waiting = metric(Gauge, "num_requests_waiting", "Requests waiting for memory or a batch.", by_class)
         self.running_batches = metric(Gauge, "num_running_batches", "Batches in a forward pass (0 or 1).")
