@@ -49,6 +49,11 @@ class QLLMEngine:
         self.events = events
         self.name = name
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        if budget_bytes is not None and budget_bytes < self.executor.kv_pool.block_bytes:
+            raise ConfigurationError(
+                f"engine {name}: memory_budget_mb={memory_budget_mb} cannot hold one KV block "
+                f"({self.executor.kv_pool.block_bytes} B): set it higher, or null for no limit"
+            )
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
 

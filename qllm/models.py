@@ -68,9 +68,15 @@ def load_model(
             raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
         hf_config = architecture_config(model_type, config)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(
-            hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-        )
+        try:
+            model = AutoModelForCausalLM.from_config(
+                hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
+            )
+        except (ValueError, ImportError) as refused:  # transformers will not build it as configured
+            raise ConfigurationError(
+                f"transformers refused to build {model_type} with model.attn_implementation={attn_implementation!r} "
+                f"(choose eager or sdpa, or change model.config): {refused}"
+            ) from refused
         if quant is not None:
             model = quantized_copy(model, quant, device, attn_implementation)
     if quant is None:
