@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from qllm import stop_check
 from qllm.batch import Batch
 from qllm.errors import ConfigurationError
 from qllm.events import Clock, EventSink, Quantum
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget
 from qllm.policies.protocol import SchedulingPolicy
-from qllm.preemption import CheckpointPolicy, NeverPreempt
+from qllm.preemption import NOTHING, CheckpointPolicy, preempts_for
 from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
@@ -89,7 +88,7 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            may_stop = functools.partial(stop_check.may_stop, self.scheduler, batch)  # asked each time the pass goes on
+            may_stop = functools.partial(self.scheduler.may_stop, batch)  # asked each time the pass goes on
             batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
         t_start_s = self.clock.now()
         try:
@@ -125,7 +124,7 @@ class QLLMEngine:
 def check_combination(name: str, policy: SchedulingPolicy, checkpoint_policy: CheckpointPolicy) -> None:
     """A checkpoint policy that may preempt needs a scheduling policy that ranks work above running
     work: otherwise it would never preempt (or preempt for work that is not served next)."""
-    if not policy.serves_preemption and not isinstance(checkpoint_policy, NeverPreempt):
+    if not policy.serves_preemption and preempts_for(checkpoint_policy) != NOTHING:
         raise ConfigurationError(
             f"engine {name}: scheduling policy {type(policy).__name__} ranks no queued work above a running "
             f"batch, so checkpoint policy {type(checkpoint_policy).__name__} has nothing to preempt for; "

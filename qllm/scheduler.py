@@ -12,7 +12,7 @@ from qllm.batch import Batch
 from qllm.events import EventSink
 from qllm.memory import MemoryBudget, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy, is_outranked
-from qllm.preemption import CheckpointPolicy, CheckpointState
+from qllm.preemption import NOTHING, OUTRANKING_WORK, CheckpointPolicy, CheckpointState, preempts_for
 from qllm.queues import PriorityQueue
 from qllm.sequence import Sequence, SequenceStatus
 
@@ -59,13 +59,26 @@ class Scheduler:
         """At the running pass's checkpoint, set the batch aside if the checkpoint policy says so and
         the state its pass holds fits the memory budget beside everything else."""
         batch = self.running
-        if batch is None or batch.checkpoint is None or not self.policy.has_queued():
+        if batch is None or batch.checkpoint is None or not self.may_stop(batch):
             return
         self._promote_aged(now_s)
         if self.checkpoint_policy.should_preempt(self._checkpoint_state(batch, now_s)):
             held = suspended_bytes(batch)  # the frame is frozen until it resumes
             if self.memory.fits(held, self.suspended_bytes):
                 self._suspend(batch, held, now_s)
+
+    def may_stop(self, batch: Batch) -> bool:
+        """Could a checkpoint decision stop `batch`'s pass now? The one answer both the scheduler and
+        the executors use (`Executor.forward(..., may_stop)`): never for a policy that preempts for
+        nothing; for one that preempts for outranking work, when the scheduling policy ranks queued work
+        above the batch (any queued work while BE aging may promote it as time passes); otherwise
+        whenever work is queued."""
+        reason = preempts_for(self.checkpoint_policy)
+        if reason == NOTHING or not self.policy.has_queued():
+            return False
+        if reason == OUTRANKING_WORK and self.be_aging_s is None:
+            return is_outranked(self.policy, batch)
+        return True
 
     def next_batch(self, now_s: float) -> Batch | None:
         """The running batch; when none runs, a suspended batch that nothing queued outranks, else

@@ -19,11 +19,11 @@ from qllm.executor import ATTENTION, Checkpoint, run_to_completion
 from qllm.memory import suspended_bytes
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
+from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import StageCosts
 from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
 from qllm.sim.routing import UniformRouting
-from qllm import stop_check
 from tests.helpers import engine_config
 
 COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.4, shared_expert_s=0.5,
@@ -193,7 +193,7 @@ def test_routing_sends_each_token_to_top_k_distinct_experts():
 def sim_run(config, engine: str, requests, stop_everywhere: bool, monkeypatch, **overrides):
     """Replay `requests` on the sim; `stop_everywhere`: the pass stops at every checkpoint."""
     if stop_everywhere:
-        monkeypatch.setattr(stop_check, "may_stop", lambda scheduler, batch: True)
+        monkeypatch.setattr(Scheduler, "may_stop", lambda scheduler, batch: True)
     resources = RunResources(config)
     clock = resources.new_clock()
     recorder = Recorder(clock)
@@ -226,6 +226,25 @@ def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, monk
         assert skipped["preemptions"].sum() > 0  # the schedule compared includes preemptions
     if granularity != "iteration":
         assert len(skipped_timeline) < len(stepped_timeline)  # and the skips happened
+
+
+class PreemptDecodesForPrompts:
+    """A user's checkpoint policy that preempts for something other than outranking work: a decode
+    pass gives way whenever a prompt waits. It declares nothing (`preempts_for`)."""
+
+    def should_preempt(self, state) -> bool:
+        return not state.running_is_prefill and any(w.is_prefill for w in state.waiting)
+
+
+def test_a_checkpoint_policy_that_preempts_for_other_work_is_not_skipped(monkeypatch):
+    config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit", "engine=[qllm]")
+    requests = mixed_requests(40, seed=3)
+    policy = {"_target_": f"{__name__}.PreemptDecodesForPrompts"}
+    skipped, _ = sim_run(config, "qllm", requests, False, monkeypatch, checkpoint_policy=policy)
+    stepped, _ = sim_run(config, "qllm", requests, True, monkeypatch, checkpoint_policy=policy)
+    assert stepped["preemptions"].sum() > 0
+    columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions"]
+    pd.testing.assert_frame_equal(skipped[columns], stepped[columns], rtol=0, atol=1e-9)
 
 
 def test_kv_and_suspended_state_are_accounted(monkeypatch):
