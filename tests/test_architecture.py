@@ -7,6 +7,7 @@ import ast
 import textwrap
 
 import pandas as pd
+import yaml
 
 from harness.workload import PROJECT_ROOT
 from tests.helpers import TINY_SWEEP, run_cli
@@ -28,6 +29,32 @@ def test_the_engine_never_imports_the_harness():
     assert len(files) > 10
     offending = {str(p.relative_to(PROJECT_ROOT)): sorted(m for m in imported_modules(p) if m.split(".")[0] == "harness")
                  for p in files}  # fmt: skip
+    assert not any(offending.values()), offending
+
+
+def targets(node) -> list[str]:
+    """Every `_target_` in a config file's tree."""
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for value in node.values() for t in targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in targets(value)]
+    return []
+
+
+# The engine's own config groups: what it is built from (its executor and clock, its policies), never the harness.
+ENGINE_GROUPS = ("executor", "policy", "checkpoint", "engine_base")
+
+
+def test_the_engines_config_groups_name_only_the_engines_classes():
+    from harness.app import CONF_DIR
+
+    found = {}
+    for group in ENGINE_GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            found[f"{group}/{path.name}"] = targets(yaml.safe_load(path.read_text()))
+    assert {"qllm.clock.RealClock", "qllm.clock.VirtualClock"} <= {t for ts in found.values() for t in ts}
+    offending = {name: [t for t in ts if t.split(".")[0] != "qllm"] for name, ts in found.items()}
     assert not any(offending.values()), offending
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness.app import compose_config
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table
 from harness.recorder import Recorder

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.app import compose_config
-from harness.clock import VirtualClock
+from qllm.clock import VirtualClock
 from harness.engines import RunResources
 from harness.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
