@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from qllm.batch import Batch
 from qllm.errors import ConfigurationError
-from qllm.events import Clock, EventSink, Quantum
+from qllm.events import Clock, EngineStats, EventSink, Quantum
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget
 from qllm.policies.protocol import SchedulingPolicy
@@ -56,13 +56,25 @@ class QLLMEngine:
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
 
+    @property
+    def model_config(self):
+        """The served model's Hugging Face config: its context length, vocabulary and EOS token."""
+        return self.executor.config
+
+    def rejection_reason(self, request: Request) -> str | None:
+        """Why `request` can never be served (context, vocabulary, memory budget); None when it can."""
+        return rejection_reason(request, self.model_config) or self.scheduler.memory.rejection_reason(request)
+
+    def stats(self) -> EngineStats:
+        """Queues and memory now (call between steps)."""
+        return self.scheduler.stats()
+
     def submit(self, request: Request) -> None:
-        config = self.executor.config
-        reason = rejection_reason(request, config) or self.scheduler.memory.rejection_reason(request)
+        reason = self.rejection_reason(request)
         if reason is not None:
             self.events.rejected(request.request_id, reason)
             return
-        prompt = prompt_token_ids(request, config.vocab_size)
+        prompt = prompt_token_ids(request, self.model_config.vocab_size)
         self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
 
     def abort(self, request_id: str) -> bool:
@@ -108,7 +120,7 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
-                **self.scheduler.gauges(),  # after every admit and suspend, and every allocation
+                **self.stats().timeline_gauges(),  # after every admit and suspend, and every allocation
             )
         )
         batch.is_resuming = False

@@ -9,11 +9,12 @@ batch aside, and, when nothing runs, resumes a suspended batch or starts the pol
 from __future__ import annotations
 
 from qllm.batch import Batch
-from qllm.events import EventSink
+from qllm.events import EngineStats, EventSink
 from qllm.memory import MemoryBudget, suspended_bytes
 from qllm.policies.protocol import SchedulingPolicy, is_outranked
 from qllm.preemption import NOTHING, OUTRANKING_WORK, CheckpointPolicy, CheckpointState, preempts_for
 from qllm.queues import PriorityQueue
+from qllm.request import PRIORITY_CLASSES
 from qllm.sequence import Sequence, SequenceStatus
 
 
@@ -136,18 +137,24 @@ class Scheduler:
     def suspended_bytes(self) -> int:
         return sum(batch.suspended_bytes for batch in self.suspended)
 
-    def gauges(self) -> dict:
-        """Queues and memory now, for the timeline."""
+    def stats(self) -> EngineStats:
+        """Queues and memory now."""
         num_suspended = sum(len(batch.sequences) for batch in self.suspended)
         num_running = len(self.running.sequences) if self.running is not None else 0
-        return {
-            "num_queued": len(self.unfinished) - num_suspended - num_running,  # waiting for memory or a batch
-            "num_suspended": num_suspended,
-            "kv_reserved_bytes": self.memory.reserved_bytes,
-            "kv_allocated_bytes": self.memory.pool.used_bytes,
-            "kv_needed_bytes": self.memory.pool.needed_bytes,
-            "suspended_bytes": self.suspended_bytes,
-        }
+        waiting = {priority_class: 0 for priority_class in PRIORITY_CLASSES}
+        for sequence in (*self.waiting, *self.policy.queued()):
+            waiting[sequence.request.priority_class] += 1
+        return EngineStats(
+            num_queued=len(self.unfinished) - num_suspended - num_running,  # waiting for memory or a batch
+            num_suspended=num_suspended,
+            kv_reserved_bytes=self.memory.reserved_bytes,
+            kv_allocated_bytes=self.memory.pool.used_bytes,
+            kv_needed_bytes=self.memory.pool.needed_bytes,
+            suspended_bytes=self.suspended_bytes,
+            num_waiting_by_class=waiting,
+            num_running_batches=0 if self.running is None else 1,
+            num_suspended_batches=len(self.suspended),
+        )
 
     def _queue(self, sequence: Sequence) -> None:
         sequence.status = SequenceStatus.QUEUED

@@ -32,6 +32,27 @@ def test_the_engine_never_imports_the_harness():
     assert not any(offending.values()), offending
 
 
+ENGINE_INSIDES = {"scheduler", "executor", "memory", "policy", "running", "suspended", "waiting"}
+
+
+def test_the_server_never_reaches_inside_the_engine():
+    """qllm/server/ uses the engine through qllm.served_engine.ServedEngine only: no attribute of the
+    engine's insides is read, and every gauge it shows is a field of the engine's stats record."""
+    from dataclasses import fields
+
+    from qllm.events import EngineStats
+    from qllm.server.metrics import STATS_GAUGES
+
+    reached = {}
+    for path in sorted((PROJECT_ROOT / "qllm" / "server").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        attributes = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+        reached[path.name] = sorted((attributes & ENGINE_INSIDES) | (calls & {"hasattr"}))
+    assert not any(reached.values()), reached
+    assert set(STATS_GAUGES) <= {field.name for field in fields(EngineStats)}
+
+
 def targets(node) -> list[str]:
     """Every `_target_` in a config file's tree."""
     if isinstance(node, dict):

@@ -111,7 +111,7 @@ class ServerEvents:
         pass
 
     def quantum(self, quantum: Quantum) -> None:
-        pass  # the engine thread refreshes the gauges from the engine itself (ServerMetrics.observe_engine)
+        pass  # the engine thread refreshes the gauges from the engine itself (ServerMetrics.observe)
 
     @staticmethod
     def _post(deliveries: list[tuple[RequestStream, object]]) -> None:
