@@ -18,7 +18,7 @@ from qllm.errors import ConfigurationError
 from qllm.events import Clock, EngineStats, EventSink, Quantum
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget
-from qllm.policies.protocol import SchedulingPolicy
+from qllm.policies.protocol import SchedulingPolicy, check_policy
 from qllm.preemption import NOTHING, CheckpointPolicy, preempts_for
 from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
@@ -42,6 +42,7 @@ class QLLMEngine:
     ):
         """`executor` builds the executor (`qllm.real_executor.RealExecutor` with its model bound, say)
         from `granularity` and `experts_per_checkpoint`."""
+        check_policy(name, policy)
         check_combination(name, policy, checkpoint_policy)
         self.executor = executor(granularity=granularity, experts_per_checkpoint=experts_per_checkpoint)
         self.clock = clock

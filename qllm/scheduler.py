@@ -11,6 +11,7 @@ from __future__ import annotations
 from qllm.batch import Batch
 from qllm.events import EngineStats, EventSink
 from qllm.memory import MemoryBudget, suspended_bytes
+from qllm.policies.base import SchedulerView
 from qllm.policies.protocol import SchedulingPolicy, is_outranked
 from qllm.preemption import NOTHING, OUTRANKING_WORK, CheckpointPolicy, CheckpointState, preempts_for
 from qllm.queues import PriorityQueue
@@ -38,6 +39,7 @@ class Scheduler:
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
         self.unfinished: dict[str, Sequence] = {}  # by request id; each sequence's status says where it is
+        policy.bind(SchedulerView(self.unfinished))  # what the policy reads of this scheduler, read-only
 
     @property
     def is_idle(self) -> bool:

@@ -7,6 +7,7 @@ import ast
 import textwrap
 
 import pandas as pd
+import pytest
 import yaml
 
 from harness.workload import PROJECT_ROOT
@@ -80,41 +81,26 @@ def test_the_engines_config_groups_name_only_the_engines_classes():
 
 
 SHORTEST_FIRST = '''
-from itertools import chain
-
+from qllm.policies.base import QueuePolicy
 from qllm.policies.protocol import Decision
 from qllm.queues import FCFSQueue, take_batch
 
 
-class ShortestPromptFirst:
+class ShortestPromptFirst(QueuePolicy):
     """Prompts shortest first, then one decode batch; never ranks queued work above running work."""
-
-    serves_preemption = False
 
     def __init__(self, max_batch_size):
         self.max_batch_size = max_batch_size
         self.prefill, self.decode = [], FCFSQueue()
+
+    def queues(self):
+        return self.prefill, self.decode
 
     def add(self, sequence):
         if sequence.is_prefill:
             self.prefill.append(sequence)
         else:
             self.decode.add(sequence)
-
-    def queued(self):
-        return chain(self.prefill, self.decode)
-
-    def has_queued(self):
-        return bool(self.prefill or len(self.decode))
-
-    def outranking(self, batch):
-        return ()
-
-    def promote(self, sequences):
-        pass
-
-    def finished(self, sequence):
-        pass
 
     def schedule(self):
         if self.prefill:
@@ -141,3 +127,22 @@ def test_a_policy_of_one_class_and_one_yaml_runs_through_qllm_bench(tmp_path):
     requests = pd.read_parquet(run_dir / "requests.parquet")
     assert (requests["status"] == "finished").all() and len(requests) == 6
     assert pd.read_parquet(run_dir / "timeline.parquet")["batch_size"].max() <= 4  # the policy's own limit
+
+
+def test_a_one_class_policy_survives_an_abort_and_one_without_the_protocol_is_refused(config, resources, tmp_path,
+                                                                                       monkeypatch):  # fmt: skip
+    from hydra.errors import InstantiationException
+
+    from tests.test_abort import is_mid_pass, run_with_abort
+
+    (tmp_path / "my_policies.py").write_text(textwrap.dedent(SHORTEST_FIRST))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    policy = {"_target_": "my_policies.ShortestPromptFirst", "max_batch_size": 2}
+    recorder, requests, _, _ = run_with_abort(config, resources, "fcfs_cb", "r0", is_mid_pass, policy=policy,
+                                              granularity="layer")  # aborted mid-pass: its batch is dissolved
+    assert all(recorder.requests[r.request_id].finish_s is not None for r in requests[1:])
+    # The same policy written without the base class, and without `remove`: refused when the engine is built.
+    bare = SHORTEST_FIRST.replace("(QueuePolicy)", "").replace("def queues(self):", "def queued(self):")
+    (tmp_path / "bare_policies.py").write_text(textwrap.dedent(bare))
+    with pytest.raises(InstantiationException, match=r"ShortestPromptFirst lacks .*remove"):
+        run_with_abort(config, resources, "fcfs_cb", "r0", is_mid_pass, policy=policy | {"_target_": "bare_policies.ShortestPromptFirst"})
