@@ -20,7 +20,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.app import compose_config
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from qllm.executor import run_to_completion

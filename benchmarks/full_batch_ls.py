@@ -19,7 +19,7 @@ import time
 import torch
 
 from harness.app import compose_config
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from harness.server_process import ServerProcess

@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from harness.app import compose_config, warm_up
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.metrics import requests_table, timeline_table
 from harness.recorder import Recorder

@@ -180,7 +180,7 @@ def main(cfg: DictConfig) -> None:
         return
     with user_errors_reported("qllm-bench"):
         tables = run_benchmark(cfg, run_dir, model_name=hydra_cfg.runtime.choices.get("model"))
-    print(comparison_table(tables["summary"]))
+    print(comparison_table(tables["summary"], requests=tables["requests"]))
     print(f"\nresults: {run_dir}")
 
 

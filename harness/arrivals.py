@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from qllm.errors import ConfigurationError
 from qllm.request import BE, LS
 
 Seed = int | Sequence[int]  # anything numpy.random.default_rng accepts as entropy
@@ -24,7 +25,7 @@ def source_arrivals(arrival_s: Sequence[float] | np.ndarray, time_scale: float =
     time_scale 0.5 replays the trace twice as fast (twice the rate), 2.0 half as fast.
     """
     if not time_scale > 0 or not np.isfinite(time_scale):
-        raise ValueError(f"time_scale must be a finite number > 0, got {time_scale!r}")
+        raise ConfigurationError(f"trace.time_scale must be a finite number > 0, got {time_scale!r}")
     arrivals = np.asarray(arrival_s, dtype="float64")
     if len(arrivals) == 0:
         return arrivals
@@ -34,9 +35,9 @@ def source_arrivals(arrival_s: Sequence[float] | np.ndarray, time_scale: float =
 def gamma_arrivals(num_requests: int, rate: float, burstiness: float = 1.0, seed: Seed = 0) -> np.ndarray:
     """Arrival times (s) of `num_requests` requests at `rate` req/s with Gamma gaps (see module doc)."""
     if not rate > 0 or not np.isfinite(rate):
-        raise ValueError(f"rate must be a finite number of requests per second > 0, got {rate!r}")
+        raise ConfigurationError(f"trace.rate must be a finite number of requests per second > 0, got {rate!r}")
     if not burstiness > 0 or not np.isfinite(burstiness):
-        raise ValueError(f"burstiness must be a finite number > 0 (1 = Poisson), got {burstiness!r}")
+        raise ConfigurationError(f"trace.burstiness must be a finite number > 0 (1 = Poisson), got {burstiness!r}")
     rng = np.random.default_rng(seed)
     gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=max(num_requests - 1, 0))
     return np.concatenate([[0.0], np.cumsum(gaps)])[:num_requests]

@@ -11,6 +11,8 @@ CLASS_ORDER = {"LS": 0, "BE": 1, "all": 2}
 # (summary column, header, kind): kind "time" picks ms or s per column, "pct" prints a percentage.
 COLUMNS = [
     ("n", "n", "int"),
+    ("n_rejected", "rejected", "int"),
+    ("n_failed", "failed", "int"),
     ("ttft_s_p50", "TTFT p50", "time"),
     ("ttft_s_p99", "TTFT p99", "time"),
     ("tpot_s_mean", "TPOT mean", "time"),
@@ -81,8 +83,18 @@ def _ratio_lines(summary: pd.DataFrame, keys: list[str], reference_engine: str) 
     return lines
 
 
-def comparison_table(summary: pd.DataFrame, reference_engine: str = "qllm") -> str:
-    """A fixed-width text table of `summary` rows (harness.metrics.summary_table), then ratios."""
+def _reason_lines(requests: pd.DataFrame | None) -> list[str]:
+    """Per engine, how many requests were rejected or failed, and the first one's reason."""
+    if requests is None or "error" not in requests:
+        return []
+    unserved = requests[requests["status"].isin(["rejected", "failed"])]
+    return [f"{engine}: {len(rows)} rejected or failed; the first: {rows['status'].iloc[0]}: {rows['error'].iloc[0]}"
+            for engine, rows in unserved.groupby("engine", sort=False)]  # fmt: skip
+
+
+def comparison_table(summary: pd.DataFrame, reference_engine: str = "qllm", requests: pd.DataFrame | None = None) -> str:
+    """A fixed-width text table of `summary` rows (harness.metrics.summary_table), then ratios, then
+    (given the `requests` table) why requests were not served."""
     keys = _row_keys(summary)
     engines = list(dict.fromkeys([reference_engine, *summary["engine"]]))  # reference first
     rows = summary.assign(
@@ -97,7 +109,8 @@ def comparison_table(summary: pd.DataFrame, reference_engine: str = "qllm") -> s
     times = rows[[column for column, _, kind in COLUMNS if kind == "time"]].to_numpy(dtype=float)
     in_ms = bool(np.nanmedian(np.abs(times)) < 1.0) if np.isfinite(times).any() else False
     for column, header, kind in COLUMNS:  # one time unit for the table: ms if most times are under 1 s
-        name, values = _format_column(rows[column], header, kind, in_ms)
+        values = rows[column] if column in rows else pd.Series(np.nan, index=rows.index)  # older runs lack some
+        name, values = _format_column(values, header, kind, in_ms)
         shown[name] = _with_half_interval(values, rows, column, header, kind, in_ms)
     lines = shown.to_string(index=False).splitlines()
     out = [lines[0]]
@@ -105,4 +118,4 @@ def comparison_table(summary: pd.DataFrame, reference_engine: str = "qllm") -> s
         if starts_block[i] and i > 0:
             out.append("")  # a blank line between engines
         out.append(line)
-    return "\n".join(out + ["", *_ratio_lines(summary, keys, reference_engine)])
+    return "\n".join(out + ["", *_ratio_lines(summary, keys, reference_engine), *_reason_lines(requests)])

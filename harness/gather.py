@@ -162,10 +162,13 @@ def draw_figures(tables: dict[str, pd.DataFrame], root: Path, out_dir: Path) -> 
         save(figures.throughput_vs_x_figure(summary, x), f"throughput_vs_{x}")
     at_focus = rows_at_focus(summary, x)
     title = None if x is None else f"at {x} = {at_focus[x].iloc[0]:g}"
-    save(figures.turnaround_figure(at_focus, title=title), "turnaround")
     focus_requests = requests[requests["run_dir"] == focus]
-    save(figures.ttft_cdf_figure(focus_requests), "ttft_cdf")
+    if focus_requests["ttft_s"].notna().any():  # skip what has no data (nothing finished, say), silently
+        save(figures.turnaround_figure(at_focus, title=title), "turnaround")
+        save(figures.ttft_cdf_figure(focus_requests), "ttft_cdf")
     timeline = first_repeat(pd.read_parquet(Path(root) / focus / "timeline.parquet"))  # one trace, not overlaid
+    if timeline.empty:  # no quanta recorded (a remote engine, or nothing ran): nothing to draw
+        return drawn
     first = first_repeat(focus_requests)
     ls_arrivals = first.loc[first["priority_class"] == "LS", ["engine", "arrival_s"]]
     save(figures.timeline_figure(timeline, ls_arrivals_s=ls_arrivals), "timeline")
@@ -225,6 +228,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Gather every complete run (DONE marker) below DIR into sweep_summary.{parquet,csv} "
                     "with the swept parameters as columns, draw the figures into figures/, and print "
                     "the comparison table.",
+        epilog="The five commands people run most:\n"
+               "  qllm-report results/sweeps/<time>      # a sweep: table, figures, comparison\n"
+               "  qllm-report results/runs/<time>        # one run\n"
+               "  qllm-report results/                   # every complete run below results/\n"
+               "  qllm-report DIR -o report/ --no-figures   # the table only, written elsewhere\n"
+               "  qllm-report DIR --reference fcfs_rtc   # LS TTFT ratios relative to another engine\n"
+               "Results: DIR/sweep_summary.{parquet,csv} and DIR/figures/ (or under --out).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dir", type=Path, help="a results folder: a sweep, a run, or results/ itself")
     parser.add_argument("-o", "--out", type=Path, help="where to write the table and figures/ (default: DIR)")

@@ -23,6 +23,7 @@ import httpx
 
 from harness.openai_stream import StreamFailed, stream_completion
 from harness.recorder import Recorder
+from qllm.errors import ConfigurationError
 from qllm.prompts import prompt_token_ids
 from qllm.request import Request
 
@@ -82,7 +83,7 @@ class OpenAIHttpEngine:
                  max_concurrency: int | None = None, timeout_s: float | None = None, max_retries: int = 0,
                  retry_backoff_s: float = 1.0, prompt_vocab_size: int = 32000, poll_interval_s: float = 0.001):  # fmt: skip
         if priority_convention not in PRIORITY_CONVENTIONS:
-            raise ValueError(f"engine {name}: priority_convention {priority_convention!r}: expected one of "
+            raise ConfigurationError(f"engine {name}: priority_convention {priority_convention!r}: expected one of "
                              f"{PRIORITY_CONVENTIONS}")  # fmt: skip
         logging.getLogger("httpx").setLevel(logging.WARNING)  # its line per request would bury the run's output
         self.name = name
@@ -187,5 +188,5 @@ def served_model(base_url: str) -> str:
         response.raise_for_status()
         return response.json()["data"][0]["id"]
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
-        raise ValueError(f"openai_http: cannot read the served model from {base_url}/models ({error}); is the "
+        raise ConfigurationError(f"openai_http: cannot read the served model from {base_url}/models ({error}); is the "
                          f"server running? Or name it: engine.openai_http.model=NAME") from error

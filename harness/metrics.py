@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from harness.recorder import Recorder, RequestEvents
+from qllm.events import TIMELINE_GAUGES
 from qllm.request import BE, LS, PRIORITY_CLASSES, Request
 
 FINISHED, REJECTED, FAILED, UNFINISHED = "finished", "rejected", "failed", "unfinished"
@@ -35,10 +36,9 @@ _ROW_COLUMNS = [c for c in REQUESTS_COLUMNS if c not in _DERIVED] + ["last_token
 TIMELINE_COLUMNS = [
     "run_id", "engine", "t_start_s", "t_end_s", "duration_s", "kind", "layer", "expert",
     "batch_size", "num_tokens", "request_ids", "is_resume", "num_ls", "num_be",
-    "num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes",
+    *TIMELINE_GAUGES,
 ]  # fmt: skip
-# The engine's state after a quantum (qllm.events.Quantum).
-GAUGES = ("num_queued", "num_suspended", "kv_reserved_bytes", "kv_allocated_bytes", "kv_needed_bytes", "suspended_bytes")
+GAUGES = TIMELINE_GAUGES  # the engine's state after a quantum (qllm.events.EngineStats, recorded on each Quantum)
 
 
 def _or_nan(x: float | None) -> float:

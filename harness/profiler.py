@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.executor import ATTENTION, run_to_completion

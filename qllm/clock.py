@@ -1,9 +1,18 @@
-"""The wall clock an engine is timed by when it serves live traffic: seconds since it started."""
+"""The clocks an engine is timed by: seconds since it started.
+
+`WallClock` times a served engine. A run's clock is named by the executor config
+(conf/executor/*.yaml, `clock`): the real executor runs in wall time (`RealClock`, which a replay
+can also sleep on); the simulator advances a `VirtualClock`, which the replay, the recorder and the
+engine read as well, so a simulated run never sleeps.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 
@@ -24,3 +33,45 @@ class WallClock:
 
     def now(self) -> float:
         return self._read() - self._start
+
+
+class RealClock(WallClock):
+    """Wall-clock time, zero at construction, that a replay can also sleep on."""
+
+    def sleep_until(self, t_s: float) -> None:
+        delay = t_s - self.now()
+        if delay > 0:
+            time.sleep(delay)
+
+    def expect_arrivals(self, arrival_s: Iterable[float]) -> None:
+        """Wall time passes by itself: nothing to prepare."""
+
+
+class VirtualClock:
+    """Simulated time, zero at construction: it moves only when the simulated executor runs a stage
+    or the replay waits for the next arrival, and it knows when requests arrive, so a simulated
+    pass can run on to the next one."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._arrivals = np.zeros(0)  # sorted
+
+    def now(self) -> float:
+        return self._now
+
+    def advance_to(self, t_s: float) -> None:
+        if t_s < self._now:
+            raise ValueError(f"a clock does not go back: now {self._now} s, asked for {t_s} s")
+        self._now = t_s
+
+    def sleep_until(self, t_s: float) -> None:
+        self._now = max(self._now, t_s)
+
+    def expect_arrivals(self, arrival_s: Iterable[float]) -> None:
+        """The replay's arrival times, so that `next_arrival_s` can say when the next one is due."""
+        self._arrivals = np.sort(np.fromiter(arrival_s, dtype=float))
+
+    def next_arrival_s(self) -> float:
+        """The first arrival after now (inf: none), which the replay has not submitted yet."""
+        index = int(np.searchsorted(self._arrivals, self._now, side="right"))
+        return float(self._arrivals[index]) if index < len(self._arrivals) else math.inf

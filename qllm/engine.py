@@ -13,14 +13,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from qllm import stop_check
 from qllm.batch import Batch
 from qllm.errors import ConfigurationError
-from qllm.events import Clock, EventSink, Quantum
+from qllm.events import Clock, EngineStats, EventSink, Quantum
 from qllm.executor import Executor
 from qllm.memory import MemoryBudget
-from qllm.policies.protocol import SchedulingPolicy
-from qllm.preemption import CheckpointPolicy, NeverPreempt
+from qllm.policies.protocol import SchedulingPolicy, check_policy
+from qllm.preemption import NOTHING, CheckpointPolicy, preempts_for
 from qllm.prompts import prompt_token_ids, rejection_reason
 from qllm.request import Request
 from qllm.scheduler import Scheduler
@@ -43,22 +42,40 @@ class QLLMEngine:
     ):
         """`executor` builds the executor (`qllm.real_executor.RealExecutor` with its model bound, say)
         from `granularity` and `experts_per_checkpoint`."""
+        check_policy(name, policy)
         check_combination(name, policy, checkpoint_policy)
         self.executor = executor(granularity=granularity, experts_per_checkpoint=experts_per_checkpoint)
         self.clock = clock
         self.events = events
         self.name = name
         budget_bytes = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
+        if budget_bytes is not None and budget_bytes < self.executor.kv_pool.block_bytes:
+            raise ConfigurationError(
+                f"engine {name}: memory_budget_mb={memory_budget_mb} cannot hold one KV block "
+                f"({self.executor.kv_pool.block_bytes} B): set it higher, or null for no limit"
+            )
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
         self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
 
+    @property
+    def model_config(self):
+        """The served model's Hugging Face config: its context length, vocabulary and EOS token."""
+        return self.executor.config
+
+    def rejection_reason(self, request: Request) -> str | None:
+        """Why `request` can never be served (context, vocabulary, memory budget); None when it can."""
+        return rejection_reason(request, self.model_config) or self.scheduler.memory.rejection_reason(request)
+
+    def stats(self) -> EngineStats:
+        """Queues and memory now (call between steps)."""
+        return self.scheduler.stats()
+
     def submit(self, request: Request) -> None:
-        config = self.executor.config
-        reason = rejection_reason(request, config) or self.scheduler.memory.rejection_reason(request)
+        reason = self.rejection_reason(request)
         if reason is not None:
             self.events.rejected(request.request_id, reason)
             return
-        prompt = prompt_token_ids(request, config.vocab_size)
+        prompt = prompt_token_ids(request, self.model_config.vocab_size)
         self.scheduler.add(Sequence(request, prompt, self.executor.new_kv(), ready_s=request.arrival_s))
 
     def abort(self, request_id: str) -> bool:
@@ -84,7 +101,7 @@ class QLLMEngine:
     def _run_quantum(self, batch: Batch) -> list[int] | None:
         """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
         if batch.forward_pass is None:
-            may_stop = functools.partial(stop_check.may_stop, self.scheduler, batch)  # asked each time the pass goes on
+            may_stop = functools.partial(self.scheduler.may_stop, batch)  # asked each time the pass goes on
             batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
         t_start_s = self.clock.now()
         try:
@@ -104,7 +121,7 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
-                **self.scheduler.gauges(),  # after every admit and suspend, and every allocation
+                **self.stats().timeline_gauges(),  # after every admit and suspend, and every allocation
             )
         )
         batch.is_resuming = False
@@ -120,7 +137,7 @@ class QLLMEngine:
 def check_combination(name: str, policy: SchedulingPolicy, checkpoint_policy: CheckpointPolicy) -> None:
     """A checkpoint policy that may preempt needs a scheduling policy that ranks work above running
     work: otherwise it would never preempt (or preempt for work that is not served next)."""
-    if not policy.serves_preemption and not isinstance(checkpoint_policy, NeverPreempt):
+    if not policy.serves_preemption and preempts_for(checkpoint_policy) != NOTHING:
         raise ConfigurationError(
             f"engine {name}: scheduling policy {type(policy).__name__} ranks no queued work above a running "
             f"batch, so checkpoint policy {type(checkpoint_policy).__name__} has nothing to preempt for; "

@@ -3,8 +3,8 @@ whoever builds and measures it (DESIGN.md, "Layers"), such as a benchmark's reco
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 
@@ -32,6 +32,28 @@ class Quantum:
     kv_allocated_bytes: int | None = None  # KV blocks handed out to sequences
     kv_needed_bytes: int | None = None  # KV of the tokens those blocks hold (allocated minus the rounding)
     suspended_bytes: int | None = None  # tensors kept by preempted forward passes
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """An engine's state between steps: the first six fields are what each Quantum records
+    (TIMELINE_GAUGES: the run's timeline), and a server's gauges show every field."""
+
+    num_queued: int  # requests waiting for memory or for a batch
+    num_suspended: int  # sequences inside preempted batches
+    kv_reserved_bytes: int  # KV the admitted sequences may grow to (what a budget bounds)
+    kv_allocated_bytes: int  # KV blocks handed out to sequences
+    kv_needed_bytes: int  # KV of the tokens those blocks hold (allocated minus the rounding)
+    suspended_bytes: int  # tensors kept by preempted forward passes
+    num_waiting_by_class: Mapping[str, int]  # queued requests per priority class (LS, BE)
+    num_running_batches: int  # batches in a forward pass (0 or 1)
+    num_suspended_batches: int  # batches preempted mid forward pass
+
+    def timeline_gauges(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in TIMELINE_GAUGES}
+
+
+TIMELINE_GAUGES = tuple(f.name for f in fields(EngineStats))[:6]
 
 
 class EventSink(Protocol):

@@ -88,7 +88,20 @@ class CheckpointState:
         )
 
 
+# What a checkpoint policy preempts for (its `preempts_for`), which tells the engine where a pass could
+# stop, so a simulated pass runs past the checkpoints where nothing would happen.
+OUTRANKING_WORK = "outranking_work"  # only queued work that outranks the running batch (`state.outranking`)
+NOTHING = "nothing"  # never preempts
+ANYTHING = "anything"  # any checkpoint with work queued may stop the pass (a policy that declares nothing)
+
+
+def preempts_for(policy: CheckpointPolicy) -> str:
+    return getattr(policy, "preempts_for", ANYTHING)
+
+
 class CheckpointPolicy(Protocol):
+    preempts_for: str  # OUTRANKING_WORK, NOTHING or ANYTHING (the default when not declared)
+
     def should_preempt(self, state: CheckpointState) -> bool:
         """True sets the running batch aside now; it resumes later where it stopped."""
 
@@ -96,6 +109,8 @@ class CheckpointPolicy(Protocol):
 class StrictPriority:
     """Preempt as soon as queued work outranks the running batch (the paper: "when an LS request
     arrives, the running BE batch is preempted and the LS prefill runs")."""
+
+    preempts_for = OUTRANKING_WORK
 
     def should_preempt(self, state: CheckpointState) -> bool:
         return state.is_outranked
@@ -105,6 +120,8 @@ class SLOSlack:
     """Preempt only when an outranking LS prompt would otherwise miss its TTFT SLO: when its slack
     (SLO minus time waited) no longer covers the running pass's remaining time plus `margin_s`.
     Fewer preemptions than strict priority, at the cost of LS TTFT closer to the SLO."""
+
+    preempts_for = OUTRANKING_WORK
 
     def __init__(self, ttft_slo_s: float, margin_s: float = 0.0) -> None:
         self.ttft_slo_s = ttft_slo_s
@@ -120,6 +137,8 @@ class SLOSlack:
 
 class NeverPreempt:
     """Run every pass to its end (the iteration-level baselines)."""
+
+    preempts_for = NOTHING
 
     def should_preempt(self, state: CheckpointState) -> bool:
         return False

@@ -9,11 +9,13 @@ batch aside, and, when nothing runs, resumes a suspended batch or starts the pol
 from __future__ import annotations
 
 from qllm.batch import Batch
-from qllm.events import EventSink
+from qllm.events import EngineStats, EventSink
 from qllm.memory import MemoryBudget, suspended_bytes
+from qllm.policies.base import SchedulerView
 from qllm.policies.protocol import SchedulingPolicy, is_outranked
-from qllm.preemption import CheckpointPolicy, CheckpointState
+from qllm.preemption import NOTHING, OUTRANKING_WORK, CheckpointPolicy, CheckpointState, preempts_for
 from qllm.queues import PriorityQueue
+from qllm.request import PRIORITY_CLASSES
 from qllm.sequence import Sequence, SequenceStatus
 
 
@@ -37,6 +39,7 @@ class Scheduler:
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
         self.unfinished: dict[str, Sequence] = {}  # by request id; each sequence's status says where it is
+        policy.bind(SchedulerView(self.unfinished))  # what the policy reads of this scheduler, read-only
 
     @property
     def is_idle(self) -> bool:
@@ -59,13 +62,26 @@ class Scheduler:
         """At the running pass's checkpoint, set the batch aside if the checkpoint policy says so and
         the state its pass holds fits the memory budget beside everything else."""
         batch = self.running
-        if batch is None or batch.checkpoint is None or not self.policy.has_queued():
+        if batch is None or batch.checkpoint is None or not self.may_stop(batch):
             return
         self._promote_aged(now_s)
         if self.checkpoint_policy.should_preempt(self._checkpoint_state(batch, now_s)):
             held = suspended_bytes(batch)  # the frame is frozen until it resumes
             if self.memory.fits(held, self.suspended_bytes):
                 self._suspend(batch, held, now_s)
+
+    def may_stop(self, batch: Batch) -> bool:
+        """Could a checkpoint decision stop `batch`'s pass now? The one answer both the scheduler and
+        the executors use (`Executor.forward(..., may_stop)`): never for a policy that preempts for
+        nothing; for one that preempts for outranking work, when the scheduling policy ranks queued work
+        above the batch (any queued work while BE aging may promote it as time passes); otherwise
+        whenever work is queued."""
+        reason = preempts_for(self.checkpoint_policy)
+        if reason == NOTHING or not self.policy.has_queued():
+            return False
+        if reason == OUTRANKING_WORK and self.be_aging_s is None:
+            return is_outranked(self.policy, batch)
+        return True
 
     def next_batch(self, now_s: float) -> Batch | None:
         """The running batch; when none runs, a suspended batch that nothing queued outranks, else
@@ -123,18 +139,24 @@ class Scheduler:
     def suspended_bytes(self) -> int:
         return sum(batch.suspended_bytes for batch in self.suspended)
 
-    def gauges(self) -> dict:
-        """Queues and memory now, for the timeline."""
+    def stats(self) -> EngineStats:
+        """Queues and memory now."""
         num_suspended = sum(len(batch.sequences) for batch in self.suspended)
         num_running = len(self.running.sequences) if self.running is not None else 0
-        return {
-            "num_queued": len(self.unfinished) - num_suspended - num_running,  # waiting for memory or a batch
-            "num_suspended": num_suspended,
-            "kv_reserved_bytes": self.memory.reserved_bytes,
-            "kv_allocated_bytes": self.memory.pool.used_bytes,
-            "kv_needed_bytes": self.memory.pool.needed_bytes,
-            "suspended_bytes": self.suspended_bytes,
-        }
+        waiting = {priority_class: 0 for priority_class in PRIORITY_CLASSES}
+        for sequence in (*self.waiting, *self.policy.queued()):
+            waiting[sequence.request.priority_class] += 1
+        return EngineStats(
+            num_queued=len(self.unfinished) - num_suspended - num_running,  # waiting for memory or a batch
+            num_suspended=num_suspended,
+            kv_reserved_bytes=self.memory.reserved_bytes,
+            kv_allocated_bytes=self.memory.pool.used_bytes,
+            kv_needed_bytes=self.memory.pool.needed_bytes,
+            suspended_bytes=self.suspended_bytes,
+            num_waiting_by_class=waiting,
+            num_running_batches=0 if self.running is None else 1,
+            num_suspended_batches=len(self.suspended),
+        )
 
     def _queue(self, sequence: Sequence) -> None:
         sequence.status = SequenceStatus.QUEUED

@@ -255,6 +255,11 @@ def aborted(metrics: dict) -> float:
                if name == "qllm:requests_total" and ("status", "aborted") in labels)  # fmt: skip
 
 
+def generated(metrics: dict) -> float:
+    """Tokens the server's engine generated, for any request (server_metrics' dict)."""
+    return metrics[("qllm:generation_tokens_total", ())]
+
+
 def is_drained(metrics: dict) -> bool:
     """Nothing queued, running or suspended on the server, and no KV held (server_metrics' dict)."""
     gauges = ("qllm:num_requests_waiting", "qllm:num_running_batches", "qllm:num_suspended_batches",

@@ -39,6 +39,10 @@ MISTAKES = {  # what the user typed -> words the one line must hold
     "unknown engine": (lambda tmp: "engine=[nope]", ["engine", "nope"]),
     "unsupported model": (lambda tmp: "model.model_type=llama", ["'llama': no decoder layer's MLP block holds routed `experts`"]),
     "unknown model type": (lambda tmp: "model.model_type=not_a_model", ["model.model_type", "not_a_model"]),
+    "negative rate": (lambda tmp: "trace.rate=-3", ["trace.rate", "-3"]),
+    "budget below one block": (lambda tmp: "engine.qllm.memory_budget_mb=-1", ["memory_budget_mb=-1", "one KV block"]),
+    "attention transformers refuses": (lambda tmp: "model.attn_implementation=flash_attention_2",
+                                       ["transformers refused", "model.attn_implementation", "flash_attention_2"]),
 }
 
 
@@ -56,3 +60,34 @@ def test_a_mistake_is_one_line_on_stderr_and_exit_status_2(tmp_path, mistake):
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     done = qllm_bench(f"trace.path={bad_trace(tmp_path)}", tmp_path=tmp_path, full_error=True)
     assert done.returncode != 0 and "Traceback" in done.stderr and "TraceError" in done.stderr
+
+
+def test_a_run_where_nothing_is_served_prints_no_callback_warning_and_says_why(tmp_path):
+    # A server that is not there: every request fails, nothing finishes, no quantum is recorded.
+    done = qllm_bench("engine=[openai_http]", "engine.openai_http.base_url=http://127.0.0.1:9/v1",
+                      "engine.openai_http.model=absent", tmp_path=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Callback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    header = next(line for line in done.stdout.splitlines() if line.strip().startswith("engine"))
+    assert "rejected" in header and "failed" in header
+    assert "openai_http: 2 rejected or failed; the first: failed: ConnectError" in done.stdout
+    assert not (tmp_path / "run" / "figures" / "timeline.png").exists()
+
+
+HELP = {  # console script -> words its own help page must hold
+    "qllm-bench": ["replay a request trace", "== Configuration groups", "engine:", "results/runs/"],
+    "qllm-serve": ["OpenAI-compatible HTTP API", "== Configuration groups", "/metrics"],
+    "qllm-profile": ["stage by stage", "== Configuration groups", "profiles/<model>.parquet"],
+    "qllm-report": ["Gather every complete run", "sweep_summary"],
+}
+
+
+@pytest.mark.parametrize("command", HELP)
+def test_each_command_opens_its_help_with_what_it_does_and_the_commands_people_run(command):
+    done = subprocess.run([str(QLLM_BENCH.parent / command), "--help"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{command}: ") or done.stdout.startswith(f"usage: {command}"), done.stdout[:200]
+    assert "The five commands people run most:" in done.stdout
+    assert all(word in done.stdout for word in HELP[command]), done.stdout
+    assert "powered by Hydra" not in done.stdout and "_target_" not in done.stdout  # no stock page, no config dump

@@ -10,7 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from qllm.resources import wanted
 from harness.recorder import Recorder

@@ -20,7 +20,9 @@ from qllm.kernels import apply_cpu_kernels
 from qllm.kernels.onednn_linear import OneDNNLinear
 from qllm.models import load_model
 from qllm.real_executor import RealExecutor
-from tests.test_executor import append, assert_matches_oracle, make_sequences, random_prompts, step, unfinished
+from tests.test_executor import (
+    MIN_MARGIN, append, assert_matches_oracle, make_sequences, oracle, random_prompts, step, unfinished,
+)
 from tests.test_moe import FAMILIES, family_model
 
 CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -82,6 +84,24 @@ def test_the_executor_on_an_onednn_model_matches_generate_under_preemption(famil
     while unfinished(background):
         step(executor, unfinished(background))
     assert_matches_oracle(model, sequences)
+
+
+# The oracle cases: prompts of several lengths, each generated alone, as tests/test_executor.py's oracle does.
+ORACLE_PROMPTS = random_prompts(128, [9, 4, 6, 3, 7, 12, 5, 8], seed=6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)  # every family oneDNN serves (the stock numbers' test above)
+def test_onednn_and_the_stock_kernels_generate_the_same_greedy_tokens(family):
+    stock, fast = family_model(family, "grouped_mm", num_layers=2), family_model(family, "onednn", num_layers=2)
+    assert fast.config._experts_implementation == "onednn"  # the same weights (same seed), other kernels
+    compared = 0
+    for prompt in ORACLE_PROMPTS:
+        expected, margin = oracle(stock, tuple(prompt), 8)
+        if margin <= MIN_MARGIN:  # a near tie: rounding may rightly pick either token
+            continue
+        assert oracle(fast, tuple(prompt), 8)[0] == expected, f"{family}: prompt {prompt}"
+        compared += 1
+    assert compared >= 5, f"only {compared} cases without a near tie"
 
 
 @pytest.mark.parametrize(

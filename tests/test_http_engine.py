@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from harness.app import compose_config
-from harness.clock import RealClock
+from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table
 from harness.recorder import Recorder
@@ -15,7 +15,7 @@ from harness.replay import replay
 from harness.server_process import free_port
 from qllm.prompts import prompt_token_ids
 from qllm.request import Request
-from tests.helpers import SERVED_MODEL, aborted, is_drained, server_metrics, wait_for
+from tests.helpers import SERVED_MODEL, aborted, generated, is_drained, server_metrics, wait_for
 
 LS_REQUEST = Request("ls", 0.0, prompt_len=3, output_len=4, priority_class="LS", priority=0)
 BE_REQUEST = Request("be", 0.0, prompt_len=3, output_len=4, priority_class="BE", priority=1, prompt_ids=(1, 2, 3))
@@ -75,24 +75,31 @@ def test_a_refused_connection_is_retried_then_fails():
 
 def test_a_request_past_its_timeout_fails_and_the_server_frees_it(qllm_server):
     long = Request("long", 0.0, prompt_len=8, output_len=1000, priority_class="BE", priority=1)
-    before = aborted(server_metrics(qllm_server.url))
+    start = server_metrics(qllm_server.url)
     engine, recorder, _ = http_engine(qllm_server.base_url, "engine.openai_http.timeout_s=0.3")
     rows, _ = replay_rows(engine, recorder, [long])
     assert rows.loc["long", "status"] == "failed" and rows.loc["long", "error"].startswith("timed out after 0.3 s (")
-    assert 0 < rows.loc["long", "generated_len"] < 1000
-    wait_for(lambda: aborted(metrics := server_metrics(qllm_server.url)) == before + 1 and is_drained(metrics))
+    assert 0 < rows.loc["long", "generated_len"] < 1000, "the reply must outlast the timeout"
+    assert_the_server_stopped_it(qllm_server, start)
+
+
+def assert_the_server_stopped_it(server, start: dict) -> None:
+    """The server aborted one request, freed its KV and keeps serving, and its engine stopped the
+    request before the 1,000 tokens asked."""
+    wait_for(lambda: aborted(metrics := server_metrics(server.url)) == aborted(start) + 1 and is_drained(metrics))
+    assert generated(server_metrics(server.url)) - generated(start) < 1000
 
 
 def test_closing_the_engine_fails_what_still_streams(qllm_server):
     clock = RealClock()
-    before = aborted(server_metrics(qllm_server.url))
+    start = server_metrics(qllm_server.url)
     engine, recorder, _ = http_engine(qllm_server.base_url, clock=clock)
     engine.submit(Request("long", 0.0, prompt_len=8, output_len=1000, priority_class="BE", priority=1))
-    while "long" not in recorder.requests:  # streaming (`in`: the loop thread alone adds entries)
-        engine.step()
+    wait_for(lambda: "long" in recorder.requests)  # streaming (`in`: the loop thread alone adds entries)
     engine.close()
     assert engine.idle() and recorder.requests["long"].failed_reason.startswith("cancelled")
-    wait_for(lambda: aborted(metrics := server_metrics(qllm_server.url)) == before + 1 and is_drained(metrics))
+    assert len(recorder.requests["long"].token_ids) < 1000
+    assert_the_server_stopped_it(qllm_server, start)
 
 
 def test_a_concurrency_limit_sends_one_request_after_the_other(qllm_server):

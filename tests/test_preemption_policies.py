@@ -85,14 +85,22 @@ def test_slo_slack_preempts_at_the_layer_its_estimate_predicts(config, resources
     (the time per layer so far, times the layers left) changes from checkpoint to checkpoint."""
     num_layers = resources.model.config.num_hidden_layers
     cost = lambda checkpoint: 1.0 if checkpoint is None else checkpoint.layer + 1.0  # noqa: E731
-    slo_s, arrival_s = 3.5, 0.5  # an LS prompt arrives during the BE prefill's first layer
-    predicted, run_s = None, 0.0
-    for layer in range(num_layers):  # the checkpoint policy's arithmetic, checkpoint by checkpoint
-        run_s += cost(SimpleNamespace(layer=layer))
-        remaining_s = run_s * (num_layers - layer - 1) / (layer + 1)
-        if predicted is None and slo_s - (run_s - arrival_s) <= remaining_s:
-            predicted = layer
+    # An LS prompt arrives during the BE prefill's first layer, with an SLO where an estimate from the
+    # measured time per layer and one from a unit per layer preempt at different layers.
+    slo_s, arrival_s = 3.75, 0.5
+
+    def predicted_layer(layer_cost) -> int | None:  # the checkpoint policy's arithmetic, checkpoint by checkpoint
+        now_s = run_s = 0.0
+        for layer in range(num_layers):
+            now_s += cost(SimpleNamespace(layer=layer))
+            run_s += layer_cost(layer)
+            if slo_s - (now_s - arrival_s) <= run_s * (num_layers - layer - 1) / (layer + 1):
+                return layer
+        return None
+
+    predicted = predicted_layer(lambda layer: cost(SimpleNamespace(layer=layer)))
     assert predicted not in (None, 0)  # the slack covers the first estimate, not a later one
+    assert predicted != predicted_layer(lambda layer: 1.0)  # measured time, not a count of layers, decides
     specs = [(8, 2, "BE", 0), (4, 2, "LS", arrival_s)]
     cfg = engine_config(config, "qllm_slo_slack", checkpoint_policy=slo_slack(slo_s) | {"margin_s": 0.0})
     recorder = replay_timed(resources, cfg, requests_of(specs), cost)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import os
 import signal
-import threading
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.recorder import Recorder
 from harness.results import is_complete
 from harness.trace_schema import TraceError, load_trace, save_trace
 from tests.helpers import ENGINES, engine_config, replay_on_steps, requests_of
@@ -107,16 +107,19 @@ def test_prompt_ids_outside_the_vocabulary_are_rejected_per_request_by_every_eng
     assert (requests[requests["request_id"] != "b"]["status"] == "finished").all()
 
 
-def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(run_app, tmp_path):
+def test_sigterm_writes_what_was_recorded_and_marks_the_run_incomplete(run_app, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    timer = threading.Timer(4.0, os.kill, args=(os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        with pytest.raises(SystemExit, match="interrupted by SIGTERM"):
-            run_app("engine=[hf_generate]", "trace.num_requests=40", "trace.time_scale=20", run_dir=run_dir)
-    finally:
-        timer.cancel()
+    record_finish = Recorder.finished
+
+    def finished_then_terminated(recorder, request_id):  # SIGTERM as the first request ends: mid-run, whatever the speed
+        record_finish(recorder, request_id)
+        if recorder.num_done == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Recorder, "finished", finished_then_terminated)
+    with pytest.raises(SystemExit, match="interrupted by SIGTERM"):
+        run_app("engine=[hf_generate]", "trace.num_requests=40", "trace.time_scale=20", "warmup_tokens=0", run_dir=run_dir)
     assert not is_complete(run_dir) and (run_dir / "INCOMPLETE").exists()
     requests = pd.read_parquet(run_dir / "requests.parquet")
     assert len(requests) == 40  # every request accounted for

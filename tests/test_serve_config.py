@@ -3,12 +3,15 @@ config instantiates and round-trips text, and streamed text equals the whole dec
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from qllm.errors import ConfigurationError
+from qllm.server.main import build_app
 from qllm.server.tokenizer import IncrementalDetokenizer
 from tests.helpers import CONF_DIR
 
@@ -59,3 +62,9 @@ def test_the_pretrained_tokenizer_is_the_one_saved_with_the_weights(tmp_path):
     assert tokenizer.encode("hello world again") == [3, 4, 5] and tokenizer.decode([3, 4]) == "hello world"
     assert tokenizer.encode_chat([{"role": "user", "content": "hello"}]) == [1, 3, 2]
     assert streamed_text(tokenizer.detokenizer([3]), [4, 5]) == tokenizer.decode([3, 4, 5])[len("hello") :]
+
+
+def test_an_engine_without_the_served_engine_protocol_is_refused_naming_what_it_lacks():
+    cfg = compose_serve("engine=hf_generate", "model.config.num_hidden_layers=1", "warmup_tokens=0")
+    with pytest.raises(ConfigurationError, match=r"engine hf_generate .* cannot be served: it lacks .*abort.*ServedEngine"):
+        build_app(cfg, "tiny_mixtral")

@@ -9,21 +9,21 @@ import pandas as pd
 import pytest
 
 from harness.app import compose_config
-from harness.clock import VirtualClock
+from qllm.clock import VirtualClock
 from harness.engines import RunResources
 from harness.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.batch import Batch
-from qllm.executor import ATTENTION, Checkpoint
+from qllm.executor import ATTENTION, Checkpoint, run_to_completion
 from qllm.memory import suspended_bytes
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
+from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import StageCosts
 from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
 from qllm.sim.routing import UniformRouting
-from qllm import stop_check
 from tests.helpers import engine_config
 
 COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.4, shared_expert_s=0.5,
@@ -54,10 +54,15 @@ class FixedRouting:
         return self.tokens
 
 
-FAMILIES = {  # model config, overrides: Mixtral; Qwen2-MoE's shared expert; and a dense layer
+FAMILIES = {  # model config, overrides: Mixtral; Qwen2-MoE's shared expert; a dense layer; every other family
     "mixtral": ("tiny_mixtral", []),
     "shared_expert": ("tiny_qwen2_moe", []),
     "dense_layer": ("tiny_qwen2_moe", ["+model.config.mlp_only_layers=[1]"]),
+    "qwen3_moe": ("tiny_qwen3_moe", []),
+    "olmoe": ("tiny_olmoe", []),
+    "phimoe": ("tiny_phimoe", []),
+    "granitemoe": ("tiny_granitemoe", []),
+    "granitemoeshared": ("tiny_granitemoeshared", []),
     "latent_attention": ("tiny_deepseek_v3", []),  # K and V of different widths; a dense first layer; shared expert
 }
 PROMPTS = [5, 9, 2]
@@ -74,9 +79,13 @@ def batch_of(executor) -> list[Sequence]:
             for i, p in enumerate(PROMPTS)]  # fmt: skip
 
 
-def run_pass(executor) -> list[tuple[Checkpoint, int]]:
-    """Every checkpoint of one prefill pass, with the bytes its suspended frame would hold there."""
+def run_pass(executor, decode: bool = False) -> list[tuple[Checkpoint, int]]:
+    """Every checkpoint of one prefill pass (with `decode`, of the decode pass after it), with the
+    bytes its suspended frame would hold there."""
     sequences = batch_of(executor)
+    if decode:
+        for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
+            sequence.output_ids.append(token)
     batch = Batch.of(sequences)
     batch.forward_pass = executor.forward(sequences)
     stops = []
@@ -88,10 +97,10 @@ def run_pass(executor) -> list[tuple[Checkpoint, int]]:
         stops.append((checkpoint, suspended_bytes(batch)))
 
 
-def real_routing(model, num_experts: int) -> np.ndarray:
+def real_routing(model, num_experts: int, decode: bool = False) -> np.ndarray:
     """Which experts received tokens in each MoE layer of the real pass (from its checkpoints at one
     expert per group), as token counts of 1."""
-    stops, _ = run_pass(RealExecutor(model, "expert", 1))
+    stops, _ = run_pass(RealExecutor(model, "expert", 1), decode)
     routed = [c for c, _ in stops if c.expert not in (None, ATTENTION)]
     sparse = sorted({c.layer for c in routed})
     tokens = np.zeros((len(sparse), num_experts), dtype=int)
@@ -101,20 +110,50 @@ def real_routing(model, num_experts: int) -> np.ndarray:
     return tokens
 
 
+STOPS = [("iteration", 1), ("layer", 1), ("expert", 1), ("expert", 2), ("expert", 3)]
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("granularity, group", [("iteration", 1), ("layer", 1), ("expert", 1), ("expert", 2), ("expert", 3)])
-def test_the_sim_stops_where_the_real_executor_does_holding_what_it_holds(family, granularity, group):
+@pytest.mark.parametrize("granularity, group, phase", [(*stop, "prefill") for stop in STOPS] +
+                         [(*stop, "decode") for stop in STOPS if stop[1] == 1])  # fmt: skip
+def test_the_sim_stops_where_the_real_executor_does_holding_what_it_holds(family, granularity, group, phase):
     model, config = family_model(family)
-    real_stops, real_tokens = run_pass(RealExecutor(model, granularity, group))
+    real_stops, real_tokens = run_pass(RealExecutor(model, granularity, group), decode=phase == "decode")
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, group)
-    sim.routing = FixedRouting(real_routing(model, sim.model.num_experts))
-    sim_stops, sim_tokens = run_pass(sim)
+    sim.routing = FixedRouting(real_routing(model, sim.model.num_experts, decode=phase == "decode"))
+    sim_stops, sim_tokens = run_pass(sim, decode=phase == "decode")
     assert [c for c, _ in sim_stops] == [c for c, _ in real_stops]
+    assert all(held > 0 for _, held in real_stops)
     assert [held for _, held in sim_stops] == [held for _, held in real_stops]  # estimated from shapes, exactly
     assert len(sim_tokens) == len(real_tokens) and set(sim_tokens) == {PLACEHOLDER_TOKEN}
     if granularity == "expert":
         assert any(c.expert not in (None, ATTENTION) for c, _ in sim_stops)
         assert (family in ("dense_layer", "latent_attention")) == any(c.expert is None for c, _ in sim_stops)
+
+
+def layer_checkpoint_bytes(batch: int, query: int, key: int, real: int, blocks: int) -> int:
+    """What a pass of tiny_mixtral (hidden 64, 4 heads of 16, float32, one attention window, KV blocks
+    of 16) holds at a layer boundary, tensor by tensor, counted by hand."""
+    tokens = batch * query
+    residual = tokens * 64 * 4  # [batch, query, hidden] float32
+    cos_sin = 2 * tokens * 16 * 4  # [batch, query, head_dim] each
+    position_ids = tokens * 8  # int64
+    mask = batch * query * key  # one boolean [batch, 1, query, key]
+    real_index = real * 8 if real < tokens else 0  # where the real tokens sit among padded slots
+    write_index = 3 * real * 8  # the cache's (pool slot, row, query slot) per real token
+    gather_index = batch * blocks * 8  # the batch's block tables
+    return residual + cos_sin + position_ids + mask + real_index + write_index + gather_index
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_the_bytes_held_at_a_layer_checkpoint_are_the_tensors_counted_by_hand(phase):
+    model, config = family_model("mixtral")
+    # PROMPTS [5, 9, 2]: a prefill pads 3 rows to 9 tokens (16 real); a decode feeds 1 token per row
+    # against at most 10 cached; every row fits one block of 16.
+    expected = layer_checkpoint_bytes(3, 9, 9, 16, 1) if phase == "prefill" else layer_checkpoint_bytes(3, 1, 10, 3, 1)
+    for executor in (RealExecutor(model, "layer"), SimExecutor(config, VirtualClock(), KnownCosts, "layer")):
+        stops, _ = run_pass(executor, decode=phase == "decode")
+        assert [held for _, held in stops] == [expected] * 3, type(executor).__name__
 
 
 def test_the_clock_advances_by_the_cost_models_stages():
@@ -156,7 +195,7 @@ def test_routing_sends_each_token_to_top_k_distinct_experts():
 def sim_run(config, engine: str, requests, stop_everywhere: bool, monkeypatch, **overrides):
     """Replay `requests` on the sim; `stop_everywhere`: the pass stops at every checkpoint."""
     if stop_everywhere:
-        monkeypatch.setattr(stop_check, "may_stop", lambda scheduler, batch: True)
+        monkeypatch.setattr(Scheduler, "may_stop", lambda scheduler, batch: True)
     resources = RunResources(config)
     clock = resources.new_clock()
     recorder = Recorder(clock)
@@ -189,6 +228,25 @@ def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, monk
         assert skipped["preemptions"].sum() > 0  # the schedule compared includes preemptions
     if granularity != "iteration":
         assert len(skipped_timeline) < len(stepped_timeline)  # and the skips happened
+
+
+class PreemptDecodesForPrompts:
+    """A user's checkpoint policy that preempts for something other than outranking work: a decode
+    pass gives way whenever a prompt waits. It declares nothing (`preempts_for`)."""
+
+    def should_preempt(self, state) -> bool:
+        return not state.running_is_prefill and any(w.is_prefill for w in state.waiting)
+
+
+def test_a_checkpoint_policy_that_preempts_for_other_work_is_not_skipped(monkeypatch):
+    config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit", "engine=[qllm]")
+    requests = mixed_requests(40, seed=3)
+    policy = {"_target_": f"{__name__}.PreemptDecodesForPrompts"}
+    skipped, _ = sim_run(config, "qllm", requests, False, monkeypatch, checkpoint_policy=policy)
+    stepped, _ = sim_run(config, "qllm", requests, True, monkeypatch, checkpoint_policy=policy)
+    assert stepped["preemptions"].sum() > 0
+    columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions"]
+    pd.testing.assert_frame_equal(skipped[columns], stepped[columns], rtol=0, atol=1e-9)
 
 
 def test_kv_and_suspended_state_are_accounted(monkeypatch):

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from itertools import chain
-
-from qllm.batch import Batch
+from qllm.policies.base import QueuePolicy
 from qllm.policies.protocol import Decision
 from qllm.queues import FCFSQueue, take_batch
 from qllm.sequence import Sequence
 
 
-class FCFSRunToCompletionPolicy:
+class FCFSRunToCompletionPolicy(QueuePolicy):
     """Up to B waiting prompts form a cohort; it decodes until every member has finished, and only
     then do the next prompts start. Nothing is ever preempted."""
-
-    serves_preemption = False
 
     def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048):
         self.max_batch_size = max_batch_size
@@ -26,25 +21,8 @@ class FCFSRunToCompletionPolicy:
     def add(self, sequence: Sequence) -> None:
         (self.prefill if sequence.is_prefill else self.cohort).add(sequence)
 
-    def queued(self):
-        return chain(self.prefill, self.cohort)
-
-    def has_queued(self) -> bool:
-        return bool(len(self.prefill) or len(self.cohort))
-
-    def outranking(self, batch: Batch) -> Iterable[Sequence]:
-        return ()
-
-    def promote(self, sequences: list[Sequence]) -> None:
-        pass  # the order here does not depend on the class
-
-    def finished(self, sequence: Sequence) -> None:
-        pass
-
-    def remove(self, sequence: Sequence) -> None:
-        for queue in (self.prefill, self.cohort):
-            if sequence in queue:
-                queue.remove(sequence)
+    def queues(self):
+        return self.prefill, self.cohort
 
     def schedule(self) -> Decision:
         if len(self.cohort):

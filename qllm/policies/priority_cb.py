@@ -3,21 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from itertools import chain
-
-from qllm.batch import Batch
+from qllm.policies.base import QueuePolicy
 from qllm.policies.protocol import Decision
 from qllm.queues import PriorityQueue
 from qllm.sequence import Sequence
 
 
-class PriorityContinuousBatchingPolicy:
+class PriorityContinuousBatchingPolicy(QueuePolicy):
     """Like `fcfs_cb`, but waiting work is taken in priority order, and when a more urgent prompt
     waits while B sequences run, the least urgent running sequence is preempted back to waiting.
     `mixed_batches`: admitted prompts and the running sequences' decode tokens share one pass."""
-
-    serves_preemption = False
 
     def __init__(self, max_batch_size: int = 16, max_batch_tokens: int = 2048, mixed_batches: bool = False):
         self.max_batch_size = max_batch_size
@@ -25,44 +20,26 @@ class PriorityContinuousBatchingPolicy:
         self.mixed_batches = mixed_batches
         self.waiting = PriorityQueue()  # new prompts and preempted sequences
         self.decode: list[Sequence] = []  # admitted sequences ready for their next token
-        self.admitted: set[Sequence] = set()  # taken from `waiting`, not finished nor preempted back to it
 
-    @property
-    def num_running(self) -> int:
-        return len(self.admitted)
+    def _num_admitted(self) -> int:
+        """Started and unfinished, less those preempted back to `waiting`."""
+        return len(self.scheduler.started()) - sum(not s.is_prefill for s in self.waiting)
+
+    def queues(self):
+        return self.waiting, self.decode
 
     def add(self, sequence: Sequence) -> None:
         if sequence.is_prefill:
             self.waiting.add(sequence)
         else:
             self.decode.append(sequence)
-            self.admitted.add(sequence)  # already there, unless its batch was dissolved (`remove`)
-
-    def queued(self):
-        return chain(self.waiting, self.decode)
-
-    def has_queued(self) -> bool:
-        return bool(len(self.waiting) or self.decode)
-
-    def outranking(self, batch: Batch) -> Iterable[Sequence]:
-        return ()
-
-    def promote(self, sequences: list[Sequence]) -> None:
-        pass  # the order here does not depend on the class
-
-    def finished(self, sequence: Sequence) -> None:
-        self.admitted.discard(sequence)
-
-    def remove(self, sequence: Sequence) -> None:
-        self.waiting.remove(sequence)
-        if sequence in self.decode:
-            self.decode.remove(sequence)
-        self.admitted.discard(sequence)
 
     def schedule(self) -> Decision:
-        decision = Decision(preempted=self._preempt_for_waiting())
+        num_running = self._num_admitted()
+        decision = Decision(preempted=self._preempt_for_waiting(num_running))
+        num_running -= len(decision.preempted)
         prefill_tokens = 0
-        while len(self.waiting) and self.num_running < self.max_batch_size:
+        while len(self.waiting) and num_running < self.max_batch_size:
             sequence = self.waiting.peek()
             if sequence.is_prefill:
                 if decision.start and prefill_tokens + sequence.num_new_tokens > self.max_batch_tokens:
@@ -72,20 +49,20 @@ class PriorityContinuousBatchingPolicy:
             else:
                 decision.readmitted.append(sequence)
                 self.decode.append(sequence)
-            self.admitted.add(self.waiting.pop())
+            self.waiting.pop()
+            num_running += 1
         if not decision.start or self.mixed_batches:
             decision.start, self.decode = sorted(self.decode, key=lambda s: s.order) + decision.start, []
         return decision
 
-    def _preempt_for_waiting(self) -> list[Sequence]:
+    def _preempt_for_waiting(self, num_running: int) -> list[Sequence]:
         """Make room for waiting work that is more urgent than the least urgent running sequence."""
         preempted = []
-        while len(self.waiting) and self.decode and self.num_running >= self.max_batch_size:
+        while len(self.waiting) and self.decode and num_running - len(preempted) >= self.max_batch_size:
             victim = max(self.decode, key=lambda s: s.order)
             if victim.order <= self.waiting.peek().order:
                 break
             self.decode.remove(victim)
             self.waiting.add(victim)
-            self.admitted.discard(victim)
             preempted.append(victim)
         return preempted

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from qllm.batch import Batch
+from qllm.errors import ConfigurationError
+from qllm.policies.base import SchedulerView
 from qllm.sequence import Sequence
 
 
@@ -26,9 +28,15 @@ class Decision:
 
 
 class SchedulingPolicy(Protocol):
+    """`qllm.policies.base.QueuePolicy` derives all but `add` and `schedule` from the queues a policy
+    declares; the engine checks a policy has every part when it is built (`check_policy`)."""
+
     # Ranks some queued work above running work, so a checkpoint policy may preempt a pass for it
     # (and what it was preempted for runs next). False: an iteration-level policy.
     serves_preemption: bool
+
+    def bind(self, scheduler: SchedulerView) -> None:
+        """The read-only view of the scheduler that runs the policy (what has started, say)."""
 
     def add(self, sequence: Sequence) -> None:
         """`sequence` is ready for its next pass: a new prompt, or one more decode token."""
@@ -57,6 +65,20 @@ class SchedulingPolicy(Protocol):
     def remove(self, sequence: Sequence) -> None:
         """Forget `sequence`, queued or inside a batch, as if it had never been added: it was
         aborted, or its batch was dissolved (the scheduler then `add`s it again)."""
+
+
+POLICY_PARTS = ("serves_preemption", "bind", "add", "queued", "has_queued", "outranking", "promote", "schedule",
+                "finished", "remove")  # fmt: skip
+
+
+def check_policy(name: str, policy) -> None:
+    """Refuse, when the engine is built, a scheduling policy that lacks a part of the protocol."""
+    missing = [part for part in POLICY_PARTS if not hasattr(policy, part)]
+    if missing:
+        raise ConfigurationError(
+            f"engine {name}: scheduling policy {type(policy).__name__} lacks {', '.join(missing)}; subclass "
+            f"qllm.policies.base.QueuePolicy, which derives them from the queues the policy declares"
+        )
 
 
 def is_outranked(policy: SchedulingPolicy, batch: Batch) -> bool:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import chain
 
 from qllm.batch import Batch
+from qllm.policies.base import QueuePolicy
 from qllm.policies.protocol import Decision
 from qllm.queues import FCFSQueue, take_batch
 from qllm.sequence import Sequence
 
 
-class QLLMPolicy:
+class QLLMPolicy(QueuePolicy):
     """Batches of one phase at a time (unless `mixed_batches`), batch size limit B, LS before BE.
 
     Four queues, prompts and decodes of each class (LS, or BE promoted by aging: `promote` moves
@@ -49,11 +49,14 @@ class QLLMPolicy:
         # The four queues, by class (urgent: LS, or BE promoted by aging) and phase; each FCFS.
         self.ls_prefill, self.be_prefill = FCFSQueue(), FCFSQueue()
         self.ls_decode, self.be_decode = FCFSQueue(), FCFSQueue()
-        self.active: set[Sequence] = set()  # sequences past their prompt batch and unfinished, wherever they are
 
     @property
     def num_active(self) -> int:
-        return len(self.active)
+        """Sequences past their prompt batch and unfinished, wherever they are."""
+        return len(self.scheduler.started())
+
+    def queues(self):
+        return self.ls_prefill, self.ls_decode, self.be_prefill, self.be_decode
 
     def _queue_of(self, sequence: Sequence) -> FCFSQueue:
         if sequence.is_prefill:
@@ -62,14 +65,6 @@ class QLLMPolicy:
 
     def add(self, sequence: Sequence) -> None:
         self._queue_of(sequence).add(sequence)
-        if not sequence.is_prefill:
-            self.active.add(sequence)  # already there, unless its batch was dissolved (`remove`)
-
-    def queued(self):
-        return chain(self.ls_prefill, self.ls_decode, self.be_prefill, self.be_decode)
-
-    def has_queued(self) -> bool:
-        return bool(len(self.ls_prefill) or len(self.be_prefill) or len(self.ls_decode) or len(self.be_decode))
 
     def promote(self, sequences: list[Sequence]) -> None:
         """Aged BE sequences, now urgent, go to the front of their phase's LS queue, oldest first."""
@@ -77,15 +72,6 @@ class QLLMPolicy:
             queue = self.be_prefill if sequence.is_prefill else self.be_decode
             queue.remove(sequence)
             self._queue_of(sequence).add_first(sequence)
-
-    def finished(self, sequence: Sequence) -> None:
-        self.active.discard(sequence)
-
-    def remove(self, sequence: Sequence) -> None:
-        for queue in (self.ls_prefill, self.be_prefill, self.ls_decode, self.be_decode):
-            if sequence in queue:
-                queue.remove(sequence)
-        self.active.discard(sequence)
 
     def outranking(self, batch: Batch) -> Iterable[Sequence]:
         if batch.is_urgent and not (self.prompts_first and not batch.is_prefill):
@@ -122,6 +108,5 @@ class QLLMPolicy:
         return self._prompts(batch)
 
     def _prompts(self, batch: list[Sequence]) -> list[Sequence]:
-        """A prompt batch: its sequences are active from now on."""
-        self.active.update(batch)
+        """A prompt batch: its sequences are active from now on (the scheduler starts them)."""
         return batch

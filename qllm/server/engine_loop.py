@@ -80,7 +80,7 @@ class EngineLoop:
                 self.engine.step()
             now_s = time.perf_counter()
             if self.engine.idle() or now_s - refreshed_s >= self.gauge_interval_s:
-                self.metrics.observe_engine(self.engine)
+                self.metrics.observe(self.engine.stats())
                 refreshed_s = now_s
 
     def _take_commands(self, wait: bool) -> list:

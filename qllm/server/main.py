@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from qllm.clock import WallClock
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.resources import RunResources
+from qllm.served_engine import ServedEngine
 from qllm.server.app import create_app
 from qllm.server.completions import Completions
 from qllm.server.engine_loop import EngineLoop
@@ -49,13 +50,15 @@ def build_app(cfg: DictConfig, model_name: str) -> FastAPI:
     clock, metrics = WallClock(cfg.model.get("device", "cpu")), ServerMetrics()
     events = ServerEvents(clock, metrics)
     engine = RunResources(cfg).build_engine(engine_cfg, name, clock, events)
-    if not hasattr(engine, "abort"):
-        raise ConfigurationError(f"engine {name} ({engine_cfg._target_}) cannot be served: it cannot abort the request "
-                          f"of a client that goes away; serve a QLLM engine (qllm, fcfs_cb, priority_cb, ...)")  # fmt: skip
+    if not isinstance(engine, ServedEngine):
+        parts = ("model_config", "submit", "step", "idle", "abort", "rejection_reason", "stats")
+        missing = [part for part in parts if part not in dir(engine)]
+        raise ConfigurationError(f"engine {name} ({engine_cfg._target_}) cannot be served: it lacks {', '.join(missing)} "
+                                 f"of qllm.served_engine.ServedEngine; serve a QLLM engine (qllm, fcfs_cb, priority_cb, ...)")
     warm_up_engine(engine, cfg.warmup_tokens)
     tokenizer = instantiate(cfg.tokenizer) if cfg.get("tokenizer") else None
-    model_config = engine.executor.config
-    builder = RequestBuilder(model_name, model_config, engine.scheduler.memory, tokenizer,
+    model_config = engine.model_config
+    builder = RequestBuilder(model_name, model_config, engine.rejection_reason, tokenizer,
                              PriorityMapping(cfg.ls_max_priority))  # fmt: skip
     engine_loop = EngineLoop(engine, events, metrics, cfg.gauge_interval_s)
     completions = Completions(engine_loop, tokenizer, getattr(model_config, "eos_token_id", None), model_name)

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from qllm.events import EngineStats
 from qllm.request import PRIORITY_CLASSES
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0)
 PREFIX = "qllm:"
+STATS_GAUGES = {  # qllm.events.EngineStats field -> (metric name, description)
+    "num_running_batches": ("num_running_batches", "Batches in a forward pass (0 or 1)."),
+    "num_suspended_batches": ("num_suspended_batches", "Batches preempted mid forward pass."),
+    "kv_allocated_bytes": ("kv_cache_allocated_bytes", "KV cache blocks held by sequences."),
+    "kv_reserved_bytes": ("kv_cache_reserved_bytes", "KV cache the admitted sequences may grow to."),
+    "suspended_bytes": ("suspended_pass_bytes", "Tensors kept by preempted forward passes."),
+}
 
 
 class ServerMetrics:
@@ -32,31 +40,21 @@ class ServerMetrics:
         self.requests = metric(Counter, "requests", "Requests that ended, by status: finished, stopped "
                                "(end-of-sequence token), aborted (client gone), rejected, failed.",
                                [*by_class, "status"])  # fmt: skip
+        self.generation_tokens = metric(Counter, "generation_tokens", "Tokens the engine generated, for any request.")
         self.preemptions = metric(Counter, "preemptions", "Sequences whose work was set aside.", by_class)
-        self.waiting = metric(Gauge, "num_requests_waiting", "Requests waiting for memory or a batch.", by_class)
-        self.running_batches = metric(Gauge, "num_running_batches", "Batches in a forward pass (0 or 1).")
-        self.suspended_batches = metric(Gauge, "num_suspended_batches", "Batches preempted mid forward pass.")
-        self.kv_allocated = metric(Gauge, "kv_cache_allocated_bytes", "KV cache blocks held by sequences.")
-        self.kv_reserved = metric(Gauge, "kv_cache_reserved_bytes", "KV cache the admitted sequences may grow to.")
-        self.suspended_bytes = metric(Gauge, "suspended_pass_bytes", "Tensors kept by preempted forward passes.")
+        self.waiting_requests = metric(Gauge, "num_requests_waiting", "Requests waiting for memory or a batch.", by_class)
+        # One gauge per EngineStats field the server shows: field -> (metric name, description).
+        self.gauges = {field: metric(Gauge, name, description) for field, (name, description) in STATS_GAUGES.items()}
         for priority_class in PRIORITY_CLASSES:  # every series exists from the start, at 0
-            self.waiting.labels(priority_class).set(0)
+            self.waiting_requests.labels(priority_class).set(0)
             self.preemptions.labels(priority_class)
 
-    def observe_engine(self, engine) -> None:
-        """Refresh the gauges from a QLLM engine's scheduler (on the engine thread, between steps)."""
-        scheduler = engine.scheduler
-        waiting = {priority_class: 0 for priority_class in PRIORITY_CLASSES}
-        for sequence in (*scheduler.waiting, *scheduler.policy.queued()):
-            waiting[sequence.request.priority_class] += 1
-        for priority_class, count in waiting.items():
-            self.waiting.labels(priority_class).set(count)
-        self.running_batches.set(0 if scheduler.running is None else 1)
-        self.suspended_batches.set(len(scheduler.suspended))
-        gauges = scheduler.gauges()
-        self.kv_allocated.set(gauges["kv_allocated_bytes"])
-        self.kv_reserved.set(gauges["kv_reserved_bytes"])
-        self.suspended_bytes.set(gauges["suspended_bytes"])
+    def observe(self, stats: EngineStats) -> None:
+        """Refresh the gauges from the engine's stats (on the engine thread, between steps)."""
+        for priority_class, count in stats.num_waiting_by_class.items():
+            self.waiting_requests.labels(priority_class).set(count)
+        for field, gauge in self.gauges.items():
+            gauge.set(getattr(stats, field))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,9 +3,9 @@ priority class, and every check that would make the engine reject it, answered a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from qllm.prompts import rejection_reason
 from qllm.request import BE, DEFAULT_PRIORITY, LS, Request
 from qllm.server.errors import APIError
 from qllm.server.protocol import (
@@ -33,11 +33,11 @@ class PriorityMapping:
 class RequestBuilder:
     """Checks a body against the served model and engine and builds the engine's request."""
 
-    def __init__(self, model_name: str, model_config, memory, tokenizer: Tokenizer | None,
-                 priorities: PriorityMapping) -> None:  # fmt: skip
+    def __init__(self, model_name: str, model_config, rejection_reason: Callable[[Request], str | None],
+                 tokenizer: Tokenizer | None, priorities: PriorityMapping) -> None:  # fmt: skip
         self.model_name = model_name
         self.model_config = model_config  # the model's Hugging Face config: context length, vocabulary
-        self.memory = memory  # the engine's qllm.memory.MemoryBudget: requests that can never fit
+        self.rejection_reason = rejection_reason  # the engine's: why a request can never be served
         self.tokenizer = tokenizer
         self.priorities = priorities
 
@@ -86,7 +86,7 @@ class RequestBuilder:
         priority_class, priority = self.priorities.classify(body)
         request = Request(request_id, arrival_s, len(prompt_ids), max_tokens, priority_class, priority, tuple(prompt_ids))
         # The checks the engine makes at submission (context, vocabulary, memory budget), answered now.
-        reason = rejection_reason(request, self.model_config) or self.memory.rejection_reason(request)
+        reason = self.rejection_reason(request)
         if reason is not None:
             raise APIError(f"this request cannot be served: {reason}")
         return request

@@ -73,6 +73,7 @@ class ServerEvents:
 
     def tokens(self, token_ids: dict[str, int]) -> None:
         now_s, deliveries = self.clock.now(), []
+        self.metrics.generation_tokens.inc(len(token_ids))  # aborted requests' too: what the engine really ran
         for request_id, token_id in token_ids.items():
             stream = self.streams.get(request_id)
             if stream is None:
@@ -110,7 +111,7 @@ class ServerEvents:
         pass
 
     def quantum(self, quantum: Quantum) -> None:
-        pass  # the engine thread refreshes the gauges from the engine itself (ServerMetrics.observe_engine)
+        pass  # the engine thread refreshes the gauges from the engine itself (ServerMetrics.observe)
 
     @staticmethod
     def _post(deliveries: list[tuple[RequestStream, object]]) -> None:
