@@ -5,7 +5,8 @@ At every checkpoint the frame keeps the residual stream, padded [batch, query, h
 pass's inputs (position embeddings, position ids, one attention mask per window, and where rows are
 padded the index of the real tokens). Inside a layer run in halves it also keeps the packed real
 tokens [tokens, hidden] (qllm.row_groups): after attention, the attended tokens; inside an MoE
-block, those, the block's input, the routing (weights and expert index per token and slot) and the
+block, those, the block's input, the routing (weights and expert index per token and slot, and the
+index's sort by expert) and the
 partial sums: one running sum per token (`eager` experts) or one output per token and slot
 (`grouped_mm`, `batched_mm`); after the MLP half, its input and output and the layer's output.
 tests/test_sim_executor.py checks the estimate against the real executor's measured bytes.
@@ -39,7 +40,7 @@ def held_bytes(model: ModelShape, shape: PassShape, table_slots: int, kind: int)
     elif kind == IN_MOE:
         slots = real * model.top_k
         sums = activation if model.sums_in_expert_order else slots * hidden * max(model.dtype_bytes, ROUTING_WEIGHT_BYTES)
-        held += 2 * activation + slots * (ROUTING_WEIGHT_BYTES + INDEX_BYTES) + sums
+        held += 2 * activation + slots * (ROUTING_WEIGHT_BYTES + 2 * INDEX_BYTES) + sums  # weights, index, its sort
     elif kind == AFTER_MLP:
         held += 3 * activation
     return held
