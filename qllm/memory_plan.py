@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from qllm.kernels.nf4_experts import nf4_bytes
-from qllm.kv import kv_bytes_per_token
+from qllm.adapters import adapter_for
 from qllm.models import DTYPES, load_config
 from qllm.nf4_model import build_nf4_model
 
@@ -68,6 +68,14 @@ def meta_model(model_cfg: dict) -> PreTrainedModel:
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation=attention)
     return build_nf4_model(hf_config, dtype, "meta", attention)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """What every layer's attention caches per token, as the adapter measures it (qllm.adapters.kv_probe),
+    on an unquantized copy of the architecture on the meta device (4-bit layers cannot run there)."""
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+    return adapter_for(plain).kv.bytes_per_token(dtype)
 
 
 def plan(model: PreTrainedModel, gpu_memory_gib: float) -> MemoryPlan:
