@@ -121,7 +121,7 @@ class QLLMEngine:
                 layer=layer,
                 expert=expert,
                 is_resume=batch.is_resuming,
-                **self.stats().timeline_gauges(),  # after every admit and suspend, and every allocation
+                **self.scheduler.timeline_gauges(),  # after every admit and suspend, and every allocation
             )
         )
         batch.is_resuming = False

@@ -49,9 +49,6 @@ class EngineStats:
     num_running_batches: int  # batches in a forward pass (0 or 1)
     num_suspended_batches: int  # batches preempted mid forward pass
 
-    def timeline_gauges(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in TIMELINE_GAUGES}
-
 
 TIMELINE_GAUGES = tuple(f.name for f in fields(EngineStats))[:6]
 

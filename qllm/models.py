@@ -72,20 +72,19 @@ def load_model(
         if model_type is None:
             raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
         hf_config = architecture_config(model_type, config)
-        try:
-            if quant is not None:
-                model = build_nf4_model(hf_config, DTYPES[dtype], device, attn_implementation, seed)
-                model.config.quantization_config = quant.to_dict()  # as a loaded checkpoint records it (qllm.sim.shape)
-            else:
-                torch.manual_seed(seed)
-                model = AutoModelForCausalLM.from_config(
-                    hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation
-                ).to(device)
-        except (ValueError, ImportError) as refused:  # transformers will not build it as configured
-            raise ConfigurationError(
-                f"transformers refused to build {model_type} with model.attn_implementation={attn_implementation!r} "
-                f"(choose eager or sdpa, or change model.config): {refused}"
-            ) from refused
+        if quant is not None:
+            model = build_nf4_model(hf_config, DTYPES[dtype], device, attn_implementation, seed)
+            model.config.quantization_config = quant.to_dict()  # as a loaded checkpoint records it (qllm.sim.shape)
+        else:
+            torch.manual_seed(seed)
+            try:
+                model = AutoModelForCausalLM.from_config(hf_config, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+            except (ValueError, ImportError) as refused:  # transformers will not build it as configured
+                raise ConfigurationError(
+                    f"transformers refused to build {model_type} with model.attn_implementation={attn_implementation!r} "
+                    f"(choose eager or sdpa, or change model.config): {refused}"
+                ) from refused
+            model = model.to(device)
     model = model.eval().requires_grad_(False)  # inference only: no step may build an autograd graph
     return apply_cpu_kernels(model, cpu_kernels)
 

@@ -23,6 +23,7 @@ from bitsandbytes.functional import QuantState, dequantize_4bit, get_4bit_type, 
 from torch import nn
 from transformers.integrations.moe import ExpertsInterface
 
+from qllm.errors import ConfigurationError
 from qllm.kernels.onednn_experts import unsupported_reason
 from qllm.moe import expert_counts
 
@@ -78,7 +79,8 @@ def quantize_module(experts: nn.Module, compute_dtype: torch.dtype, device=None)
     """Replace `experts`' 3-D weights with `NF4Weights` on `device` (default: where they are)."""
     reason = unsupported_reason(experts)
     if reason is not None:
-        raise ValueError(f"cannot hold these experts in NF4: {reason}")
+        raise ConfigurationError(f"model.quantization=bnb4 cannot hold these experts in NF4 ({reason}); "
+                                 f"run this model without quantization")
     device = experts.gate_up_proj.device if device is None else device
     experts.nf4_weights = NF4Weights(experts.gate_up_proj.data, experts.down_proj.data, compute_dtype, device)
     del experts.gate_up_proj, experts.down_proj

@@ -14,21 +14,21 @@ from collections.abc import Iterable, Sized
 from itertools import chain
 
 from qllm.batch import Batch
-from qllm.sequence import Sequence, SequenceStatus
+from qllm.sequence import Sequence
 
 
 class SchedulerView:
     """What a policy may read of the scheduler; it changes nothing."""
 
-    def __init__(self, unfinished: dict[str, Sequence]) -> None:
+    def __init__(self, unfinished: dict[str, Sequence], waiting: Sized) -> None:
         self._unfinished = unfinished  # the scheduler's own, by request id
+        self._waiting = waiting  # submitted, not admitted yet (waiting for memory)
 
-    def started(self) -> list[Sequence]:
-        """Unfinished sequences whose prompt has been taken into a batch: running, suspended, or
-        queued for their next decode token."""
-        in_flight = (SequenceStatus.RUNNING, SequenceStatus.SUSPENDED)
-        return [s for s in self._unfinished.values()
-                if s.status in in_flight or (s.status == SequenceStatus.QUEUED and not s.is_prefill)]  # fmt: skip
+    def num_admitted(self) -> int:
+        """Unfinished sequences past admission: in the policy's queues, running or suspended. A policy
+        counts those it has started by taking away the prompts its own queues hold: both are O(1),
+        and a step must not walk the queues, which past capacity hold thousands."""
+        return len(self._unfinished) - len(self._waiting)
 
 
 class QueuePolicy:

@@ -23,7 +23,7 @@ class FCFSContinuousBatchingPolicy(QueuePolicy):
     @property
     def num_running(self) -> int:
         """Taken for their prompt pass, not finished: decode-ready or running."""
-        return len(self.scheduler.started())
+        return self.scheduler.num_admitted() - len(self.prefill)
 
     def queues(self):
         return self.prefill, self.decode

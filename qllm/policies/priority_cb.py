@@ -22,8 +22,9 @@ class PriorityContinuousBatchingPolicy(QueuePolicy):
         self.decode: list[Sequence] = []  # admitted sequences ready for their next token
 
     def _num_admitted(self) -> int:
-        """Started and unfinished, less those preempted back to `waiting`."""
-        return len(self.scheduler.started()) - sum(not s.is_prefill for s in self.waiting)
+        """Started and unfinished, less those preempted back to `waiting`: every admitted sequence but
+        those `waiting` holds (its prompts and the preempted alike)."""
+        return self.scheduler.num_admitted() - len(self.waiting)
 
     def queues(self):
         return self.waiting, self.decode

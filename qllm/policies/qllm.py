@@ -53,7 +53,7 @@ class QLLMPolicy(QueuePolicy):
     @property
     def num_active(self) -> int:
         """Sequences past their prompt batch and unfinished, wherever they are."""
-        return len(self.scheduler.started())
+        return self.scheduler.num_admitted() - len(self.ls_prefill) - len(self.be_prefill)
 
     def queues(self):
         return self.ls_prefill, self.ls_decode, self.be_prefill, self.be_decode
