@@ -18,7 +18,8 @@ from harness.engines import RunResources
 from harness.profiler import ShapeSpace, measure_engine, measure_stages
 from harness.workload import PROJECT_ROOT
 from qllm.request import DEFAULT_PRIORITY, Request
-from qllm.sim.profiled import cpu_name, write_profile
+from qllm.machine import cpu_name
+from qllm.sim.profiled import write_profile
 from qllm.sim.shape import ModelShape
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from harness.atomic import atomic_write, write_text
+from qllm.machine import cpu_name
 
 DONE_FILE = "DONE"
 # Reported even when the project is not installed (its own dependencies are read otherwise).
@@ -95,16 +96,6 @@ def _package_versions() -> dict[str, str | None]:
     return versions
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _torch_info() -> dict:
     import torch  # imported here: the manifest is the only part of this module that needs it
 
@@ -125,7 +116,7 @@ def write_manifest(run_dir: Path, extra: dict | None = None) -> dict:
         "python": platform.python_version(),
         "packages": _package_versions(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         **_torch_info(),
         "hostname": socket.gethostname(),

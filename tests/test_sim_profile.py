@@ -16,8 +16,8 @@ from harness.engines import RunResources
 from harness.profiler import ShapeSpace, draw_shapes, shape_columns
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
-from qllm.sim.profiled import (FEATURES, PHASES, STAGES, ProfiledCostModel, cpu_name, features, fit, read_profile, resolve,
-                                 write_profile)  # fmt: skip
+from qllm.machine import cpu_name
+from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
 

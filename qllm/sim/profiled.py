@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ import pyarrow.parquet as pq
 from scipy.optimize import nnls
 
 from qllm.errors import ConfigurationError
+from qllm.machine import cpu_name
 from qllm.sim.cost_model import PassShape, StageCosts
 from qllm.sim.shape import ModelShape
 
@@ -55,15 +55,6 @@ MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile 
 ABOUT_KEY = b"qllm.about"  # Parquet metadata: how and where it was measured
 OUTLIER = 3.0  # see `fit`
 PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
-
-
-def cpu_name() -> str:
-    """This machine's CPU model, as /proc/cpuinfo names it (else the platform's word)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def write_profile(table: pd.DataFrame, path: Path, model: ModelShape, about: dict) -> None:
