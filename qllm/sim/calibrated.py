@@ -16,15 +16,14 @@ from collections.abc import Callable
 import numpy as np
 
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
+from qllm.sim.plan import WholeLayerPlan
 from qllm.sim.shape import ModelShape
 
 
 def whole_pass_s(costs: StageCosts, model: ModelShape) -> float:
-    """One pass with every layer called whole and a checkpoint after each (layer granularity)."""
-    costs = costs.with_whole_layers()
-    layers = np.where(model.sparse_layers, costs.layer_s, costs.attention_s + costs.dense_mlp_s).sum()
-    return (costs.pass_overhead_s + costs.pass_start_s + float(layers) + model.num_layers * costs.checkpoint_s
-            + costs.pass_end_s)  # fmt: skip
+    """One pass with every layer called whole and a checkpoint after each (layer granularity), as
+    the simulator lays it out."""
+    return WholeLayerPlan.of(model, costs, "layer").total_s
 
 
 class CalibratedCostModel:

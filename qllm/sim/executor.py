@@ -97,9 +97,7 @@ class SimExecutor:
             return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
         plan = self._plans_by_shape.get(shape)
         if plan is None:  # layers called whole do not depend on the routing: one plan per shape
-            costs = self._stage_costs(shape)
-            layer_s = np.where(self.model.sparse_layers, costs.layer_s, costs.attention_s + costs.dense_mlp_s)
-            plan = self._plans_by_shape[shape] = WholeLayerPlan.of(costs, layer_s, self.granularity)
+            plan = self._plans_by_shape[shape] = WholeLayerPlan.of(self.model, self._stage_costs(shape), self.granularity)
         return plan
 
     def _stage_costs(self, shape: PassShape) -> StageCosts:

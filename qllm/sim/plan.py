@@ -51,8 +51,10 @@ class WholeLayerPlan:
     total_s: float
 
     @classmethod
-    def of(cls, costs: StageCosts, layer_s: np.ndarray, granularity: str) -> WholeLayerPlan:
+    def of(cls, model: ModelShape, costs: StageCosts, granularity: str) -> WholeLayerPlan:
+        """Each layer called whole: an MoE layer costs `layer_s`, a dense one its two halves."""
         costs = costs.with_whole_layers()
+        layer_s = np.where(model.sparse_layers, costs.layer_s, costs.attention_s + costs.dense_mlp_s)
         if granularity == "iteration":
             return cls(np.zeros(0), total_s(costs, float(layer_s.sum()), 0))
         return cls(with_overheads(costs, np.cumsum(layer_s)), total_s(costs, float(layer_s.sum()), len(layer_s)))
