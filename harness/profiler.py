@@ -15,7 +15,7 @@ plus a neighbour, and the neighbours are separated by subtraction:
   expert, which runs last, the shared expert and the block's output together);
 - `dense_mlp`: a dense layer's MLP half; `layer`: a sparse layer called whole; `pass_end`: the last
   quantum (final norm, LM head, next tokens, KV commit);
-- `whole_pass_start`: the first quantum of the `layer` pass minus its median layer: a pass that
+- `whole_pass_start`: the first quantum of the `layer` pass minus what its layer 0 takes: a pass that
   calls layer 0 whole starts dearer than one that runs it in halves, by an amount that grows with
   the keys (measured, not explained: 0.26 ms of 1.6 ms on tiny_olmoe, 4 rows of 600 keys).
 
@@ -41,7 +41,7 @@ from qllm.executor import ATTENTION, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
-from qllm.sim.profiled import fit
+from qllm.sim.profiled import fit_expert
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,7 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
 
 def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
     """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
-    tokens = expert_rows["tokens"].to_numpy(float)
-    constant, per_token = fit(np.stack([np.ones_like(tokens), tokens], axis=1), expert_rows["seconds"].to_numpy(float))
+    constant, per_token = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
 
     def expert_s(received):
         return 0.0 if received is None else constant + per_token * received

@@ -103,6 +103,11 @@ def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return coefficients * (total / predicted) if total > 0 and predicted > 0 else coefficients
 
 
+def fit_expert(tokens: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """A routed expert's (seconds to run at all, seconds per token it received)."""
+    return fit(np.stack([np.ones_like(tokens), tokens], axis=1), seconds)
+
+
 def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     # Samples at or below zero (a stage found by subtracting two noisy quanta) weigh as the median one.
     typical = np.median(seconds[seconds > 0]) if (seconds > 0).any() else 1.0
@@ -140,8 +145,7 @@ class ProfiledCostModel:
         experts = table[table["stage"] == "expert"]
         if missing or experts.empty:
             raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
-        tokens = experts["tokens"].to_numpy(float)
-        self.expert_coefficients = fit(np.stack([np.ones_like(tokens), tokens], axis=1), experts["seconds"].to_numpy(float))
+        self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
