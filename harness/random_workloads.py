@@ -109,13 +109,10 @@ def draw_workloads(seed: int, count: int, models=MODELS, engines=ENGINES, data_d
 
 
 def length_pool(name: str, limits: Limits, data_dir: Path = SHARED_DATA) -> pd.DataFrame:
-    """prompt_len, output_len (and prompt_ids for ShareGPT) rows to draw from, capped by `limits`."""
+    """prompt_len, output_len (and prompt_ids for ShareGPT) rows of a data source to draw from, capped by `limits`."""
     if name in SHIPPED_LENGTHS:
         frame = load_trace(PROJECT_ROOT / SHIPPED_LENGTHS[name])[["prompt_len", "output_len", "prompt_ids"]]
         frame = frame.assign(prompt_ids=[ids[: limits.max_prompt_len] for ids in frame["prompt_ids"]])
-    elif name == "uniform":
-        grid = np.arange(1, limits.max_prompt_len + 1)
-        frame = pd.DataFrame({"prompt_len": grid, "output_len": 1 + grid % limits.max_output_len})
     else:
         file, reader = TIMED_SOURCES[name]
         frame = reader(data_dir / file)[["prompt_len", "output_len"]]
@@ -128,10 +125,11 @@ def draw_trace(workload: Workload, num_requests: int, rate: float, limits: Limit
                data_dir: Path = SHARED_DATA) -> pd.DataFrame:  # fmt: skip
     """The workload's trace: `num_requests` rows of its lengths, arriving at `rate` req/s by its process."""
     rng = np.random.default_rng(workload.seed)
-    pool = length_pool(workload.lengths, limits, data_dir)
     if workload.lengths == "uniform":
         pool = pd.DataFrame({"prompt_len": rng.integers(1, limits.max_prompt_len + 1, num_requests),
                              "output_len": rng.integers(1, limits.max_output_len + 1, num_requests)})  # fmt: skip
+    else:
+        pool = length_pool(workload.lengths, limits, data_dir)
     trace = pool.iloc[rng.integers(0, len(pool), num_requests)].reset_index(drop=True)
     if "prompt_ids" in trace.columns:
         trace["prompt_len"] = [len(ids) for ids in trace["prompt_ids"]]
