@@ -24,6 +24,7 @@ from torch import nn
 from transformers.integrations.moe import ExpertsInterface
 
 from qllm.errors import ConfigurationError
+from qllm.kernels.grouped import grouped_by_expert
 from qllm.kernels.onednn_experts import unsupported_reason
 from qllm.moe import expert_counts
 
@@ -97,7 +98,6 @@ def nf4_experts_forward(
     """hidden_states [tokens, hidden], top_k_index / top_k_weights [tokens, k] -> [tokens, hidden].
     `expert`: every pair goes to that expert (the caller knows; nothing is read back)."""
     weights: NF4Weights = self.nf4_weights
-    num_tokens, top_k = top_k_index.shape
     flat_index = top_k_index.reshape(-1)
     if expert is None:
         order = torch.argsort(flat_index, stable=True)  # (token, slot) pairs grouped by expert
@@ -105,18 +105,11 @@ def nf4_experts_forward(
     else:
         order = torch.arange(flat_index.numel(), device=flat_index.device)
         counts = [flat_index.numel() if e == expert else 0 for e in range(self.num_experts)]
-    selected = hidden_states[order // top_k]  # [tokens * k, hidden], grouped by expert
-    outputs, start = [], 0
-    for number, count in enumerate(counts):
-        if count:
-            gated = self._apply_gate(weights.linear(selected[start : start + count], "gate_up", number))
-            outputs.append(weights.linear(gated, "down", number))
-            start += count
-    expert_out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # [tokens * k, hidden], grouped
-    routing = top_k_weights.reshape(-1)[order, None]  # [tokens * k, 1]
-    weighted = expert_out.new_empty(expert_out.shape, dtype=torch.result_type(expert_out, routing))
-    weighted[order] = expert_out * routing  # back to (token, slot) order
-    return weighted.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+    def run_expert(rows: torch.Tensor, number: int) -> torch.Tensor:
+        return weights.linear(self._apply_gate(weights.linear(rows, "gate_up", number)), "down", number)
+
+    return grouped_by_expert(hidden_states, top_k_index, top_k_weights, order, counts, run_expert)
 
 
 ExpertsInterface.register(NF4, nf4_experts_forward)

@@ -19,6 +19,7 @@ from torch import nn
 from transformers.integrations.moe import ExpertsInterface
 
 from qllm.kernels import onednn_ops
+from qllm.kernels.grouped import grouped_by_expert
 from qllm.kernels.onednn_linear import weight_key
 
 ONEDNN = "onednn"  # the implementation's name in ExpertsInterface
@@ -81,21 +82,14 @@ def onednn_experts_forward(
             f"(qllm.kernels.apply_cpu_kernels) rather than setting the experts implementation alone"
         )
     reordered.refresh(self)
-    num_tokens, top_k = top_k_index.shape
     order = torch.argsort(top_k_index.reshape(-1), stable=True)  # (token, slot) pairs grouped by expert
     counts = torch.bincount(top_k_index.reshape(-1), minlength=self.num_experts).tolist()
-    selected = hidden_states[order // top_k]  # [tokens * k, hidden], grouped by expert
-    outputs, start = [], 0
-    for expert, count in enumerate(counts):
-        if count:
-            gated = self._apply_gate(onednn_ops.linear(selected[start : start + count], reordered.gate_up[expert]))
-            outputs.append(onednn_ops.linear(gated, reordered.down[expert]))
-            start += count
-    expert_out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # [tokens * k, hidden], grouped
-    weights = top_k_weights.reshape(-1)[order, None]  # [tokens * k, 1]
-    weighted = expert_out.new_empty(expert_out.shape, dtype=torch.result_type(expert_out, weights))
-    weighted[order] = expert_out * weights  # back to (token, slot) order
-    return weighted.view(num_tokens, top_k, -1).sum(dim=1).to(hidden_states.dtype)
+
+    def run_expert(rows: torch.Tensor, expert: int) -> torch.Tensor:
+        gated = self._apply_gate(onednn_ops.linear(rows, reordered.gate_up[expert]))
+        return onednn_ops.linear(gated, reordered.down[expert])
+
+    return grouped_by_expert(hidden_states, top_k_index, top_k_weights, order, counts, run_expert)
 
 
 ExpertsInterface.register(ONEDNN, onednn_experts_forward)
