@@ -63,12 +63,17 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
         "--duration", "0.5", "--max-prompt-len", "24", "--max-output-len", "6", "--max-requests", "10",
         "--profile-override", "shapes.num_shapes=8", "--profile-override", "shapes.max_batch_size=4",
         "--profile-override", "shapes.max_prompt_len=24", "--profile-override", "shapes.max_context_len=32",
-        "--profile-override", "engine_run.num_requests=40", "--out", str(out),
+        "--profile-override", "engine_run.num_requests=40", "--real-runs", "3", "--out", str(out),
     ])  # fmt: skip
     written = pd.read_csv(out)
     assert len(written) == len(table) > 0 and set(written["workload"]) == {0, 1} and (written["seed"] == 3).all()
     assert set(written["metric"]) <= set(sim_fidelity.METRICS.values()) and "throughput" in set(written["metric"])
-    assert np.isfinite(written[["real_a", "real_b", "sim", "error", "real_spread"]]).all().all()
-    assert (written["sim"] > 0).all() and (written["real_a"] > 0).all()
+    assert np.isfinite(written[["real_1", "real_2", "real_3", "sim", "error", "real_spread", "floor"]]).all().all()
+    assert (written["sim"] > 0).all() and (written["real_1"] > 0).all()
+    reals = written[["real_1", "real_2", "real_3"]]
+    np.testing.assert_allclose(written["real_mean"], reals.mean(axis=1))
+    np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
+    np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
     printed = capsys.readouterr().out
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
+    assert "floor median %" in printed
