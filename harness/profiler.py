@@ -56,6 +56,7 @@ class ShapeSpace:
     max_batch_context: int = 16384  # cached tokens per decode pass
     decode_share: float = 0.6  # of the shapes drawn
     uneven_share: float = 0.5  # shapes whose rows differ in length (padded)
+    long_row_share: float = 0.5  # of the uneven shapes: one row as long as the budget leaves room for
 
 
 def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, list[int]]]:
@@ -74,6 +75,11 @@ def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, 
         # attention's quadratic part and the caches make the cost bend).
         lengths = np.exp(rng.uniform(0, np.log(cap + 1), rows)) if rng.random() < 0.5 else rng.uniform(1, cap + 1, rows)
         lengths = np.resize(np.clip(lengths.astype(int), 1 if not decode else 2, cap), batch_size)
+        if rows > 1 and rng.random() < space.long_row_share:
+            # The budget bounds a batch's real tokens, not its longest row: a cohort of short prompts
+            # beside a long one is padded far past the budget, and its attention pays for the padding.
+            room = min(longest, budget - int(lengths[1:].sum()))
+            lengths[0] = rng.integers(lengths[0], max(lengths[0], room) + 1)
         shapes.append(("decode" if decode else "prefill", [int(n) for n in lengths]))
     return shapes
 
