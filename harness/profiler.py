@@ -103,8 +103,10 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     if not any(sparse[1:]):
         raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
     generator = torch.Generator().manual_seed(seed)
+    shapes = draw_shapes(space, np.random.default_rng(seed))
+    warm_up(by_parts, whole, shapes=shapes, generator=generator)
     samples, experts, blocks = [], [], []
-    for phase, lengths in draw_shapes(space, np.random.default_rng(seed)):
+    for phase, lengths in shapes:
         point = shape_columns(phase, lengths)
         quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
         parts = split_expert_pass(quanta, num_experts)
@@ -118,6 +120,19 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
     return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+
+
+def warm_up(*executors: RealExecutor, shapes: list[tuple[str, list[int]]], generator) -> None:
+    """Run, untimed, each phase's smallest and largest of `shapes` on each executor: a process's first
+    passes of a size run up to 3x slower (buffers and kernels set up on first use), and would be
+    charged to whichever shapes were drawn first."""
+    chosen = []
+    for phase in ("prefill", "decode"):
+        of_phase = sorted((sum(lengths), lengths) for p, lengths in shapes if p == phase)
+        chosen += [(phase, lengths) for _, lengths in of_phase[:1] + of_phase[-1:]]
+    for executor in executors:
+        for phase, lengths in chosen:
+            timed_quanta_of(executor, batch_for(executor, phase, lengths, generator))
 
 
 def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> float:
@@ -198,18 +213,21 @@ def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
 
 def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator) -> list[Sequence]:
     """A batch whose next pass has the shape: a prompt of `lengths[i]` tokens in row i (prefill), or
-    one new token after `lengths[i]` cached ones (decode; caches filled by untimed prefills, rows of
-    like length together)."""
+    one new token after `lengths[i]` cached ones (decode). A decode batch's caches are filled by
+    untimed passes: prefills (rows of like length together), then one decode step of the whole
+    batch, so the timed step follows another as in a run. Timed straight after the prefills, a
+    tiny model's step ran 10-20 % slower than in a run (its weights pushed out of the CPU's caches
+    by the prompts' activations), and the simulator inherited the difference."""
     vocab = executor.config.vocab_size
+    prompt_lengths = [n - 1 if phase == "decode" else n for n in lengths]  # the untimed step adds one
     batch = [
-        Sequence(Request(f"p{i}", 0.0, n, 2, "BE", DEFAULT_PRIORITY["BE"]),
+        Sequence(Request(f"p{i}", 0.0, n, 3, "BE", DEFAULT_PRIORITY["BE"]),
                  torch.randint(1, vocab, (n,), generator=generator).tolist(), executor.new_kv())
-        for i, n in enumerate(lengths)
+        for i, n in enumerate(prompt_lengths)
     ]  # fmt: skip
     if phase == "decode":
         by_length = sorted(batch, key=lambda sequence: sequence.request.prompt_len)
-        for start in range(0, len(by_length), 4):
-            rows = by_length[start : start + 4]
+        for rows in [by_length[start : start + 4] for start in range(0, len(by_length), 4)] + [batch]:
             for sequence, token in zip(rows, run_to_completion(executor.forward(rows))):
                 sequence.output_ids.append(token)
     return batch
