@@ -32,12 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 
-from harness.app import CONF_DIR, compose_config, run_engine
+from harness.app import compose_config, run_engine
 from harness.engines import RunResources
-from harness.profile_app import profile
+from harness.profile_app import profile_in_process
 from harness.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
@@ -48,14 +46,6 @@ METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "T
 CLASSES = ("LS", "BE", "all")
 CAPACITY_REQUESTS = 64  # requests arriving at once, to measure a workload's capacity on the simulator
 HALF_NORMAL_MEDIAN = 0.6745  # median of |x| for x ~ N(0, 1)
-
-
-def profile_here(model: str, out: Path, overrides: list[str]) -> None:
-    """`qllm-profile model=<model> out=<out> <overrides>` in this process."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("profile", overrides=[f"model={model}", f"out={out}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    profile(cfg)
 
 
 def run_summary(workload: Workload, trace: pd.DataFrame, executor: list[str]) -> pd.DataFrame:
@@ -112,7 +102,7 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
             if path is None:
                 path = Path(folder) / f"{model}.parquet"
                 started = time.perf_counter()
-                profile_here(model, path, profile_overrides)
+                profile_in_process(model, path, profile_overrides)
                 progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
             for workload in (w for w in workloads if w.model == model):
