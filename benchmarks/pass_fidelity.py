@@ -3,8 +3,8 @@
 The end-to-end suite (benchmarks/sim_fidelity.py) measures the simulator through a scheduler,
 where a few milliseconds decide whether a prompt joins a batch or waits for the next, so its
 errors mix the cost model's with the queueing's amplification of the machine's noise. This check
-isolates the cost model: it draws pass shapes from a seed other than the profile's (the same
-space `qllm-profile` draws from: batch sizes, prompt and context lengths, padded and not), times
+isolates the cost model: it draws pass shapes from a seed other than the profile's, in the space
+the profile drew from (its metadata: batch sizes, prompt and context lengths, padded and not), times
 each pass on the real executor (the median of `--repeats`, the engine's own work excluded) at
 each granularity, and compares it with the simulator's plan for that shape. Per phase and
 granularity it prints the median and p90 of |error|, the signed median, and the ratio of summed
@@ -33,7 +33,7 @@ from harness.profiler import ShapeSpace, batch_for, draw_shapes, shape_columns, 
 from qllm.real_executor import RealExecutor
 from qllm.sim.cost_model import PassShape
 from qllm.sim.executor import SimExecutor
-from qllm.sim.profiled import ProfiledCostModel
+from qllm.sim.profiled import ProfiledCostModel, read_profile, resolve
 from qllm.sim.shape import ModelShape
 
 GRANULARITIES = ("iteration", "layer", "expert")
@@ -90,12 +90,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"seed {seed} (repeat with --seed {seed})")
     torch.set_num_threads(1)
     model = RunResources(compose_config(f"model={args.model}", "executor=real")).model
-    shapes = draw_shapes(ShapeSpace(num_shapes=args.shapes), np.random.default_rng(seed))
     with tempfile.TemporaryDirectory() as folder:
         profile = args.profile
         if profile is None:
             profile = Path(folder) / f"{args.model}.parquet"
             profile_in_process(args.model, profile, [])
+        space = {**read_profile(resolve(str(profile)))[2].get("shapes", {}), "num_shapes": args.shapes}
+        shapes = draw_shapes(ShapeSpace(**space), np.random.default_rng(seed))
         table = measure(model, profile, shapes, args.repeats, seed)
     print(summary(table).round(3).to_string())
     if args.out:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import sim_fidelity
+from harness.profile_app import profile_in_process
 from harness.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 
@@ -77,3 +78,21 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     printed = capsys.readouterr().out
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "floor median %" in printed
+
+
+def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, capsys):
+    from benchmarks import pass_fidelity
+
+    profile = tmp_path / "tiny.parquet"
+    profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24",
+                                                 "shapes.max_context_len=32", "engine_run.num_requests=40"])  # fmt: skip
+    out = tmp_path / "passes.csv"
+    table = pass_fidelity.main(["--profile", str(profile), "--seed", "4", "--shapes", "5", "--repeats", "1", "--out", str(out)])
+    written = pd.read_csv(out)
+    assert len(written) == len(table) == 5 * 3 and set(written["granularity"]) == set(pass_fidelity.GRANULARITIES)
+    assert (written["measured_s"] > 0).all() and (written["predicted_s"] > 0).all()
+    np.testing.assert_allclose(written["error"], written["predicted_s"] / written["measured_s"] - 1)
+    # Checkpoints cost time: a pass that stops after every expert is predicted dearer than one that never stops.
+    by_granularity = written.groupby("granularity")["predicted_s"].sum()
+    assert by_granularity["expert"] > by_granularity["iteration"]
+    assert "|error| median %" in capsys.readouterr().out
