@@ -144,7 +144,7 @@ def timed_quanta(forward_pass: Generator) -> list[tuple[object, float, dict]]:
             quanta.append((None, time.perf_counter() - start, {}))
             return quanta
         seconds = time.perf_counter() - start
-        frame = forward_pass
+        frame = forward_pass.steps
         while frame.gi_yieldfrom is not None:
             frame = frame.gi_yieldfrom
         quanta.append((checkpoint, seconds, dict(frame.gi_frame.f_locals)))

@@ -16,7 +16,6 @@ from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.batch import Batch
 from qllm.executor import ATTENTION, Checkpoint, run_to_completion
-from qllm.memory import suspended_bytes
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.scheduler import Scheduler
@@ -81,7 +80,7 @@ def batch_of(executor) -> list[Sequence]:
 
 def run_pass(executor, decode: bool = False) -> list[tuple[Checkpoint, int]]:
     """Every checkpoint of one prefill pass (with `decode`, of the decode pass after it), with the
-    bytes its suspended frame would hold there."""
+    bytes the executor reports the pass would hold there, suspended."""
     sequences = batch_of(executor)
     if decode:
         for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
@@ -94,7 +93,7 @@ def run_pass(executor, decode: bool = False) -> list[tuple[Checkpoint, int]]:
             checkpoint = next(batch.forward_pass)
         except StopIteration as done:
             return stops, done.value
-        stops.append((checkpoint, suspended_bytes(batch)))
+        stops.append((checkpoint, batch.forward_pass.held_bytes()))
 
 
 def real_routing(model, num_experts: int, decode: bool = False) -> np.ndarray:
