@@ -1,8 +1,8 @@
 """What the engine asks of an executor: a batch's forward pass (`ForwardPass`), which yields at each
-checkpoint like a generator and reports, at its current checkpoint, what it holds (bytes).
-`qllm.real_executor.RealExecutor` runs the model on torch; every executor yields at the same
-checkpoints and reports the same things, so the scheduler, policies and memory accounting run
-unchanged on any, and none of them looks inside a pass."""
+checkpoint like a generator and reports, at its current checkpoint, what it holds (bytes) and what
+each expert of the MoE block it is in received. `qllm.real_executor.RealExecutor` runs the model on
+torch; every executor yields at the same checkpoints and reports the same things, so the scheduler,
+policies and memory accounting run unchanged on any, and none of them looks inside a pass."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ class PassState(Protocol):
         """Bytes of the tensors the pass keeps while it is set aside here (qllm.memory.storage_bytes:
         each storage once, a view counts its whole storage, model weights never)."""
 
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        """Tokens each routed expert (by number) received in the MoE block the pass is inside, at
+        the checkpoints between its expert groups; None elsewhere."""
+
 
 class ForwardPass:
     """One forward pass as the engine drives it: an iterator of checkpoints (`next`, `close`, as the
@@ -66,6 +71,10 @@ class ForwardPass:
     def held_bytes(self) -> int:
         return self.state.held_bytes()
 
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        return self.state.routed_tokens
+
 
 class Executor(Protocol):
     config: object  # the model's Hugging Face config: context length, vocabulary, shape
@@ -78,8 +87,8 @@ class Executor(Protocol):
     def forward(self, batch: list, may_stop: Callable[[], bool] | None = None) -> ForwardPass:
         """One forward pass over the sequences of `batch`, yielding at each checkpoint; returns
         (StopIteration.value) each sequence's next token. A pass closed early changes no cache.
-        At each checkpoint it reports what it holds (`PassState`), recorded by the executor's own
-        code as the pass runs.
+        At each checkpoint it reports what it holds and, inside an MoE block, what each expert
+        received (`PassState`), recorded by the executor's own code as the pass runs.
 
         `may_stop`, asked each time the pass goes on, says whether the engine may stop it at a
         checkpoint before new work arrives; when it says no, an executor may run past checkpoints

@@ -38,6 +38,7 @@ class HeldTensors:
 
     def __init__(self) -> None:
         self.parts: dict[str, tuple] = {}
+        self.routed_tokens: list[int] | None = None  # set while the pass is inside an MoE block
 
     def hold(self, part: str, *held) -> None:
         """`part` of the pass keeps `held` now: tensors, or objects with `held_tensors()`."""
@@ -49,6 +50,7 @@ class HeldTensors:
     def clear(self) -> None:
         """The pass ended: it keeps nothing."""
         self.parts.clear()
+        self.routed_tokens = None
 
     def tensors(self) -> list[torch.Tensor]:
         return [tensor for held in self.parts.values() for item in held

@@ -5,7 +5,7 @@ at a time: the block's own experts module is called on the tokens routed to that
 so whichever experts implementation the model uses (eager, grouped_mm, batched_mm, onednn, nf4), its weight
 layout, biases and gating run unchanged. The weighted outputs accumulate in the object (the
 partial sums a preempted pass keeps: `held_tensors`); a shared expert, where the family has one,
-is one more unit, numbered `num_experts`.
+is one more unit, numbered `num_experts`. `tokens_per_expert` is the routing's count per expert.
 
 Each expert is called with routing weight 1 (its output then leaves the module unrounded by the
 weighting), weighted here in the dtype the experts module forms that product in (float32 when
@@ -88,6 +88,7 @@ class ExpertByExpert:
         flat_index = self.index.reshape(-1)
         self.order = torch.argsort(flat_index, stable=True)  # pairs by expert, ascending (token, slot) within
         counts = expert_counts(flat_index, parts.num_experts).tolist()  # the block's one read to the host
+        self.tokens_per_expert: list[int] = counts  # tokens routed to each expert (a token's top-k are distinct)
         ends = list(accumulate(counts))
         self.spans = {e: (end - count, end) for e, (count, end) in enumerate(zip(counts, ends)) if count}
         self.hint = takes_expert(parts.experts)

@@ -21,8 +21,8 @@ iteration granularity). Otherwise the layer runs in halves there too: attention 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
 is the saved state, so nothing is copied and nothing is recomputed. The pass records which of
-those tensors it keeps at each checkpoint (`qllm.memory.HeldTensors`): what the engine accounts
-for a suspended pass.
+those tensors it keeps at each checkpoint, and the routing of the MoE block it is in
+(`qllm.memory.HeldTensors`): what the engine accounts for a suspended pass, and the profiler reads.
 """
 
 from __future__ import annotations
@@ -199,6 +199,7 @@ class RealExecutor:
         last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
         moe = ExpertByExpert(moe_parts, mlp_input)  # routes every token
         state.hold("moe", moe)
+        state.routed_tokens = moe.tokens_per_expert
         groups = moe.groups(self.experts_per_checkpoint)
         for number, group in enumerate(groups, start=1):
             for expert in group:
@@ -206,6 +207,7 @@ class RealExecutor:
             if number < len(groups):
                 yield Checkpoint(layer=index, expert=group[-1])
         state.drop("moe")
+        state.routed_tokens = None
         return moe.output(), groups[-1][-1]
 
     @torch.no_grad()

@@ -11,7 +11,8 @@ at the same times either way (tests/test_sim_executor.py).
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
 KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
 each checkpoint the pass reports (`SimPassState`) the bytes the real pass would hold there,
-estimated from shapes (qllm.sim.held): counted, never allocated.
+estimated from shapes (qllm.sim.held): counted, never allocated; and inside an MoE block, the
+tokens the drawn routing sent to each of its experts.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from qllm.kv import BlockPool, SequenceKV
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.held import held_bytes
-from qllm.sim.plan import ExpertPlan, WholeLayerPlan
+from qllm.sim.plan import IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
 
@@ -86,7 +87,7 @@ class SimExecutor:
         shape = PassShape(len(batch), max(num_new_tokens), key_len, sum(num_new_tokens))
         table_width = self.kv_pool.blocks_for(key_len)  # the cache's block tables
         plan = self.plan(shape)
-        state = SimPassState(functools.partial(held_bytes, self.model, shape, len(batch) * table_width))
+        state = SimPassState(plan, functools.partial(held_bytes, self.model, shape, len(batch) * table_width))
         kvs = [s.kv for s in batch]
         return ForwardPass(simulated_pass(self.clock, plan, kvs, num_new_tokens, may_stop, state), state)
 
@@ -125,16 +126,22 @@ class ExpertCostTable:
 
 class SimPassState:
     """A simulated pass's report (qllm.executor.PassState) at the checkpoint it stopped at: what the
-    real pass would hold there (qllm.sim.held)."""
+    real pass would hold there (qllm.sim.held), and inside an MoE block the plan's drawn routing."""
 
-    __slots__ = ("held", "kind")
+    __slots__ = ("plan", "held", "layer", "kind")
 
-    def __init__(self, held: Callable[[int], int]) -> None:
+    def __init__(self, plan: ExpertPlan | WholeLayerPlan, held: Callable[[int], int]) -> None:
+        self.plan = plan
         self.held = held  # bytes held at a checkpoint of a kind (qllm.sim.plan)
+        self.layer: int | None = None
         self.kind: int | None = None  # None: not stopped at a checkpoint (not started, or ended)
 
     def held_bytes(self) -> int:
         return 0 if self.kind is None else self.held(self.kind)
+
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        return self.plan.received(self.layer) if self.kind == IN_MOE else None
 
 
 def simulated_pass(
@@ -165,6 +172,7 @@ def simulated_pass(
             clock.advance_to(origin_s + plan.ends_s[stop])
             next_index = stop + 1
             checkpoint, state.kind = plan.checkpoint(stop)
+            state.layer = checkpoint.layer
             yield checkpoint
         clock.advance_to(origin_s + plan.total_s)
         for kv, num_new in zip(kvs, num_new_tokens):
