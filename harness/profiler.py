@@ -10,7 +10,7 @@ plus a neighbour, and the neighbours are separated by subtraction:
 - `attention`: a layer's attention half (layers after the first); `pass_start`: the first quantum
   (embeddings, masks, rotary and layer 0's attention) minus the pass's median attention;
 - `expert`: a routed expert that is neither the first nor the last of its block, by the tokens it
-  received (read from the block's routing in the pass's frame); `router`: a block's first quantum
+  received (as the pass reports them, `ForwardPass.routed_tokens`); `router`: a block's first quantum
   minus its expert's time; `combine`: its last quantum minus its expert's time (with a shared
   expert, which runs last, the shared expert and the block's output together);
 - `dense_mlp`: a dense layer's MLP half; `layer`: a sparse layer called whole; `pass_end`: the last
@@ -27,7 +27,6 @@ the gap. Every sample is kept; the cost model fits them.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch
 from qllm.clock import RealClock
 from harness.recorder import Recorder
 from harness.replay import replay
-from qllm.executor import ATTENTION, run_to_completion
+from qllm.executor import ATTENTION, ForwardPass, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
@@ -144,7 +143,7 @@ def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> floa
     return float(np.median(halves["attention"]) + np.median(halves["dense_mlp"]))
 
 
-def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, dict]]:
+def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, list[int] | None]]:
     """`timed_quanta` of a pass over `batch`, whose KV blocks then go back to the pool: a profile that
     kept them would grow the pool (and time its growth) as no serving run does."""
     try:
@@ -154,21 +153,19 @@ def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple
             sequence.kv.free()
 
 
-def timed_quanta(forward_pass: Generator) -> list[tuple[object, float, dict]]:
-    """(checkpoint, or None at the pass's end; seconds; the innermost generator frame's locals) per quantum."""
+def timed_quanta(forward_pass: ForwardPass) -> list[tuple[object, float, list[int] | None]]:
+    """(checkpoint, or None at the pass's end; seconds; the tokens each routed expert received, while
+    the pass is inside an MoE block, else None: `ForwardPass.routed_tokens`) per quantum."""
     quanta = []
     while True:
         start = time.perf_counter()
         try:
             checkpoint = next(forward_pass)
         except StopIteration:
-            quanta.append((None, time.perf_counter() - start, {}))
+            quanta.append((None, time.perf_counter() - start, None))
             return quanta
         seconds = time.perf_counter() - start
-        frame = forward_pass
-        while frame.gi_yieldfrom is not None:
-            frame = frame.gi_yieldfrom
-        quanta.append((checkpoint, seconds, dict(frame.gi_frame.f_locals)))
+        quanta.append((checkpoint, seconds, forward_pass.routed_tokens))
 
 
 def split_expert_pass(quanta: list, num_experts: int) -> dict:
@@ -177,16 +174,16 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
     stages = [("attention", s) for s in attention] + [("pass_start", quanta[0][1] - np.median(attention))]
     stages.append(("pass_end", quanta[-1][1]))
     experts, blocks, block = [], [], []
-    for checkpoint, seconds, frame in quanta[1:-1]:
+    for checkpoint, seconds, routed in quanta[1:-1]:
         if checkpoint.expert == ATTENTION:
             continue
         if checkpoint.expert is None:  # a dense layer's MLP half
             stages.append(("dense_mlp", seconds))
             continue
-        if "moe" in frame:  # inside the block: the routing of its tokens is known
-            received = torch.bincount(frame["moe"].index.flatten(), minlength=num_experts).tolist()
+        if routed is not None:  # inside the block: the routing of its tokens is known
+            received = routed
         block.append((checkpoint.expert, seconds))
-        if frame.get("moe") is None:  # the block's last checkpoint, after its residual add
+        if routed is None:  # the block's last checkpoint, after its residual add
             units = [(unit, s, received[unit] if unit < num_experts else None) for unit, s in block]
             experts += [(tokens, s) for _, s, tokens in units[1:-1]]
             blocks.append({"first_tokens": units[0][2], "first_s": units[0][1],

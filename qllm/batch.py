@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from dataclasses import dataclass
 
-from qllm.executor import Checkpoint
+from qllm.executor import Checkpoint, ForwardPass
 from qllm.sequence import Sequence
 
 
@@ -15,12 +14,13 @@ class Batch:
     is_prefill: bool  # every sequence feeds its prompt (no decode rows)
     is_mixed: bool  # prompts and decode tokens in one pass (a policy's `mixed_batches`)
     num_tokens: int  # tokens the pass feeds to the model
-    # The executor's pass, started at the batch's first quantum; its frame holds the pass's state while suspended.
-    forward_pass: Generator[Checkpoint, None, list[int]] | None = None
+    # The executor's pass, started at the batch's first quantum; it keeps its own state while suspended
+    # and reports how many bytes that is (ForwardPass.held_bytes).
+    forward_pass: ForwardPass | None = None
     checkpoint: Checkpoint | None = None  # where the pass last paused; None before its first quantum
     is_resuming: bool = False  # the next quantum continues a preempted pass
     run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
-    suspended_bytes: int = 0  # tensors its pass keeps while set aside (measured when suspended)
+    suspended_bytes: int = 0  # tensors its pass keeps while set aside (reported by the executor when suspended)
 
     @classmethod
     def of(cls, sequences: list[Sequence]) -> Batch:

@@ -1,6 +1,8 @@
-"""What the engine asks of an executor: a batch's forward pass as a generator that yields at each
-checkpoint. `qllm.real_executor.RealExecutor` runs the model on torch; every executor yields at
-the same checkpoints, so the scheduler, policies and memory accounting run unchanged on any."""
+"""What the engine asks of an executor: a batch's forward pass (`ForwardPass`), which yields at each
+checkpoint like a generator and reports, at its current checkpoint, what it holds (bytes) and what
+each expert of the MoE block it is in received. `qllm.real_executor.RealExecutor` runs the model on
+torch; every executor yields at the same checkpoints and reports the same things, so the scheduler,
+policies and memory accounting run unchanged on any, and none of them looks inside a pass."""
 
 from __future__ import annotations
 
@@ -26,6 +28,54 @@ class Checkpoint:
     expert: int | None = None
 
 
+class PassState(Protocol):
+    """What an executor records of one pass as it runs, read at the pass's current checkpoint."""
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors the pass keeps while it is set aside here (qllm.memory.storage_bytes:
+        each storage once, a view counts its whole storage, model weights never)."""
+
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        """Tokens each routed expert (by number) received in the MoE block the pass is inside, at
+        the checkpoints between its expert groups; None elsewhere."""
+
+
+class ForwardPass:
+    """One forward pass as the engine drives it: an iterator of checkpoints (`next`, `close`, as the
+    generator `steps` it wraps; its StopIteration.value is each sequence's next token) that reports,
+    through `state`, what the executor recorded at its current checkpoint."""
+
+    __slots__ = ("steps", "state")
+
+    def __init__(self, steps: Generator[Checkpoint, None, list[int]], state: PassState) -> None:
+        self.steps = steps
+        self.state = state
+
+    def __iter__(self) -> ForwardPass:
+        return self
+
+    def __next__(self) -> Checkpoint:
+        return next(self.steps)
+
+    def send(self, value) -> Checkpoint:
+        return self.steps.send(value)
+
+    def throw(self, *args) -> Checkpoint:
+        return self.steps.throw(*args)
+
+    def close(self) -> None:
+        """End the pass early: it changes no cache (Executor.forward)."""
+        self.steps.close()
+
+    def held_bytes(self) -> int:
+        return self.state.held_bytes()
+
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        return self.state.routed_tokens
+
+
 class Executor(Protocol):
     config: object  # the model's Hugging Face config: context length, vocabulary, shape
     num_layers: int
@@ -34,9 +84,11 @@ class Executor(Protocol):
     def new_kv(self) -> SequenceKV:
         """An empty KV cache for a new sequence."""
 
-    def forward(self, batch: list, may_stop: Callable[[], bool] | None = None) -> Generator[Checkpoint, None, list[int]]:
+    def forward(self, batch: list, may_stop: Callable[[], bool] | None = None) -> ForwardPass:
         """One forward pass over the sequences of `batch`, yielding at each checkpoint; returns
         (StopIteration.value) each sequence's next token. A pass closed early changes no cache.
+        At each checkpoint it reports what it holds and, inside an MoE block, what each expert
+        received (`PassState`), recorded by the executor's own code as the pass runs.
 
         `may_stop`, asked each time the pass goes on, says whether the engine may stop it at a
         checkpoint before new work arrives; when it says no, an executor may run past checkpoints
@@ -50,7 +102,7 @@ def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
         raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
 
 
-def run_to_completion(forward_pass: Generator[Checkpoint, None, list[int]]) -> list[int]:
+def run_to_completion(forward_pass: ForwardPass) -> list[int]:
     """Drive a (possibly resumed) forward pass through its remaining checkpoints; return its tokens."""
     while True:
         try:

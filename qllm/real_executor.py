@@ -20,7 +20,9 @@ iteration granularity). Otherwise the layer runs in halves there too: attention 
 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
-is the saved state, so nothing is copied and nothing is recomputed.
+is the saved state, so nothing is copied and nothing is recomputed. The pass records which of
+those tensors it keeps at each checkpoint, and the routing of the MoE block it is in
+(`qllm.memory.HeldTensors`): what the engine accounts for a suspended pass, and the profiler reads.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
-from qllm.executor import ATTENTION, Checkpoint, check_granularity
+from qllm.executor import ATTENTION, Checkpoint, ForwardPass, check_granularity
 from qllm.kv import KVPool, SequenceKV
+from qllm.memory import HeldTensors
 from qllm.moe import ExpertByExpert, MoeParts
 from qllm.row_groups import RowGroup, last_tokens, pack, real_slots, rows_by_phase, unpack
 from qllm.sequence import Sequence
@@ -70,7 +73,7 @@ class RealExecutor:
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
 
-    def forward(self, batch: list[Sequence], may_stop=None) -> Generator[Checkpoint, None, list[int]]:
+    def forward(self, batch: list[Sequence], may_stop=None) -> ForwardPass:
         """One forward pass over `batch`; returns (StopIteration.value) each sequence's greedy next token.
         It yields at every checkpoint, whatever `may_stop` says (qllm.executor.Executor).
 
@@ -81,22 +84,31 @@ class RealExecutor:
         committed when the pass completes; a pass closed before that leaves every cache as it was.
         Appending the tokens to `output_ids` is the engine's job.
         """
+        state = HeldTensors()
+        return ForwardPass(self._pass(batch, state), state)
+
+    def _pass(self, batch: list[Sequence], state: HeldTensors) -> Generator[Checkpoint, None, list[int]]:
+        """`forward`'s steps, recording in `state` what the pass keeps at each checkpoint."""
         caches = self._new_caches(batch)
         try:
             groups, hiddens = self._row_groups(batch, caches)
+            state.hold("inputs", *groups)
             whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
             for index in range(self.num_layers):
                 if whole_layers:
                     hiddens = [self._run_layer(index, hiddens[0], groups[0])]
                 else:
-                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups)
+                    state.hold("residual", *hiddens)  # the layer's input, until its output replaces it
+                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, state)
                 if self.granularity == "layer":
+                    state.hold("residual", *hiddens)
                     yield Checkpoint(layer=index)
             next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, len(batch)))
             for cache in caches:
                 cache.commit()
             return next_token_ids
         finally:
+            state.clear()
             for cache in caches:
                 cache.release()
 
@@ -151,14 +163,12 @@ class RealExecutor:
         )
 
     def _run_layer_by_parts(
-        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup]
+        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], state: HeldTensors
     ) -> Generator[Checkpoint, None, list[torch.Tensor]]:
         """Layer `index` in halves: attention per row group, then the MLP half on the packed real
         tokens; returns each group's output [rows, query, hidden]. At expert granularity it
         checkpoints after the attention half, after each expert group, and at the layer's end.
-
-        Not wrapped in no_grad (a wrapped generator hides its frame from `gi_yieldfrom`, which
-        qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
+        Every step it takes runs under no_grad itself.
         """
         parts: LayerParts = self.adapter.parts[index]
         attended = [parts.attend(h, g.position_embeddings, g.attention_masks[index], g.position_ids, g.cache)
@@ -167,29 +177,37 @@ class RealExecutor:
         del attended  # a suspended pass keeps the packed tokens only
         by_experts = self.granularity == "expert"
         if by_experts:
+            state.hold("mlp", tokens)
             yield Checkpoint(layer=index, expert=ATTENTION)
         mlp_input = parts.mlp_input(tokens)  # [tokens, hidden]
         if parts.moe is None or not by_experts:  # a dense MLP, or the MoE block called whole
             mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
-            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input)
+            state.hold("mlp", tokens, mlp_input)
+            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, state)
         tokens = parts.finish_mlp(tokens, mlp_output)
         if by_experts:
+            state.hold("mlp", tokens, mlp_input, mlp_output)
             yield Checkpoint(layer=index, expert=last_expert)
+        state.drop("mlp")
         return unpack(tokens, groups)
 
     def _run_experts(
-        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor
+        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, state: HeldTensors
     ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
         """Layer `index`'s MoE block on [tokens, hidden], a checkpoint after each expert group but the
         last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
         moe = ExpertByExpert(moe_parts, mlp_input)  # routes every token
+        state.hold("moe", moe)
+        state.routed_tokens = moe.tokens_per_expert
         groups = moe.groups(self.experts_per_checkpoint)
         for number, group in enumerate(groups, start=1):
             for expert in group:
                 moe.run(expert)
             if number < len(groups):
                 yield Checkpoint(layer=index, expert=group[-1])
+        state.drop("moe")
+        state.routed_tokens = None
         return moe.output(), groups[-1][-1]
 
     @torch.no_grad()

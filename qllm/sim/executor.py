@@ -9,9 +9,10 @@ its end), in one step, so an idle checkpoint costs nothing. The engine sees the 
 at the same times either way (tests/test_sim_executor.py).
 
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
-KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only); while a pass is set aside, its frame holds one tensor
-on the meta device, sized as what the real pass would hold there (qllm.sim.held), which
-qllm.memory measures as it measures a real frame: counted, never allocated.
+KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
+each checkpoint the pass reports (`SimPassState`) the bytes the real pass would hold there,
+estimated from shapes (qllm.sim.held): counted, never allocated; and inside an MoE block, the
+tokens the drawn routing sent to each of its experts.
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from collections.abc import Callable, Generator
 from typing import Protocol
 
 import numpy as np
-import torch
 from transformers import PretrainedConfig
 
-from qllm.executor import Checkpoint, check_granularity
+from qllm.executor import Checkpoint, ForwardPass, check_granularity
 from qllm.kv import BlockPool, SequenceKV
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.held import held_bytes
-from qllm.sim.plan import ExpertPlan, WholeLayerPlan
+from qllm.sim.plan import IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
 
@@ -80,14 +80,16 @@ class SimExecutor:
 
     def forward(
         self, batch: list[Sequence], may_stop: Callable[[], bool] | None = None
-    ) -> Generator[Checkpoint, None, list[int]]:
+    ) -> ForwardPass:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
         num_new_tokens = [s.num_new_tokens for s in batch]
         key_len = max(s.num_tokens for s in batch)
         shape = PassShape(len(batch), max(num_new_tokens), key_len, sum(num_new_tokens))
         table_width = self.kv_pool.blocks_for(key_len)  # the cache's block tables
-        held = functools.partial(held_bytes, self.model, shape, len(batch) * table_width)
-        return simulated_pass(self.clock, self.plan(shape), [s.kv for s in batch], num_new_tokens, may_stop, held)
+        plan = self.plan(shape)
+        state = SimPassState(plan, functools.partial(held_bytes, self.model, shape, len(batch) * table_width))
+        kvs = [s.kv for s in batch]
+        return ForwardPass(simulated_pass(self.clock, plan, kvs, num_new_tokens, may_stop, state), state)
 
     def plan(self, shape: PassShape) -> ExpertPlan | WholeLayerPlan:
         """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
@@ -122,12 +124,31 @@ class ExpertCostTable:
         return self.table[tokens]
 
 
+class SimPassState:
+    """A simulated pass's report (qllm.executor.PassState) at the checkpoint it stopped at: what the
+    real pass would hold there (qllm.sim.held), and inside an MoE block the plan's drawn routing."""
+
+    __slots__ = ("plan", "held", "layer", "kind")
+
+    def __init__(self, plan: ExpertPlan | WholeLayerPlan, held: Callable[[int], int]) -> None:
+        self.plan = plan
+        self.held = held  # bytes held at a checkpoint of a kind (qllm.sim.plan)
+        self.layer: int | None = None
+        self.kind: int | None = None  # None: not stopped at a checkpoint (not started, or ended)
+
+    def held_bytes(self) -> int:
+        return 0 if self.kind is None else self.held(self.kind)
+
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        return self.plan.received(self.layer) if self.kind == IN_MOE else None
+
+
 def simulated_pass(
     clock: SimulatedClock, plan: ExpertPlan | WholeLayerPlan, kvs: list[SequenceKV], num_new_tokens: list[int],
-    may_stop: Callable[[], bool] | None, held: Callable[[int], int],
+    may_stop: Callable[[], bool] | None, state: SimPassState,
 ) -> Generator[Checkpoint, None, list[int]]:
-    """Run `plan` on `clock` (see the module docstring). Few locals, on purpose: qllm.memory walks
-    this frame to measure a suspended pass, and finds here only what a real pass would hold."""
+    """Run `plan` on `clock` (see the module docstring), recording in `state` where it stops."""
     for kv, num_new in zip(kvs, num_new_tokens):
         kv.reserve(kv.num_tokens + num_new)  # the blocks the pass writes, taken when it starts
         kv.is_in_flight = True
@@ -150,16 +171,15 @@ def simulated_pass(
                     break
             clock.advance_to(origin_s + plan.ends_s[stop])
             next_index = stop + 1
-            checkpoint, kind = plan.checkpoint(stop)
-            # What the real pass's frame would hold here, on the meta device: counted, never allocated.
-            suspended_state = torch.empty(held(kind), dtype=torch.uint8, device="meta")
+            checkpoint, state.kind = plan.checkpoint(stop)
+            state.layer = checkpoint.layer
             yield checkpoint
-            del suspended_state
         clock.advance_to(origin_s + plan.total_s)
         for kv, num_new in zip(kvs, num_new_tokens):
             kv.num_tokens += num_new
         return [PLACEHOLDER_TOKEN] * len(kvs)
     finally:
+        state.kind = None  # an ended pass holds nothing
         for kv in kvs:
             kv.is_in_flight = False
 

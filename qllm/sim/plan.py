@@ -96,6 +96,10 @@ class ExpertPlan:
         expert = column - 1 if self.model.sparse_layers[layer] else None
         return Checkpoint(layer=layer, expert=expert), AFTER_MLP if column == last_unit[layer] else IN_MOE
 
+    def received(self, layer: int) -> list[int]:
+        """Tokens each routed expert of MoE layer `layer` received."""
+        return self.routed_tokens[int(np.sum(self.model.sparse_layers[:layer]))].tolist()
+
     @functools.cached_property
     def _layout(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
         """(ends_s, each checkpoint's position in the flattened rows, the row width, each layer's last column)."""
