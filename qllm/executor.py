@@ -1,6 +1,11 @@
 """What the engine asks of an executor: a batch's forward pass as a generator that yields at each
 checkpoint. `qllm.real_executor.RealExecutor` runs the model on torch; every executor yields at
-the same checkpoints, so the scheduler, policies and memory accounting run unchanged on any."""
+the same checkpoints, so the scheduler, policies and memory accounting run unchanged on any.
+
+Catch-up merge: a catch-up pass (`Executor.catch_up`) runs a batch through a suspended pass's first
+layers and hands over its rows (`CaughtUp`) instead of tokens; sent to the suspended pass at its
+checkpoint (`forward_pass.send(rows)`), they join it at its next layer boundary, and the rest of
+that pass runs once for both (attention per row group, the MLP half on their packed tokens)."""
 
 from __future__ import annotations
 
@@ -26,6 +31,16 @@ class Checkpoint:
     expert: int | None = None
 
 
+class CaughtUp(Protocol):
+    """Rows a catch-up pass has run through layers 0..num_layers-1, with their in-flight caches: they
+    belong to the pass they are sent to (which commits or releases them), or to `release`."""
+
+    num_layers: int
+
+    def release(self) -> None:
+        """They will join no pass: their caches end in flight, uncommitted (a closed pass's rule)."""
+
+
 class Executor(Protocol):
     config: object  # the model's Hugging Face config: context length, vocabulary, shape
     num_layers: int
@@ -40,7 +55,18 @@ class Executor(Protocol):
 
         `may_stop`, asked each time the pass goes on, says whether the engine may stop it at a
         checkpoint before new work arrives; when it says no, an executor may run past checkpoints
-        up to the next arrival (the simulator does; the real executor yields at every one)."""
+        up to the next arrival (the simulator does; the real executor yields at every one).
+
+        At any checkpoint the pass accepts, through `send`, `CaughtUp` rows whose `num_layers` is
+        the layer after the one it is in: they join it at its next layer boundary, and its result
+        then covers its own sequences followed by theirs."""
+
+    def catch_up(
+        self, batch: list, num_layers: int, may_stop: Callable[[], bool] | None = None
+    ) -> Generator[Checkpoint, None, CaughtUp]:
+        """`forward` through layers 0..num_layers-1 only (0 < num_layers < the model's): the same
+        checkpoints, but the pass ends after its last layer (no checkpoint there) and returns its
+        rows, to be sent to a pass waiting at layer `num_layers` (see `forward`)."""
 
 
 def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
@@ -48,6 +74,11 @@ def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
         raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
     if experts_per_checkpoint < 1:
         raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
+
+
+def check_catch_up(num_layers: int, model_layers: int) -> None:
+    if not 0 < num_layers < model_layers:
+        raise ValueError(f"a catch-up pass runs 1 to {model_layers - 1} layers, then joins a pass; got {num_layers}")
 
 
 def run_to_completion(forward_pass: Generator[Checkpoint, None, list[int]]) -> list[int]:

@@ -21,11 +21,23 @@ iteration granularity). Otherwise the layer runs in halves there too: attention 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
 is the saved state, so nothing is copied and nothing is recomputed.
+
+Catch-up merge: `catch_up(batch, L)` runs a batch (an LS prompt) through layers 0..L-1 with the
+usual checkpoints but none at its end, and returns its rows (`CaughtUpRows`: row groups, caches in
+flight, hidden states) instead of tokens. Sent to a suspended pass at a checkpoint of layer L-1
+(`send(rows)` in place of `next()`), they wait there (`joining`) until that pass finishes layer
+L-1, then join it: from layer L on both run as one pass, attention per row group and the MLP half on
+their packed tokens, and the pass returns every row's token. At layer granularity the suspended pass
+is at layer L-1's end, so they join at once; at expert granularity it may be inside layer L-1 (after
+its attention or an expert group), and then finishes that layer's remaining experts for its own
+rows first: rows join only at a layer boundary.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
@@ -34,7 +46,7 @@ from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
-from qllm.executor import ATTENTION, Checkpoint, check_granularity
+from qllm.executor import ATTENTION, Checkpoint, check_catch_up, check_granularity
 from qllm.kv import KVPool, SequenceKV
 from qllm.moe import ExpertByExpert, MoeParts
 from qllm.row_groups import RowGroup, last_tokens, pack, real_slots, rows_by_phase, unpack
@@ -80,25 +92,67 @@ class RealExecutor:
         a batch of one group without padding calls each layer whole. New keys and values are
         committed when the pass completes; a pass closed before that leaves every cache as it was.
         Appending the tokens to `output_ids` is the engine's job.
+
+        Rows sent at a checkpoint (`CaughtUpRows`, from `catch_up`) join at the next layer boundary:
+        their row groups attend on their own and share the MLP half; the pass then returns tokens
+        for `batch` followed by their rows, and commits (or, closed, releases) their caches too.
         """
+        return self._pass(batch, self.num_layers)
+
+    def catch_up(self, batch: list[Sequence], num_layers: int, may_stop=None) -> Generator[Checkpoint, None, CaughtUpRows]:
+        """`batch` through layers 0..num_layers-1, to join a pass waiting at layer `num_layers`
+        (qllm.executor.Executor.catch_up): `forward`'s checkpoints but the last layer's end, where it
+        returns its rows with their caches in flight."""
+        check_catch_up(num_layers, self.num_layers)
+        return self._pass(batch, num_layers)
+
+    def _pass(self, batch: list[Sequence], num_layers: int) -> Generator[Checkpoint, None, list[int] | CaughtUpRows]:
+        """Layers 0..num_layers-1 over `batch`; the next tokens after the model's last layer, else the rows."""
         caches = self._new_caches(batch)
+        joining: list[CaughtUpRows] = []  # rows sent at a checkpoint, waiting for the next layer boundary
+        is_handed_over = False  # a catch-up pass's caches go with its rows
         try:
             groups, hiddens = self._row_groups(batch, caches)
-            whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
-            for index in range(self.num_layers):
+            num_rows = len(batch)
+            for index in range(num_layers):
+                for rows in joining:
+                    groups, hiddens, num_rows = self._join(index, rows, groups, hiddens, caches, num_rows)
+                joining.clear()
+                whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
+                ends_pass = index == num_layers - 1 and num_layers < self.num_layers  # a catch-up's last layer
                 if whole_layers:
                     hiddens = [self._run_layer(index, hiddens[0], groups[0])]
                 else:
-                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups)
-                if self.granularity == "layer":
-                    yield Checkpoint(layer=index)
-            next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, len(batch)))
+                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, joining, ends_pass)
+                if self.granularity == "layer" and not ends_pass:
+                    wait_to_join(joining, (yield Checkpoint(layer=index)))
+            if joining:
+                raise ValueError("rows sent to a pass after its last layer's checkpoint cannot join it")
+            if num_layers < self.num_layers:
+                is_handed_over = True
+                return CaughtUpRows(num_rows, num_layers, caches, groups, hiddens)
+            next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, num_rows))
             for cache in caches:
                 cache.commit()
             return next_token_ids
         finally:
-            for cache in caches:
-                cache.release()
+            if not is_handed_over:
+                for cache in caches:
+                    cache.release()
+                for rows in joining:
+                    rows.release()
+
+    @staticmethod
+    def _join(
+        index: int, rows: CaughtUpRows, groups: list[RowGroup], hiddens: list[torch.Tensor],
+        caches: list[UnifiedDynamicCache], num_rows: int,
+    ) -> tuple[list[RowGroup], list[torch.Tensor], int]:
+        """`rows` join the pass before layer `index`, after its own rows; their caches become the pass's."""
+        if rows.num_layers != index:
+            raise ValueError(f"rows run through layers 0..{rows.num_layers - 1} cannot join a pass at layer {index}")
+        caches.extend(rows.caches)
+        shifted = [dataclasses.replace(g, rows=tuple(num_rows + r for r in g.rows)) for g in rows.groups]
+        return groups + shifted, hiddens + rows.hiddens, num_rows + rows.num_rows
 
     def _new_caches(self, batch: list[Sequence]) -> list[UnifiedDynamicCache]:
         """One cache per row group (`rows_by_phase`); none is left in flight if one cannot be made."""
@@ -151,11 +205,12 @@ class RealExecutor:
         )
 
     def _run_layer_by_parts(
-        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup]
+        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], joining: list, ends_pass: bool = False
     ) -> Generator[Checkpoint, None, list[torch.Tensor]]:
         """Layer `index` in halves: attention per row group, then the MLP half on the packed real
         tokens; returns each group's output [rows, query, hidden]. At expert granularity it
-        checkpoints after the attention half, after each expert group, and at the layer's end.
+        checkpoints after the attention half, after each expert group, and at the layer's end (unless
+        the layer `ends_pass`: a catch-up's last); rows sent at a checkpoint wait in `joining`.
 
         Not wrapped in no_grad (a wrapped generator hides its frame from `gi_yieldfrom`, which
         qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
@@ -167,19 +222,19 @@ class RealExecutor:
         del attended  # a suspended pass keeps the packed tokens only
         by_experts = self.granularity == "expert"
         if by_experts:
-            yield Checkpoint(layer=index, expert=ATTENTION)
+            wait_to_join(joining, (yield Checkpoint(layer=index, expert=ATTENTION)))
         mlp_input = parts.mlp_input(tokens)  # [tokens, hidden]
         if parts.moe is None or not by_experts:  # a dense MLP, or the MoE block called whole
             mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
-            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input)
+            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, joining)
         tokens = parts.finish_mlp(tokens, mlp_output)
-        if by_experts:
-            yield Checkpoint(layer=index, expert=last_expert)
+        if by_experts and not ends_pass:
+            wait_to_join(joining, (yield Checkpoint(layer=index, expert=last_expert)))
         return unpack(tokens, groups)
 
     def _run_experts(
-        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor
+        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, joining: list
     ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
         """Layer `index`'s MoE block on [tokens, hidden], a checkpoint after each expert group but the
         last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
@@ -189,10 +244,33 @@ class RealExecutor:
             for expert in group:
                 moe.run(expert)
             if number < len(groups):
-                yield Checkpoint(layer=index, expert=group[-1])
+                wait_to_join(joining, (yield Checkpoint(layer=index, expert=group[-1])))
         return moe.output(), groups[-1][-1]
 
     @torch.no_grad()
     def _greedy_next_tokens(self, last_hidden: torch.Tensor) -> list[int]:
         logits = self.adapter.lm_head(self.adapter.norm(last_hidden))  # [batch, vocab]
         return logits.argmax(dim=-1).tolist()
+
+
+@dataclass(eq=False)
+class CaughtUpRows:
+    """A catch-up pass's rows after its last layer (qllm.executor.CaughtUp): their row groups, caches
+    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`."""
+
+    num_rows: int
+    num_layers: int
+    caches: list[UnifiedDynamicCache]
+    groups: list[RowGroup]  # rows numbered from 0: the pass they join renumbers them after its own
+    hiddens: list[torch.Tensor]  # per group, [rows, query, hidden]: the input of layer `num_layers`
+
+    def release(self) -> None:
+        for cache in self.caches:
+            cache.release()
+
+
+def wait_to_join(joining: list[CaughtUpRows], rows: CaughtUpRows | None) -> None:
+    """Rows sent to a pass at a checkpoint (`send`; `next` sends None) wait for its next layer boundary.
+    A plain call, not a generator: the pass's frames stay as the profiler and qllm.memory read them."""
+    if rows is not None:
+        joining.append(rows)
