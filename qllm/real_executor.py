@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Generator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedModel
@@ -115,9 +115,8 @@ class RealExecutor:
             groups, hiddens = self._row_groups(batch, caches)
             num_rows = len(batch)
             for index in range(num_layers):
-                for rows in joining:
-                    groups, hiddens, num_rows = self._join(index, rows, groups, hiddens, caches, num_rows)
-                joining.clear()
+                while joining:  # no loop variable: a suspended frame keeps no stale reference to their inputs
+                    groups, hiddens, num_rows = self._join(index, joining.pop(0), groups, hiddens, caches, num_rows)
                 whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
                 ends_pass = index == num_layers - 1 and num_layers < self.num_layers  # a catch-up's last layer
                 if whole_layers:
@@ -253,10 +252,11 @@ class RealExecutor:
         return logits.argmax(dim=-1).tolist()
 
 
-@dataclass(eq=False)
-class CaughtUpRows:
+class CaughtUpRows(NamedTuple):
     """A catch-up pass's rows after its last layer (qllm.executor.CaughtUp): their row groups, caches
-    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`."""
+    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`.
+    A tuple, so that qllm.memory, walking a suspended pass's frame, counts the tensors of rows that wait
+    there as it counts the pass's own row groups and caches."""
 
     num_rows: int
     num_layers: int
