@@ -116,7 +116,8 @@ class RealExecutor:
             num_rows = len(batch)
             for index in range(num_layers):
                 while joining:  # no loop variable: a suspended frame keeps no stale reference to their inputs
-                    groups, hiddens, num_rows = self._join(index, joining.pop(0), groups, hiddens, caches, num_rows)
+                    groups, hiddens, num_rows = self._join(index, joining[0], groups, hiddens, caches, num_rows)
+                    del joining[0]  # theirs are the pass's caches now
                 whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
                 ends_pass = index == num_layers - 1 and num_layers < self.num_layers  # a catch-up's last layer
                 if whole_layers:

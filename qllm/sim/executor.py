@@ -195,10 +195,10 @@ def simulated_pass(
             rows = yield checkpoint
             del suspended_state
             if rows is not None:  # they join after this layer: its end, then the merged pass's layers
+                waiting, merged_after = waiting + list(rows.groups), checkpoint.layer  # the pass's now (or released)
                 if rows.num_layers != checkpoint.layer + 1 or rows.num_layers >= num_layers:
                     raise ValueError(f"rows run through layers 0..{rows.num_layers - 1} cannot join a pass "
                                      f"inside layer {checkpoint.layer} of {num_layers}")  # fmt: skip
-                waiting, merged_after = waiting + list(rows.groups), checkpoint.layer
                 plan = executor.merged_plan(plan, groups + waiting, checkpoint.layer)
             del rows
         clock.advance_to(origin_s + plan.total_s)
