@@ -194,3 +194,28 @@ def test_an_abort_during_a_catch_up_or_a_merge_leaves_the_others_token_exact(con
     assert engine.idle() and engine.scheduler.memory.pool.used_bytes == 0 and not engine.scheduler.suspended
     others = [r for r in requests if r.request_id != victim]
     assert_matches_oracle(tiny_model, recorder, others)
+
+
+class PreemptForLSPrompts:
+    """A user's checkpoint policy that sets any pass aside while an LS prompt waits, catch-up passes
+    included (it declares nothing: `preempts_for` is anything)."""
+
+    def should_preempt(self, state) -> bool:
+        return any(w.priority_class == "LS" and w.is_prefill for w in state.waiting)
+
+
+def test_a_catch_up_set_aside_still_joins_its_batch_which_never_resumes_alone(config, resources, tiny_model):
+    """r4's catch-up (two layers) is set aside when r5 arrives; the scheduler then resumes it, not the BE
+    batch it will join (that batch never runs alone before the merge), and r4 joins it after layer 1."""
+    specs = [*TRACE[:5], (3, 2, "LS", 32.5)]
+    policy = {"_target_": f"{__name__}.PreemptForLSPrompts"}
+    cfg = engine_config(config, "qllm", granularity="layer", policy__max_batch_size=2, catch_up_merge=True,
+                        checkpoint_policy=policy)  # fmt: skip
+    requests = requests_of(specs)
+    recorder = replay_on_steps(resources, cfg, requests)
+    assert_matches_oracle(tiny_model, recorder, requests)
+    solo, before, merged = next(m[1:] for m in merges(recorder, requests) if m[0] == "r4")
+    assert [q.layer for q in solo] == [0, 1] and merged[0].layer == 2  # it caught up with layer 1, then joined
+    assert solo[1].is_resume and recorder.requests["r4"].preempted_s  # its catch-up was set aside once
+    between = [q for q in recorder.quanta if before[-1].t_start_s < q.t_start_s < merged[0].t_start_s]
+    assert between == solo  # nothing but the catch-up ran until the merge
