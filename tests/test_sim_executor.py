@@ -250,9 +250,10 @@ def test_the_sim_merges_a_caught_up_prompt_where_the_real_executor_does(family, 
     real = merged_run(RealExecutor(model, granularity, 1), stops)
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, 1)
     if granularity == "expert":  # each pass's real routing: prefill (no stop), decode, the prompt alone, merged
-        solo = RealExecutor(model, granularity, 1)
+        solo, stopped_in = RealExecutor(model, granularity, 1), real[0][-1][0].layer
         merged = [c for c, _ in real[2]]
-        sim.routing = RoutingPerPass(routing_of([], sim), routing_of([c for c, _ in real[0]] + merged, sim),
+        decode = [c for c, _ in real[0]] + [c for c in merged if c.layer == stopped_in]  # its later layers: every expert
+        sim.routing = RoutingPerPass(routing_of([], sim), routing_of(decode, sim),
                                      routing_of(list(solo.forward(ls_prompt(solo))), sim), routing_of(merged, sim))  # fmt: skip
     simulated = merged_run(sim, stops)
     assert [[c for c, _ in part] for part in simulated] == [[c for c, _ in part] for part in real]
