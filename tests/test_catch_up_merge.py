@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.figures import preemption_rows
+from harness.metrics import timeline_table
 from harness.recorder import Recorder
 from qllm.clock import VirtualClock
 from qllm.real_executor import RealExecutor
@@ -83,6 +85,12 @@ def test_an_ls_prompt_catches_up_and_shares_the_rest_of_the_preempted_pass(confi
         assert len(checkpoints) == len(set(checkpoints))
         if granularity == "layer":
             assert layers[:-1] == list(range(stopped + 1, num_layers)) and len(solo) == stopped + 1
+    # The timeline figure marks the BE pass set aside, not the catch-up's end (its rows went on, merged).
+    timeline = timeline_table(recorder, "run", "qllm", {r.request_id: r.priority_class for r in requests})
+    marked = {(row.t_start_s, tuple(row.request_ids)) for row in timeline[preemption_rows(timeline)].itertuples()}
+    for _, solo, before, _ in found:
+        assert (before[-1].t_start_s, before[-1].request_ids) in marked
+        assert (solo[-1].t_start_s, solo[-1].request_ids) not in marked
 
 
 FAMILY_TRACE = [(10, 10, "BE", 0), (9, 10, "BE", 0), (5, 3, "LS", 6.5), (7, 2, "LS", 12.5), (4, 3, "LS", 21.5),
