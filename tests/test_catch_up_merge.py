@@ -9,6 +9,8 @@ real executor reaches and holds what it holds, and prices the merged pass as a m
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from harness.figures import preemption_rows
 from harness.metrics import timeline_table
@@ -91,6 +93,20 @@ def test_an_ls_prompt_catches_up_and_shares_the_rest_of_the_preempted_pass(confi
     for _, solo, before, _ in found:
         assert (before[-1].t_start_s, before[-1].request_ids) in marked
         assert (solo[-1].t_start_s, solo[-1].request_ids) not in marked
+
+
+@pytest.mark.parametrize("granularity", ["layer", "expert"])
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(specs=st.tuples(
+    st.lists(st.tuples(st.integers(2, 10), st.integers(4, 10), st.just("BE"), st.integers(0, 2)), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(1, 10), st.integers(1, 4), st.just("LS"), st.integers(3, 40).map(lambda t: t + 0.5)),
+             min_size=1, max_size=4),
+).map(lambda both: both[0] + both[1]))  # BE work decoding, LS prompts landing in its passes
+def test_random_traces_stay_token_exact_with_merging(config, resources, tiny_model, granularity, specs):
+    recorder, requests = run_merging(resources, granularity, specs)
+    assert_matches_oracle(tiny_model, recorder, requests)
+    assert recorder.num_done == len(requests)
 
 
 FAMILY_TRACE = [(10, 10, "BE", 0), (9, 10, "BE", 0), (5, 3, "LS", 6.5), (7, 2, "LS", 12.5), (4, 3, "LS", 21.5),
