@@ -23,7 +23,7 @@ from tests.test_abort import find
 from tests.test_executor import append, make_sequences, random_prompts, step, tiny_model, unfinished
 from tests.test_executor import assert_matches_oracle as assert_sequences_match_oracle
 from tests.test_families import family_resources
-from tests.test_sim_executor import COSTS, KnownCosts, batch_of, family_model
+from tests.test_sim_executor import KnownCosts, batch_of, family_model
 
 # Two BE requests decode in a batch of B = 2; LS prompts land during their decode passes (a step
 # started at t occupies [t, t + 1)), at different layers and, at expert granularity, inside them.

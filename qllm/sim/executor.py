@@ -167,6 +167,7 @@ def simulated_pass(
     for group in groups:
         group.start()
     waiting: list[SimRows] = []  # rows sent to the pass, until its next layer boundary
+    merged_after = -1  # the layer at whose end they join
     is_handed_over = False  # a catch-up pass's rows leave in flight
     try:
         origin_s = clock.now()  # when the pass would have started, had it never been set aside
