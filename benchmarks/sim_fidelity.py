@@ -7,9 +7,11 @@ engine's capacity), LS share (0.1-0.5), batch limit (8/16/32), granularity (laye
 and engine (qllm, fcfs_rtc, fcfs_cb, priority_cb). Before the workloads of a model, the model is
 profiled on this machine (`qllm-profile`, in this process); a workload's capacity is the simulated
 engine's throughput with every request arriving at once; then the workload runs twice on the real
-executor (their spread) and once simulated. Per workload, class and metric it reports the
-simulated value's signed error against the mean of the two real runs, and the real runs' own
-spread |a - b| / mean, then medians, p90s and signed medians per metric.
+executor (their spread; `--real-runs` for more) and once simulated. Per workload, class and metric
+it reports the simulated value's signed error against the mean of the real runs, the real runs' own
+spread (max - min) / mean, and the floor: the median |error| that a simulator predicting the true
+mean exactly would still show against the mean of this many noisy runs (0.674 sigma / sqrt(runs),
+sigma estimated from the runs); then medians, p90s and signed medians per metric.
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -30,12 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 
-from harness.app import CONF_DIR, compose_config, run_engine
+from harness.app import compose_config, run_engine
 from harness.engines import RunResources
-from harness.profile_app import profile
+from harness.profile_app import profile_in_process
 from harness.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
@@ -45,14 +45,7 @@ METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "T
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
 CLASSES = ("LS", "BE", "all")
 CAPACITY_REQUESTS = 64  # requests arriving at once, to measure a workload's capacity on the simulator
-
-
-def profile_here(model: str, out: Path, overrides: list[str]) -> None:
-    """`qllm-profile model=<model> out=<out> <overrides>` in this process."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("profile", overrides=[f"model={model}", f"out={out}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    profile(cfg)
+HALF_NORMAL_MEDIAN = 0.6745  # median of |x| for x ~ N(0, 1)
 
 
 def run_summary(workload: Workload, trace: pd.DataFrame, executor: list[str]) -> pd.DataFrame:
@@ -78,25 +71,29 @@ def metric_values(summary: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 
 def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) -> pd.DataFrame:
-    """Per class and metric: the real runs, their mean and spread, the simulated value and its error."""
-    first, second = (metric_values(summary) for summary in reals)
+    """Per class and metric: the real runs (`real_1`...), their mean, spread and floor (module
+    docstring), the simulated value and its error."""
+    runs = [metric_values(summary) for summary in reals]
     simulated = metric_values(sim)
     rows = []
     for key in simulated:
-        mean = (first[key] + second[key]) / 2
+        values = np.array([run[key] for run in runs])
+        mean = values.mean()
         if not np.isfinite(mean) or mean <= 0:
             continue  # a class the workload did not draw, or a one-token output's TPOT
+        sigma = values.std(ddof=1) / mean
         rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine,
-                     "class": key[0], "metric": key[1], "real_a": first[key], "real_b": second[key],
-                     "sim": simulated[key], "real_spread": abs(first[key] - second[key]) / mean,
+                     "class": key[0], "metric": key[1], **{f"real_{i}": v for i, v in enumerate(values, start=1)},
+                     "real_mean": mean, "sim": simulated[key], "real_spread": (values.max() - values.min()) / mean,
+                     "floor": HALF_NORMAL_MEDIAN * sigma / np.sqrt(len(values)),
                      "error": (simulated[key] - mean) / mean})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
-              profiles: dict[str, Path] | None = None, progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
-    """Draw `count` workloads from `seed` and compare real and simulated runs of each (module docstring).
-    `profiles`: a profile per model to use instead of measuring one."""
+              profiles: dict[str, Path] | None = None, real_runs: int = 2, progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+    """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
+    each (module docstring). `profiles`: a profile per model to use instead of measuring one."""
     workloads = draw_workloads(seed, count, models, engines)
     tables, done = [], []
     with tempfile.TemporaryDirectory() as folder:
@@ -105,14 +102,14 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
             if path is None:
                 path = Path(folder) / f"{model}.parquet"
                 started = time.perf_counter()
-                profile_here(model, path, profile_overrides)
+                profile_in_process(model, path, profile_overrides)
                 progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
             for workload in (w for w in workloads if w.model == model):
                 workload = with_rate(workload, capacity_rps(workload, limits, sim))
                 trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
                 started = time.perf_counter()
-                reals = [run_summary(workload, trace, ["executor=real"]) for _ in range(2)]
+                reals = [run_summary(workload, trace, ["executor=real"]) for _ in range(real_runs)]
                 table = compare(workload, reals, run_summary(workload, trace, sim))
                 progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: "
                          f"median |error| {100 * table['error'].abs().median():.1f} % "
@@ -123,7 +120,8 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
 
 
 def per_metric(table: pd.DataFrame) -> pd.DataFrame:
-    """Median and p90 of |error|, the signed median, and the real runs' median spread, per metric."""
+    """Median and p90 of |error|, the signed median, the real runs' median spread and the median
+    floor (module docstring), per metric."""
     grouped = table.assign(abs_error=table["error"].abs()).groupby("metric", sort=False)
     stats = pd.DataFrame({
         "n": grouped.size(),
@@ -131,10 +129,12 @@ def per_metric(table: pd.DataFrame) -> pd.DataFrame:
         "|error| p90 %": 100 * grouped["abs_error"].quantile(0.9),
         "signed median %": 100 * grouped["error"].median(),
         "real spread median %": 100 * grouped["real_spread"].median(),
+        "floor median %": 100 * grouped["floor"].median(),
     })
     overall = table["error"]
     stats.loc["all metrics"] = [len(table), 100 * overall.abs().median(), 100 * overall.abs().quantile(0.9),
-                                100 * overall.median(), 100 * table["real_spread"].median()]  # fmt: skip
+                                100 * overall.median(), 100 * table["real_spread"].median(),
+                                100 * table["floor"].median()]  # fmt: skip
     return stats
 
 
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--workloads", type=int, default=12)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--engines", nargs="+", default=list(ENGINES))
+    parser.add_argument("--real-runs", type=int, default=2,
+                        help="real runs per workload (at least 2): more lower the floor their noise sets")
     parser.add_argument("--duration", type=float, default=Limits.duration_s, help="seconds of arrivals per workload")
     parser.add_argument("--max-prompt-len", type=int, default=Limits.max_prompt_len)
     parser.add_argument("--max-output-len", type=int, default=Limits.max_output_len)
@@ -155,20 +157,24 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="a qllm-profile override for the profiles measured here, e.g. repeats=5 (repeatable)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
+    if args.real_runs < 2:
+        parser.error(f"--real-runs {args.real_runs}: at least 2 (their spread is part of the report)")
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     print(f"seed {seed} (repeat with --seed {seed}); data: {SHARED_DATA if SHARED_DATA.is_dir() else 'shipped only'}")
     torch.set_num_threads(1)
     limits = Limits(args.max_prompt_len, args.max_output_len, args.duration, min(Limits.min_requests, args.max_requests),
                     args.max_requests)  # fmt: skip
     profiles = {model: Path(path) for model, path in args.profile}
-    workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles)
+    workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles,
+                                 args.real_runs)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
     print("\nworkloads:")
     for workload in workloads:
         print(f"  {workload.describe()} rate={workload.rate:.2f}/s")
     shown = table.assign(**{"error %": (100 * table["error"]).round(1), "spread %": (100 * table["real_spread"]).round(1)})
-    print(shown[["workload", "engine", "class", "metric", "real_a", "real_b", "sim", "spread %", "error %"]]
+    real_columns = [c for c in table.columns if c.startswith("real_") and c[5:].isdigit()]
+    print(shown[["workload", "engine", "class", "metric", *real_columns, "sim", "spread %", "error %"]]
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())

@@ -1,4 +1,4 @@
-"""`qllm-profile`: measure the real executor over a grid of pass shapes and write the profile table
+"""`qllm-profile`: measure the real executor over pass shapes drawn at random and write the profile table
 the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profiler.py)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import hydra
 import pandas as pd
 import torch
 import transformers
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,6 +57,14 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     write_profile(table, out, ModelShape.of(resources.model.config), about)
     print(f"{len(table)} rows -> {out}")
     return table
+
+
+def profile_in_process(model: str, out: Path, overrides: list[str]) -> pd.DataFrame:
+    """`qllm-profile model=<model> out=<out> <overrides>`, run in this process (for the benchmarks)."""
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("profile", overrides=[f"model={model}", f"out={out}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return profile(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="profile")

@@ -10,7 +10,7 @@ plus a neighbour, and the neighbours are separated by subtraction:
 - `attention`: a layer's attention half (layers after the first); `pass_start`: the first quantum
   (embeddings, masks, rotary and layer 0's attention) minus the pass's median attention;
 - `expert`: a routed expert that is neither the first nor the last of its block, by the tokens it
-  received (read from the block's routing in the pass's frame); `router`: a block's first quantum
+  received (as the pass reports them, `ForwardPass.routed_tokens`); `router`: a block's first quantum
   minus its expert's time; `combine`: its last quantum minus its expert's time (with a shared
   expert, which runs last, the shared expert and the block's output together);
 - `dense_mlp`: a dense layer's MLP half; `layer`: a sparse layer called whole; `pass_end`: the last
@@ -27,7 +27,6 @@ the gap. Every sample is kept; the cost model fits them.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch
 from qllm.clock import RealClock
 from harness.recorder import Recorder
 from harness.replay import replay
-from qllm.executor import ATTENTION, run_to_completion
+from qllm.executor import ATTENTION, ForwardPass, run_to_completion
 from qllm.real_executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
@@ -56,6 +55,7 @@ class ShapeSpace:
     max_batch_context: int = 16384  # cached tokens per decode pass
     decode_share: float = 0.6  # of the shapes drawn
     uneven_share: float = 0.5  # shapes whose rows differ in length (padded)
+    long_row_share: float = 0.5  # of the uneven shapes: one row as long as the budget leaves room for
 
 
 def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, list[int]]]:
@@ -74,6 +74,11 @@ def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, 
         # attention's quadratic part and the caches make the cost bend).
         lengths = np.exp(rng.uniform(0, np.log(cap + 1), rows)) if rng.random() < 0.5 else rng.uniform(1, cap + 1, rows)
         lengths = np.resize(np.clip(lengths.astype(int), 1 if not decode else 2, cap), batch_size)
+        if rows > 1 and rng.random() < space.long_row_share:
+            # The budget bounds a batch's real tokens, not its longest row: a cohort of short prompts
+            # beside a long one is padded far past the budget, and its attention pays for the padding.
+            room = min(longest, budget - int(lengths[1:].sum()))
+            lengths[0] = rng.integers(lengths[0], max(lengths[0], room) + 1)
         shapes.append(("decode" if decode else "prefill", [int(n) for n in lengths]))
     return shapes
 
@@ -97,8 +102,10 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     if not any(sparse[1:]):
         raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
     generator = torch.Generator().manual_seed(seed)
+    shapes = draw_shapes(space, np.random.default_rng(seed))
+    warm_up(by_parts, whole, shapes=shapes, generator=generator)
     samples, experts, blocks = [], [], []
-    for phase, lengths in draw_shapes(space, np.random.default_rng(seed)):
+    for phase, lengths in shapes:
         point = shape_columns(phase, lengths)
         quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
         parts = split_expert_pass(quanta, num_experts)
@@ -114,6 +121,19 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
 
 
+def warm_up(*executors: RealExecutor, shapes: list[tuple[str, list[int]]], generator) -> None:
+    """Run, untimed, each phase's smallest and largest of `shapes` on each executor: a process's first
+    passes of a size run up to 3x slower (buffers and kernels set up on first use), and would be
+    charged to whichever shapes were drawn first."""
+    chosen = []
+    for phase in ("prefill", "decode"):
+        of_phase = sorted((sum(lengths), lengths) for p, lengths in shapes if p == phase)
+        chosen += [(phase, lengths) for _, lengths in of_phase[:1] + of_phase[-1:]]
+    for executor in executors:
+        for phase, lengths in chosen:
+            timed_quanta_of(executor, batch_for(executor, phase, lengths, generator))
+
+
 def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> float:
     """What layer 0 alone takes in a pass that calls layers whole: a sparse layer's median, or for a
     dense layer 0 its attention and dense MLP halves as the same shape's expert pass timed them."""
@@ -123,7 +143,7 @@ def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> floa
     return float(np.median(halves["attention"]) + np.median(halves["dense_mlp"]))
 
 
-def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, dict]]:
+def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, list[int] | None]]:
     """`timed_quanta` of a pass over `batch`, whose KV blocks then go back to the pool: a profile that
     kept them would grow the pool (and time its growth) as no serving run does."""
     try:
@@ -133,21 +153,19 @@ def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple
             sequence.kv.free()
 
 
-def timed_quanta(forward_pass: Generator) -> list[tuple[object, float, dict]]:
-    """(checkpoint, or None at the pass's end; seconds; the innermost generator frame's locals) per quantum."""
+def timed_quanta(forward_pass: ForwardPass) -> list[tuple[object, float, list[int] | None]]:
+    """(checkpoint, or None at the pass's end; seconds; the tokens each routed expert received, while
+    the pass is inside an MoE block, else None: `ForwardPass.routed_tokens`) per quantum."""
     quanta = []
     while True:
         start = time.perf_counter()
         try:
             checkpoint = next(forward_pass)
         except StopIteration:
-            quanta.append((None, time.perf_counter() - start, {}))
+            quanta.append((None, time.perf_counter() - start, None))
             return quanta
         seconds = time.perf_counter() - start
-        frame = forward_pass
-        while frame.gi_yieldfrom is not None:
-            frame = frame.gi_yieldfrom
-        quanta.append((checkpoint, seconds, dict(frame.gi_frame.f_locals)))
+        quanta.append((checkpoint, seconds, forward_pass.routed_tokens))
 
 
 def split_expert_pass(quanta: list, num_experts: int) -> dict:
@@ -156,16 +174,16 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
     stages = [("attention", s) for s in attention] + [("pass_start", quanta[0][1] - np.median(attention))]
     stages.append(("pass_end", quanta[-1][1]))
     experts, blocks, block = [], [], []
-    for checkpoint, seconds, frame in quanta[1:-1]:
+    for checkpoint, seconds, routed in quanta[1:-1]:
         if checkpoint.expert == ATTENTION:
             continue
         if checkpoint.expert is None:  # a dense layer's MLP half
             stages.append(("dense_mlp", seconds))
             continue
-        if "moe" in frame:  # inside the block: the routing of its tokens is known
-            received = torch.bincount(frame["moe"].index.flatten(), minlength=num_experts).tolist()
+        if routed is not None:  # inside the block: the routing of its tokens is known
+            received = routed
         block.append((checkpoint.expert, seconds))
-        if frame.get("moe") is None:  # the block's last checkpoint, after its residual add
+        if routed is None:  # the block's last checkpoint, after its residual add
             units = [(unit, s, received[unit] if unit < num_experts else None) for unit, s in block]
             experts += [(tokens, s) for _, s, tokens in units[1:-1]]
             blocks.append({"first_tokens": units[0][2], "first_s": units[0][1],
@@ -192,18 +210,21 @@ def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
 
 def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator) -> list[Sequence]:
     """A batch whose next pass has the shape: a prompt of `lengths[i]` tokens in row i (prefill), or
-    one new token after `lengths[i]` cached ones (decode; caches filled by untimed prefills, rows of
-    like length together)."""
+    one new token after `lengths[i]` cached ones (decode). A decode batch's caches are filled by
+    untimed passes: prefills (rows of like length together), then one decode step of the whole
+    batch, so the timed step follows another as in a run. Timed straight after the prefills, a
+    tiny model's step ran 10-20 % slower than in a run (its weights pushed out of the CPU's caches
+    by the prompts' activations), and the simulator inherited the difference."""
     vocab = executor.config.vocab_size
+    prompt_lengths = [n - 1 if phase == "decode" else n for n in lengths]  # the untimed step adds one
     batch = [
-        Sequence(Request(f"p{i}", 0.0, n, 2, "BE", DEFAULT_PRIORITY["BE"]),
+        Sequence(Request(f"p{i}", 0.0, n, 3, "BE", DEFAULT_PRIORITY["BE"]),
                  torch.randint(1, vocab, (n,), generator=generator).tolist(), executor.new_kv())
-        for i, n in enumerate(lengths)
+        for i, n in enumerate(prompt_lengths)
     ]  # fmt: skip
     if phase == "decode":
         by_length = sorted(batch, key=lambda sequence: sequence.request.prompt_len)
-        for start in range(0, len(by_length), 4):
-            rows = by_length[start : start + 4]
+        for rows in [by_length[start : start + 4] for start in range(0, len(by_length), 4)] + [batch]:
             for sequence, token in zip(rows, run_to_completion(executor.forward(rows))):
                 sequence.output_ids.append(token)
     return batch

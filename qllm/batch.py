@@ -6,10 +6,9 @@ takes their rows at its next quantum (`joining`) and runs the rest once for both
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from dataclasses import dataclass
 
-from qllm.executor import CaughtUp, Checkpoint
+from qllm.executor import CaughtUp, Checkpoint, ForwardPass
 from qllm.sequence import Sequence
 
 
@@ -19,12 +18,13 @@ class Batch:
     is_prefill: bool  # every sequence feeds its prompt (no decode rows)
     is_mixed: bool  # prompts and decode tokens in one pass (a policy's `mixed_batches`)
     num_tokens: int  # tokens the pass feeds to the model
-    # The executor's pass, started at the batch's first quantum; its frame holds the pass's state while suspended.
-    forward_pass: Generator[Checkpoint, None, list[int]] | None = None
+    # The executor's pass, started at the batch's first quantum; it keeps its own state while suspended
+    # and reports how many bytes that is (ForwardPass.held_bytes).
+    forward_pass: ForwardPass | None = None
     checkpoint: Checkpoint | None = None  # where the pass last paused; None before its first quantum
     is_resuming: bool = False  # the next quantum continues a preempted pass
     run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
-    suspended_bytes: int = 0  # tensors its pass keeps while set aside (measured when suspended)
+    suspended_bytes: int = 0  # tensors its pass keeps while set aside (reported by the executor when suspended)
     # A catch-up batch: the suspended batch its sequences join once its pass has run them up to that
     # batch's layer (qllm.executor.Executor.catch_up); None for a batch that runs a whole pass.
     joins: Batch | None = None
@@ -43,7 +43,7 @@ class Batch:
         self.sequences, self.is_prefill, self.is_mixed = merged.sequences, merged.is_prefill, merged.is_mixed
         self.num_tokens = merged.num_tokens
         self.joining = rows
-        self.checkpoint = None  # no checkpoint decision before its rows are in (they live in no pass's frame)
+        self.checkpoint = None  # no checkpoint decision before its rows are in (no pass reports them yet)
 
     @property
     def kind(self) -> str:

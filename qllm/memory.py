@@ -3,48 +3,61 @@
 A memory budget bounds both together, at every instant. Each admitted sequence reserves the KV
 blocks it will need at its longest (prompt + output tokens), as a server without KV eviction
 must, and takes them from the pool as it grows, so the KV allocated never exceeds the KV
-reserved. A suspended batch holds whatever tensors its forward pass's frame keeps (hidden states,
-residual, partial expert sums), measured, not estimated; a preemption whose state would not fit
-beside the reservations is not taken. So reserved + suspended <= budget bounds allocated +
-suspended.
+reserved. A suspended batch holds the tensors its executor reports for the pass at that
+checkpoint (`ForwardPass.held_bytes`: hidden states, packed tokens, an MoE block's routing and
+partial sums; measured by `storage_bytes` on the real executor, estimated from shapes by the
+simulator, qllm.sim.held); a preemption whose state would not fit beside the reservations is not
+taken. So reserved + suspended <= budget bounds allocated + suspended.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
-from qllm.batch import Batch
 from qllm.kv import BlockPool
 from qllm.request import Request
 from qllm.sequence import Sequence
 
 
-def suspended_bytes(batch: Batch) -> int:
-    """Bytes of the tensors a suspended pass keeps alive: its generator frames' locals, and the
-    tensors held by objects there (an expert-by-expert MoE run's partial sums, say). Model
-    weights are not state; views count their whole storage, once."""
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages behind `tensors`, each storage once: a view counts its whole storage."""
     storages = {}
-    generator = batch.forward_pass
-    while generator is not None and generator.gi_frame is not None:
-        for value in generator.gi_frame.f_locals.values():
-            for tensor in _held_tensors(value, depth=1):
-                storage = tensor.untyped_storage()
-                storages[storage.data_ptr()] = storage.nbytes()
-        generator = generator.gi_yieldfrom
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
 
 
-def _held_tensors(value, depth: int):
-    if isinstance(value, torch.nn.Parameter) or isinstance(value, torch.nn.Module):
-        return
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _held_tensors(item, depth)
-    elif depth > 0 and hasattr(value, "__dict__"):
-        for item in vars(value).values():
-            yield from _held_tensors(item, depth - 1)
+class HeldTensors:
+    """What a real pass keeps (qllm.executor.PassState), recorded by the executor's own code as it
+    runs: for each part of the pass (its inputs, the residual stream, a layer's packed tokens, an MoE
+    block's run), the tensors it keeps now, or objects that list theirs (`held_tensors()`, read when
+    measured). A part is replaced when the pass rebinds it and dropped when the pass lets it go."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, tuple] = {}
+        self.routed_tokens: list[int] | None = None  # set while the pass is inside an MoE block
+
+    def hold(self, part: str, *held) -> None:
+        """`part` of the pass keeps `held` now: tensors, or objects with `held_tensors()`."""
+        self.parts[part] = held
+
+    def drop(self, part: str) -> None:
+        self.parts.pop(part, None)
+
+    def clear(self) -> None:
+        """The pass ended: it keeps nothing."""
+        self.parts.clear()
+        self.routed_tokens = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [tensor for held in self.parts.values() for item in held
+                for tensor in ([item] if isinstance(item, torch.Tensor) else item.held_tensors())]  # fmt: skip
+
+    def held_bytes(self) -> int:
+        return storage_bytes(self.tensors())
 
 
 class MemoryBudget:

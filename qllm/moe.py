@@ -4,8 +4,8 @@
 at a time: the block's own experts module is called on the tokens routed to that expert alone,
 so whichever experts implementation the model uses (eager, grouped_mm, batched_mm, onednn, nf4), its weight
 layout, biases and gating run unchanged. The weighted outputs accumulate in the object (the
-partial sums a preempted pass keeps); a shared expert, where the family has one, is one more
-unit, numbered `num_experts`.
+partial sums a preempted pass keeps: `held_tensors`); a shared expert, where the family has one,
+is one more unit, numbered `num_experts`. `tokens_per_expert` is the routing's count per expert.
 
 Each expert is called with routing weight 1 (its output then leaves the module unrounded by the
 weighting), weighted here in the dtype the experts module forms that product in (float32 when
@@ -88,12 +88,19 @@ class ExpertByExpert:
         flat_index = self.index.reshape(-1)
         self.order = torch.argsort(flat_index, stable=True)  # pairs by expert, ascending (token, slot) within
         counts = expert_counts(flat_index, parts.num_experts).tolist()  # the block's one read to the host
+        self.tokens_per_expert: list[int] = counts  # tokens routed to each expert (a token's top-k are distinct)
         ends = list(accumulate(counts))
         self.spans = {e: (end - count, end) for e, (count, end) in enumerate(zip(counts, ends)) if count}
         self.hint = takes_expert(parts.experts)
         hit = list(self.spans)  # ascending: the experts that received tokens
         self.units: list[int] = hit + ([parts.num_experts] if parts.shared is not None else [])
         self.num_done = 0  # units run so far, in `units` order
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """What the run keeps between units: its input tokens, the routing (weights, expert index and
+        its sort) and the partial sums (and the shared expert's output once it ran)."""
+        held = [self.tokens, self.weights, self.index, self.order, self.routed, self.shared_output]
+        return [tensor for tensor in held if tensor is not None]
 
     def groups(self, size: int) -> list[list[int]]:
         """The units in runs of `size`: one checkpoint after each run."""

@@ -20,24 +20,25 @@ iteration granularity). Otherwise the layer runs in halves there too: attention 
 
 Preempting a batch is keeping its generator aside; resuming is calling `next()` on it again:
 the generator's frame (hidden states, position embeddings, masks, cache, partial expert sums)
-is the saved state, so nothing is copied and nothing is recomputed.
+is the saved state, so nothing is copied and nothing is recomputed. The pass records which of
+those tensors it keeps at each checkpoint, and the routing of the MoE block it is in
+(`qllm.memory.HeldTensors`): what the engine accounts for a suspended pass, and the profiler reads.
 
 Catch-up merge: `catch_up(batch, L)` runs a batch (an LS prompt) through layers 0..L-1 with the
 usual checkpoints but none at its end, and returns its rows (`CaughtUpRows`: row groups, caches in
 flight, hidden states) instead of tokens. Sent to a suspended pass at a checkpoint of layer L-1
-(`send(rows)` in place of `next()`), they wait there (`joining`) until that pass finishes layer
-L-1, then join it: from layer L on both run as one pass, attention per row group and the MLP half on
-their packed tokens, and the pass returns every row's token. At layer granularity the suspended pass
-is at layer L-1's end, so they join at once; at expert granularity it may be inside layer L-1 (after
-its attention or an expert group), and then finishes that layer's remaining experts for its own
-rows first: rows join only at a layer boundary.
+(`send(rows)` in place of `next()`), they wait there (`Joining`, which the pass reports holding)
+until that pass finishes layer L-1, then join it: from layer L on both run as one pass, attention
+per row group and the MLP half on their packed tokens, and the pass returns every row's token. At
+layer granularity the suspended pass is at layer L-1's end, so they join at once; at expert
+granularity it may be inside layer L-1 (after its attention or an expert group), and then finishes
+that layer's remaining experts for its own rows first: rows join only at a layer boundary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Generator
-from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedModel
@@ -46,8 +47,9 @@ from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
-from qllm.executor import ATTENTION, Checkpoint, check_catch_up, check_granularity
+from qllm.executor import ATTENTION, Checkpoint, ForwardPass, check_catch_up, check_granularity
 from qllm.kv import KVPool, SequenceKV
+from qllm.memory import HeldTensors
 from qllm.moe import ExpertByExpert, MoeParts
 from qllm.row_groups import RowGroup, last_tokens, pack, real_slots, rows_by_phase, unpack
 from qllm.sequence import Sequence
@@ -82,7 +84,7 @@ class RealExecutor:
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
 
-    def forward(self, batch: list[Sequence], may_stop=None) -> Generator[Checkpoint, None, list[int]]:
+    def forward(self, batch: list[Sequence], may_stop=None) -> ForwardPass:
         """One forward pass over `batch`; returns (StopIteration.value) each sequence's greedy next token.
         It yields at every checkpoint, whatever `may_stop` says (qllm.executor.Executor).
 
@@ -97,36 +99,48 @@ class RealExecutor:
         their row groups attend on their own and share the MLP half; the pass then returns tokens
         for `batch` followed by their rows, and commits (or, closed, releases) their caches too.
         """
-        return self._pass(batch, self.num_layers)
+        return self._start(batch, self.num_layers)
 
-    def catch_up(self, batch: list[Sequence], num_layers: int, may_stop=None) -> Generator[Checkpoint, None, CaughtUpRows]:
+    def catch_up(self, batch: list[Sequence], num_layers: int, may_stop=None) -> ForwardPass:
         """`batch` through layers 0..num_layers-1, to join a pass waiting at layer `num_layers`
         (qllm.executor.Executor.catch_up): `forward`'s checkpoints but the last layer's end, where it
-        returns its rows with their caches in flight."""
+        returns its rows (`CaughtUpRows`) with their caches in flight."""
         check_catch_up(num_layers, self.num_layers)
-        return self._pass(batch, num_layers)
+        return self._start(batch, num_layers)
 
-    def _pass(self, batch: list[Sequence], num_layers: int) -> Generator[Checkpoint, None, list[int] | CaughtUpRows]:
-        """Layers 0..num_layers-1 over `batch`; the next tokens after the model's last layer, else the rows."""
+    def _start(self, batch: list[Sequence], num_layers: int) -> ForwardPass:
+        state = HeldTensors()
+        return ForwardPass(self._pass(batch, num_layers, state), state)
+
+    def _pass(
+        self, batch: list[Sequence], num_layers: int, state: HeldTensors
+    ) -> Generator[Checkpoint, CaughtUpRows | None, list[int] | CaughtUpRows]:
+        """Layers 0..num_layers-1 over `batch`; the next tokens after the model's last layer, else the
+        rows. It records in `state` what the pass keeps at each checkpoint, rows waiting to join included."""
         caches = self._new_caches(batch)
-        joining: list[CaughtUpRows] = []  # rows sent at a checkpoint, waiting for the next layer boundary
+        joining = Joining()  # rows sent at a checkpoint, waiting for the next layer boundary
         is_handed_over = False  # a catch-up pass's caches go with its rows
         try:
             groups, hiddens = self._row_groups(batch, caches)
+            state.hold("inputs", *groups)
+            state.hold("joining", joining)  # read when measured: whatever waits then
             num_rows = len(batch)
             for index in range(num_layers):
-                while joining:  # no loop variable: a suspended frame keeps no stale reference to their inputs
-                    groups, hiddens, num_rows = self._join(index, joining[0], groups, hiddens, caches, num_rows)
-                    del joining[0]  # theirs are the pass's caches now
+                while joining.rows:  # no loop variable: a suspended pass keeps no stale reference to their inputs
+                    groups, hiddens, num_rows = self._join(index, joining.rows[0], groups, hiddens, caches, num_rows)
+                    del joining.rows[0]  # theirs are the pass's caches now
+                    state.hold("inputs", *groups)  # the rows that joined are the pass's own row groups now
                 whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
                 ends_pass = index == num_layers - 1 and num_layers < self.num_layers  # a catch-up's last layer
                 if whole_layers:
                     hiddens = [self._run_layer(index, hiddens[0], groups[0])]
                 else:
-                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, joining, ends_pass)
+                    state.hold("residual", *hiddens)  # the layer's input, until its output replaces it
+                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, state, joining, ends_pass)
                 if self.granularity == "layer" and not ends_pass:
-                    wait_to_join(joining, (yield Checkpoint(layer=index)))
-            if joining:
+                    state.hold("residual", *hiddens)
+                    joining.wait((yield Checkpoint(layer=index)))
+            if joining.rows:
                 raise ValueError("rows sent to a pass after its last layer's checkpoint cannot join it")
             if num_layers < self.num_layers:
                 is_handed_over = True
@@ -136,10 +150,11 @@ class RealExecutor:
                 cache.commit()
             return next_token_ids
         finally:
+            state.clear()
             if not is_handed_over:
                 for cache in caches:
                     cache.release()
-                for rows in joining:
+                for rows in joining.rows:
                     rows.release()
 
     @staticmethod
@@ -205,15 +220,14 @@ class RealExecutor:
         )
 
     def _run_layer_by_parts(
-        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], joining: list, ends_pass: bool = False
-    ) -> Generator[Checkpoint, None, list[torch.Tensor]]:
+        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], state: HeldTensors,
+        joining: Joining, ends_pass: bool = False,
+    ) -> Generator[Checkpoint, CaughtUpRows | None, list[torch.Tensor]]:
         """Layer `index` in halves: attention per row group, then the MLP half on the packed real
         tokens; returns each group's output [rows, query, hidden]. At expert granularity it
         checkpoints after the attention half, after each expert group, and at the layer's end (unless
         the layer `ends_pass`: a catch-up's last); rows sent at a checkpoint wait in `joining`.
-
-        Not wrapped in no_grad (a wrapped generator hides its frame from `gi_yieldfrom`, which
-        qllm.memory walks to measure a suspended pass): every step it takes runs under no_grad itself.
+        Every step it takes runs under no_grad itself.
         """
         parts: LayerParts = self.adapter.parts[index]
         attended = [parts.attend(h, g.position_embeddings, g.attention_masks[index], g.position_ids, g.cache)
@@ -222,29 +236,37 @@ class RealExecutor:
         del attended  # a suspended pass keeps the packed tokens only
         by_experts = self.granularity == "expert"
         if by_experts:
-            wait_to_join(joining, (yield Checkpoint(layer=index, expert=ATTENTION)))
+            state.hold("mlp", tokens)
+            joining.wait((yield Checkpoint(layer=index, expert=ATTENTION)))
         mlp_input = parts.mlp_input(tokens)  # [tokens, hidden]
         if parts.moe is None or not by_experts:  # a dense MLP, or the MoE block called whole
             mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
-            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, joining)
+            state.hold("mlp", tokens, mlp_input)
+            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, state, joining)
         tokens = parts.finish_mlp(tokens, mlp_output)
         if by_experts and not ends_pass:
-            wait_to_join(joining, (yield Checkpoint(layer=index, expert=last_expert)))
+            state.hold("mlp", tokens, mlp_input, mlp_output)
+            joining.wait((yield Checkpoint(layer=index, expert=last_expert)))
+        state.drop("mlp")
         return unpack(tokens, groups)
 
     def _run_experts(
-        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, joining: list
-    ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
+        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, state: HeldTensors, joining: Joining
+    ) -> Generator[Checkpoint, CaughtUpRows | None, tuple[torch.Tensor, int]]:
         """Layer `index`'s MoE block on [tokens, hidden], a checkpoint after each expert group but the
         last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
         moe = ExpertByExpert(moe_parts, mlp_input)  # routes every token
+        state.hold("moe", moe)
+        state.routed_tokens = moe.tokens_per_expert
         groups = moe.groups(self.experts_per_checkpoint)
         for number, group in enumerate(groups, start=1):
             for expert in group:
                 moe.run(expert)
             if number < len(groups):
-                wait_to_join(joining, (yield Checkpoint(layer=index, expert=group[-1])))
+                joining.wait((yield Checkpoint(layer=index, expert=group[-1])))
+        state.drop("moe")
+        state.routed_tokens = None
         return moe.output(), groups[-1][-1]
 
     @torch.no_grad()
@@ -253,11 +275,10 @@ class RealExecutor:
         return logits.argmax(dim=-1).tolist()
 
 
-class CaughtUpRows(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class CaughtUpRows:
     """A catch-up pass's rows after its last layer (qllm.executor.CaughtUp): their row groups, caches
-    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`.
-    A tuple, so that qllm.memory, walking a suspended pass's frame, counts the tensors of rows that wait
-    there as it counts the pass's own row groups and caches."""
+    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`."""
 
     num_rows: int
     num_layers: int
@@ -265,13 +286,29 @@ class CaughtUpRows(NamedTuple):
     groups: list[RowGroup]  # rows numbered from 0: the pass they join renumbers them after its own
     hiddens: list[torch.Tensor]  # per group, [rows, query, hidden]: the input of layer `num_layers`
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """What the rows keep while they wait to join a pass: their hidden states, each row group's
+        inputs and its cache's indices (qllm.row_groups.RowGroup.held_tensors)."""
+        return [*self.hiddens, *(t for group in self.groups for t in group.held_tensors()),
+                *(t for cache in self.caches for t in cache.held_tensors())]  # fmt: skip
+
     def release(self) -> None:
         for cache in self.caches:
             cache.release()
 
 
-def wait_to_join(joining: list[CaughtUpRows], rows: CaughtUpRows | None) -> None:
-    """Rows sent to a pass at a checkpoint (`send`; `next` sends None) wait for its next layer boundary.
-    A plain call, not a generator: the pass's frames stay as the profiler and qllm.memory read them."""
-    if rows is not None:
-        joining.append(rows)
+class Joining:
+    """Rows sent to a pass at its checkpoints (`send`; `next` sends None), waiting for its next layer
+    boundary, oldest first. The pass holds them until they join it (a part of its `HeldTensors`, read
+    when measured: `held_tensors`), then as its own row groups."""
+
+    def __init__(self) -> None:
+        self.rows: list[CaughtUpRows] = []
+
+    def wait(self, rows: CaughtUpRows | None) -> None:
+        """Rows sent at the checkpoint the pass goes on from, if any, wait for its next layer boundary."""
+        if rows is not None:
+            self.rows.append(rows)
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return [tensor for rows in self.rows for tensor in rows.held_tensors()]

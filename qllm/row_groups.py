@@ -33,6 +33,11 @@ class RowGroup:
     def num_tokens(self) -> int:
         return sum(self.cache.num_new_tokens)
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """The tensors the group keeps for the whole pass: its inputs above and its cache's indices."""
+        slots = [] if self.real_slots is None else [self.real_slots]
+        return [self.position_ids, *self.position_embeddings, *self.attention_masks, *slots, *self.cache.held_tensors()]
+
 
 def rows_by_phase(batch: list[Sequence]) -> list[tuple[int, ...]]:
     """The batch's rows in groups: decode rows (one new token), then prompt rows; empty groups left out."""

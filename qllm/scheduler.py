@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from qllm.batch import Batch
 from qllm.events import EngineStats, EventSink
-from qllm.memory import MemoryBudget, suspended_bytes
+from qllm.memory import MemoryBudget
 from qllm.policies.base import SchedulerView
 from qllm.policies.protocol import SchedulingPolicy, is_outranked
 from qllm.preemption import NOTHING, OUTRANKING_WORK, CheckpointPolicy, CheckpointState, preempts_for
@@ -73,7 +73,7 @@ class Scheduler:
             return
         self._promote_aged(now_s)
         if self.checkpoint_policy.should_preempt(self._checkpoint_state(batch, now_s)):
-            held = suspended_bytes(batch)  # the frame is frozen until it resumes
+            held = batch.forward_pass.held_bytes()  # what the executor reports the pass holds here, until it resumes
             if self.memory.fits(held, self.suspended_bytes):
                 self._suspend(batch, held, now_s)
 

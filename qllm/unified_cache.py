@@ -42,6 +42,11 @@ class UnifiedDynamicCache(Cache):
         self._write_index: torch.Tensor | None = None  # [num_real_tokens]: the pool slot of each real new token
         self._real_tokens: tuple[torch.Tensor, torch.Tensor] = ()  # (row, query slot) of each real new token
 
+    def held_tensors(self) -> list[torch.Tensor]:
+        """The pass's index tensors (block tables, write slots), once a layer has written: the cache's
+        own state; its keys and values live in the pool's blocks."""
+        return [t for t in (self._gather_index, self._write_index, *self._real_tokens) if t is not None]
+
     @property
     def batch_size(self) -> int:
         return len(self.kvs)

@@ -21,6 +21,7 @@ from harness.replay import replay
 from harness.workload import PROJECT_ROOT
 from qllm.prompts import prompt_token_ids
 from qllm.events import Quantum
+from qllm.executor import ForwardPass
 from qllm.request import DEFAULT_PRIORITY, Request
 
 REMOTE_ENGINES = ("openai_http",)  # need a server to talk to: tests/test_server.py starts one
@@ -128,10 +129,13 @@ class TimedExecutor:
         return getattr(self.executor, name)
 
     def forward(self, batch, may_stop=None):
-        return self._timed(self.executor.forward(batch, may_stop))
+        return self._wrapped(self.executor.forward(batch, may_stop))
 
     def catch_up(self, batch, num_layers, may_stop=None):
-        return self._timed(self.executor.catch_up(batch, num_layers, may_stop))
+        return self._wrapped(self.executor.catch_up(batch, num_layers, may_stop))
+
+    def _wrapped(self, forward_pass):
+        return ForwardPass(self._timed(forward_pass), forward_pass.state)  # reporting what the pass it times holds
 
     def _timed(self, forward_pass):
         """`forward_pass` with time passing in each stage; what the engine sends (caught-up rows) goes through."""

@@ -33,6 +33,18 @@ def test_the_engine_never_imports_the_harness():
     assert not any(offending.values()), offending
 
 
+FRAME_INSIDES = ("gi_frame", "gi_yieldfrom", "f_locals", "f_back", "currentframe", "sys._getframe")
+
+
+def test_nothing_reads_a_generator_frame():
+    """What a suspended pass holds and what each expert received are reported by its executor
+    (qllm.executor.ForwardPass); no module of the engine or the harness looks inside a frame, so
+    renaming a local cannot change a memory decision or a profile."""
+    files = sorted((PROJECT_ROOT / "qllm").rglob("*.py")) + sorted((PROJECT_ROOT / "harness").rglob("*.py"))
+    found = {str(p.relative_to(PROJECT_ROOT)): [name for name in FRAME_INSIDES if name in p.read_text()] for p in files}
+    assert len(files) > 20 and not {path: names for path, names in found.items() if names}
+
+
 ENGINE_INSIDES = {"scheduler", "executor", "memory", "policy", "running", "suspended", "waiting"}
 
 

@@ -126,9 +126,9 @@ def test_expert_granularity_holds_an_ls_prefill_back_by_at_most_one_expert_group
             assert not pd.isna(q.expert) or pd.isna(q.layer), q
 
 
-def test_a_pass_suspended_between_experts_holds_plain_tensors_in_visible_frames():
-    """Grad mode on (as outside the tests): the suspended state builds no autograd graph, and every
-    frame of the pass is reachable through gi_yieldfrom (what qllm.memory walks to measure it)."""
+def test_a_pass_suspended_between_experts_holds_plain_tensors():
+    """Grad mode on (as outside the tests): the state a suspended pass keeps, as its executor reports
+    it (the MoE block's routing and partial sums among it), builds no autograd graph."""
     model = family_model("qwen2_moe", num_layers=2)
     executor = RealExecutor(model, granularity="expert")
     sequence = Sequence(Request("r0", 0.0, 9, 1, "BE", 1), list(range(1, 10)), executor.new_kv())
@@ -136,12 +136,7 @@ def test_a_pass_suspended_between_experts_holds_plain_tensors_in_visible_frames(
     with torch.enable_grad():
         while next(forward_pass).expert in (None, ATTENTION):  # stop after the first expert group
             pass
-    frames, generator = [], forward_pass
-    while generator is not None:
-        frames.append(generator.gi_frame)
-        generator = generator.gi_yieldfrom
-    assert [f.f_code.co_name for f in frames] == ["_pass", "_run_layer_by_parts", "_run_experts"]  # forward returns _pass
-    moe = frames[-1].f_locals["moe"]
-    tensors = [v for f in frames for v in f.f_locals.values() if isinstance(v, torch.Tensor)] + [moe.routed]
-    assert moe.num_done == 1 and not any(t.requires_grad for t in tensors)
+    tensors = forward_pass.state.tensors()
+    assert forward_pass.routed_tokens is not None and len(tensors) > 10
+    assert not any(t.requires_grad for t in tensors)
     forward_pass.close()

@@ -1,9 +1,12 @@
 """Memory budget, admission control and overload: every request accounted for, and the KV reserved
 plus the state of suspended passes (the rule the engine enforces, which bounds the KV allocated)
-within the budget at every recorded instant."""
+within the budget at every recorded instant; and the state a suspended real pass reports, against a
+hand count of its tensors."""
 
 from __future__ import annotations
 
+import pytest
+import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -11,6 +14,8 @@ from omegaconf import OmegaConf
 from harness.engines import RunResources
 from harness.metrics import requests_table, summary_table, timeline_table
 from qllm.adapters import adapter_for
+from qllm.executor import ATTENTION
+from qllm.real_executor import RealExecutor
 from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 
 
@@ -129,3 +134,79 @@ def test_summary_reports_peak_memory_and_the_longest_wait(config, resources):
     assert 0 < summary.loc["all", "peak_kv_needed_bytes"] <= summary.loc["all", "peak_kv_allocated_bytes"]
     assert summary.loc["all", "peak_suspended_bytes"] > 0  # the BE prefill was preempted mid-pass
     assert summary.loc["BE", "max_wait_s"] >= 1
+
+
+# What a real pass reports it holds, against a hand count of its tensors. A bfloat16 Mixtral (hidden
+# 64, 4 heads of 16, 4 experts, top 2, one attention window), 2 layers, sdpa (boolean masks), KV
+# blocks of 16 tokens, over a mixed, padded batch: two decode rows (7 and 4 keys) and two prompts of
+# 5 and 2 tokens, right-padded to 5.
+HIDDEN, HEAD_DIM, TOP_K, NUM_EXPERTS = 64, 16, 2, 4
+BF16, FP32, INT64, BOOL = 2, 4, 8, 1
+DECODE = dict(rows=2, query=1, keys=7, real=2)
+PROMPTS = dict(rows=2, query=5, keys=5, real=7)
+TOKENS = DECODE["real"] + PROMPTS["real"]  # the pass's real tokens, packed for the MLP half
+PACKED = TOKENS * HIDDEN * BF16  # one packed [tokens, hidden] activation
+
+
+def group_inputs(rows, query, keys, real):
+    """A row group's tensors for the whole pass: position ids, cos and sin, its one mask, the real
+    slots where padded, and its cache's gather index (a block per row) and write index (slot, row,
+    query slot per real token)."""
+    padded = rows * query > real
+    return (rows * query * INT64 + 2 * rows * query * HEAD_DIM * BF16 + rows * query * keys * BOOL
+            + (real * INT64 if padded else 0) + rows * INT64 + 3 * real * INT64)  # fmt: skip
+
+
+INPUTS = group_inputs(**DECODE) + group_inputs(**PROMPTS)
+EMBEDDINGS = (DECODE["rows"] * DECODE["query"] + PROMPTS["rows"] * PROMPTS["query"]) * HIDDEN * BF16
+# A layer's output, unpacked: the decode rows are a view of the packed output (its whole storage
+# counts); the padded prompt rows a fresh [rows * query, hidden] tensor.
+LAYER_OUTPUT = PACKED + PROMPTS["rows"] * PROMPTS["query"] * HIDDEN * BF16
+
+
+def expected_held(granularity: str, implementation: str, layer: int, expert) -> int:
+    """Bytes a pass suspended at checkpoint (layer, expert) keeps, counted by hand."""
+    if granularity == "layer":  # the pass's inputs and the layer's output
+        return INPUTS + LAYER_OUTPUT
+    held = INPUTS + (EMBEDDINGS if layer == 0 else LAYER_OUTPUT)  # and the layer's input until its end
+    if expert == ATTENTION:
+        return held + PACKED  # the attended tokens
+    if expert == "in block":  # attended tokens, MLP input, router weights (float32), expert index and its sort
+        held += 2 * PACKED + TOKENS * TOP_K * (FP32 + INT64 + INT64)
+        # partial sums: a running sum in the model dtype (eager), or one float32 output per slot
+        return held + (PACKED if implementation == "eager" else TOKENS * TOP_K * HIDDEN * FP32)
+    return held + 3 * PACKED  # after the MLP half: its input and output, and the layer's output
+
+
+@pytest.mark.parametrize("implementation", ["grouped_mm", "eager"])
+@pytest.mark.parametrize("granularity", ["layer", "expert"])
+def test_a_real_pass_reports_the_tensors_it_holds_and_what_each_expert_received(granularity, implementation):
+    from tests.test_executor import make_sequences, step
+    from tests.test_moe import family_model
+
+    model = family_model("mixtral", implementation, torch.bfloat16, num_layers=2)
+    executor = RealExecutor(model, granularity)
+    decoding = make_sequences(executor, [[5, 6, 7, 8, 9, 10], [11, 12, 13]], [3, 3])
+    step(executor, decoding)  # their prefill: they decode from now on
+    joining = make_sequences(executor, [[1, 2, 3, 4, 5], [6, 7]], [3, 3])
+    routers = [parts.moe.router for parts in executor.adapter.parts]
+    routed = {}  # layer -> the router's expert index [tokens, top_k]
+    hooks = [router.register_forward_hook(lambda module, args, output, layer=layer: routed.update({layer: output[2]}))
+             for layer, router in enumerate(routers)]  # fmt: skip
+    forward_pass = executor.forward(decoding + joining)
+    stops = [(checkpoint, forward_pass.held_bytes(), forward_pass.routed_tokens) for checkpoint in forward_pass]
+    for hook in hooks:
+        hook.remove()
+    assert forward_pass.held_bytes() == 0  # an ended pass holds nothing
+    assert len(stops) == (2 if granularity == "layer" else 2 * 2 + sum(len(r.unique()) - 1 for r in routed.values()))
+    for number, (checkpoint, held, routed_tokens) in enumerate(stops):
+        layer, expert = checkpoint.layer, checkpoint.expert
+        ends_layer = number + 1 == len(stops) or stops[number + 1][0].layer != layer
+        in_block = granularity == "expert" and expert != ATTENTION and not ends_layer
+        assert held == expected_held(granularity, implementation, layer, "in block" if in_block else expert), checkpoint
+        if in_block:  # the tokens each expert received, as the router chose them
+            received = torch.bincount(routed[layer].flatten(), minlength=NUM_EXPERTS).tolist()
+            assert routed_tokens == received and sum(received) == TOKENS * TOP_K
+            assert received[expert] > 0  # the expert group just run received tokens
+        else:
+            assert routed_tokens is None, checkpoint

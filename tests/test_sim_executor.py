@@ -16,7 +16,6 @@ from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.batch import Batch
 from qllm.executor import ATTENTION, Checkpoint, run_to_completion
-from qllm.memory import suspended_bytes
 from qllm.real_executor import RealExecutor
 from qllm.request import Request
 from qllm.scheduler import Scheduler
@@ -79,9 +78,10 @@ def batch_of(executor) -> list[Sequence]:
             for i, p in enumerate(PROMPTS)]  # fmt: skip
 
 
-def run_pass(executor, decode: bool = False) -> list[tuple[Checkpoint, int]]:
+def run_pass(executor, decode: bool = False) -> tuple[list[tuple[Checkpoint, int, list[int] | None]], list[int]]:
     """Every checkpoint of one prefill pass (with `decode`, of the decode pass after it), with the
-    bytes its suspended frame would hold there."""
+    bytes the executor reports the pass would hold there, suspended, and the tokens it reports each
+    expert of the MoE block it is in received; and the pass's tokens."""
     sequences = batch_of(executor)
     if decode:
         for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
@@ -94,14 +94,14 @@ def run_pass(executor, decode: bool = False) -> list[tuple[Checkpoint, int]]:
             checkpoint = next(batch.forward_pass)
         except StopIteration as done:
             return stops, done.value
-        stops.append((checkpoint, suspended_bytes(batch)))
+        stops.append((checkpoint, batch.forward_pass.held_bytes(), batch.forward_pass.routed_tokens))
 
 
 def real_routing(model, num_experts: int, decode: bool = False) -> np.ndarray:
     """Which experts received tokens in each MoE layer of the real pass (from its checkpoints at one
     expert per group), as token counts of 1."""
     stops, _ = run_pass(RealExecutor(model, "expert", 1), decode)
-    routed = [c for c, _ in stops if c.expert not in (None, ATTENTION)]
+    routed = [c for c, *_ in stops if c.expert not in (None, ATTENTION)]
     sparse = sorted({c.layer for c in routed})
     tokens = np.zeros((len(sparse), num_experts), dtype=int)
     for checkpoint in routed:
@@ -122,13 +122,16 @@ def test_the_sim_stops_where_the_real_executor_does_holding_what_it_holds(family
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, group)
     sim.routing = FixedRouting(real_routing(model, sim.model.num_experts, decode=phase == "decode"))
     sim_stops, sim_tokens = run_pass(sim, decode=phase == "decode")
-    assert [c for c, _ in sim_stops] == [c for c, _ in real_stops]
-    assert all(held > 0 for _, held in real_stops)
-    assert [held for _, held in sim_stops] == [held for _, held in real_stops]  # estimated from shapes, exactly
+    assert [c for c, *_ in sim_stops] == [c for c, *_ in real_stops]
+    assert all(held > 0 for _, held, _ in real_stops)
+    assert [held for _, held, _ in sim_stops] == [held for _, held, _ in real_stops]  # estimated from shapes, exactly
+    # Inside an MoE block both report which experts received tokens (the sim's routing is the real one's).
+    assert [None if r is None else np.flatnonzero(r).tolist() for *_, r in sim_stops] == \
+        [None if r is None else np.flatnonzero(r).tolist() for *_, r in real_stops]
     assert len(sim_tokens) == len(real_tokens) and set(sim_tokens) == {PLACEHOLDER_TOKEN}
     if granularity == "expert":
-        assert any(c.expert not in (None, ATTENTION) for c, _ in sim_stops)
-        assert (family in ("dense_layer", "latent_attention")) == any(c.expert is None for c, _ in sim_stops)
+        assert any(c.expert not in (None, ATTENTION) for c, *_ in sim_stops)
+        assert (family in ("dense_layer", "latent_attention")) == any(c.expert is None for c, *_ in sim_stops)
 
 
 def layer_checkpoint_bytes(batch: int, query: int, key: int, real: int, blocks: int) -> int:
@@ -153,7 +156,7 @@ def test_the_bytes_held_at_a_layer_checkpoint_are_the_tensors_counted_by_hand(ph
     expected = layer_checkpoint_bytes(3, 9, 9, 16, 1) if phase == "prefill" else layer_checkpoint_bytes(3, 1, 10, 3, 1)
     for executor in (RealExecutor(model, "layer"), SimExecutor(config, VirtualClock(), KnownCosts, "layer")):
         stops, _ = run_pass(executor, decode=phase == "decode")
-        assert [held for _, held in stops] == [expected] * 3, type(executor).__name__
+        assert [held for _, held, _ in stops] == [expected] * 3, type(executor).__name__
 
 
 def test_the_clock_advances_by_the_cost_models_stages():
@@ -212,7 +215,7 @@ def ls_prompt(executor) -> list[Sequence]:
 def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
     """A decode pass stopped at its `stops`-th checkpoint, an LS prompt's catch-up pass up to that
     layer, and the decode pass going on with the prompt's rows: each one's checkpoints, with the
-    bytes its suspended frame would hold there."""
+    bytes the executor reports the pass would hold there, suspended."""
     sequences = batch_of(executor)
     for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
         sequence.output_ids.append(token)
@@ -220,7 +223,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
     decode.forward_pass = executor.forward(sequences)
     before = []
     for _ in range(stops):
-        before.append((next(decode.forward_pass), suspended_bytes(decode)))
+        before.append((next(decode.forward_pass), decode.forward_pass.held_bytes()))
     catch_up = Batch.of(ls_prompt(executor))
     catch_up.forward_pass = executor.catch_up(catch_up.sequences, before[-1][0].layer + 1)
     parts, sent = [before], None
@@ -233,7 +236,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
                 sent = done.value
                 break
             sent = None
-            stops_of_part.append((checkpoint, suspended_bytes(batch)))
+            stops_of_part.append((checkpoint, batch.forward_pass.held_bytes()))
         parts.append(stops_of_part)
     assert len(sent) == len(sequences) + 1  # tokens for the decode rows and the prompt
     return parts
@@ -245,7 +248,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
 def test_the_sim_merges_a_caught_up_prompt_where_the_real_executor_does(family, granularity, stops):
     """Catch-up merge: the suspended decode pass, the prompt's catch-up pass and the merged pass reach the
     same checkpoints on both executors (at expert granularity, inside the layer the decode pass stopped
-    in, then the merged layers), and each suspended frame holds the same bytes, the waiting rows included."""
+    in, then the merged layers), and each suspended pass reports the same bytes, the waiting rows included."""
     model, config = family_model(family)
     real = merged_run(RealExecutor(model, granularity, 1), stops)
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, 1)
@@ -299,6 +302,21 @@ def drive(forward_pass) -> tuple[list, object]:
             checkpoints.append(next(forward_pass))
         except StopIteration as done:
             return checkpoints, done.value
+
+
+def test_the_sim_reports_its_drawn_routing_inside_each_moe_block():
+    _, config = family_model("dense_layer")  # MoE layers 0 and 2 (with a shared expert); layer 1 dense
+    sim = SimExecutor(config, VirtualClock(), KnownCosts, "expert", 1)
+    tokens = np.zeros((2, sim.model.num_experts), dtype=int)
+    tokens[0, [0, 3]], tokens[1, [1, 2, 4]] = [20, 12], [10, 10, 12]
+    sim.routing = FixedRouting(tokens)
+    forward_pass = sim.forward(batch_of(sim))
+    reported = [(c.layer, c.expert, forward_pass.routed_tokens) for c in forward_pass]
+    # Between a block's expert groups (the shared expert, last, ends the layer): its routing; else None.
+    in_block = [(0, 0), (0, 3), (2, 1), (2, 2), (2, 4)]
+    assert [(layer, expert) for layer, expert, routed in reported if routed is not None] == in_block
+    assert all(routed == tokens[layer // 2].tolist() for layer, _, routed in reported if routed is not None)
+    assert forward_pass.held_bytes() == 0  # an ended pass holds nothing
 
 
 def test_routing_sends_each_token_to_top_k_distinct_experts():

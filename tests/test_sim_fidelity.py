@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import sim_fidelity
+from harness.profile_app import profile_in_process
 from harness.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 
@@ -63,12 +64,35 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
         "--duration", "0.5", "--max-prompt-len", "24", "--max-output-len", "6", "--max-requests", "10",
         "--profile-override", "shapes.num_shapes=8", "--profile-override", "shapes.max_batch_size=4",
         "--profile-override", "shapes.max_prompt_len=24", "--profile-override", "shapes.max_context_len=32",
-        "--profile-override", "engine_run.num_requests=40", "--out", str(out),
+        "--profile-override", "engine_run.num_requests=40", "--real-runs", "3", "--out", str(out),
     ])  # fmt: skip
     written = pd.read_csv(out)
     assert len(written) == len(table) > 0 and set(written["workload"]) == {0, 1} and (written["seed"] == 3).all()
     assert set(written["metric"]) <= set(sim_fidelity.METRICS.values()) and "throughput" in set(written["metric"])
-    assert np.isfinite(written[["real_a", "real_b", "sim", "error", "real_spread"]]).all().all()
-    assert (written["sim"] > 0).all() and (written["real_a"] > 0).all()
+    assert np.isfinite(written[["real_1", "real_2", "real_3", "sim", "error", "real_spread", "floor"]]).all().all()
+    assert (written["sim"] > 0).all() and (written["real_1"] > 0).all()
+    reals = written[["real_1", "real_2", "real_3"]]
+    np.testing.assert_allclose(written["real_mean"], reals.mean(axis=1))
+    np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
+    np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
     printed = capsys.readouterr().out
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
+    assert "floor median %" in printed
+
+
+def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, capsys):
+    from benchmarks import pass_fidelity
+
+    profile = tmp_path / "tiny.parquet"
+    profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24",
+                                                 "shapes.max_context_len=32", "engine_run.num_requests=40"])  # fmt: skip
+    out = tmp_path / "passes.csv"
+    table = pass_fidelity.main(["--profile", str(profile), "--seed", "4", "--shapes", "5", "--repeats", "1", "--out", str(out)])
+    written = pd.read_csv(out)
+    assert len(written) == len(table) == 5 * 3 and set(written["granularity"]) == set(pass_fidelity.GRANULARITIES)
+    assert (written["measured_s"] > 0).all() and (written["predicted_s"] > 0).all()
+    np.testing.assert_allclose(written["error"], written["predicted_s"] / written["measured_s"] - 1)
+    # Checkpoints cost time: a pass that stops after every expert is predicted dearer than one that never stops.
+    by_granularity = written.groupby("granularity")["predicted_s"].sum()
+    assert by_granularity["expert"] > by_granularity["iteration"]
+    assert "|error| median %" in capsys.readouterr().out

@@ -73,13 +73,16 @@ class CatchUpPlan:
     def layer_end(self, layer: int) -> int:
         return self.plan.layer_end(layer)
 
+    def received(self, layer: int) -> list[int]:
+        return self.plan.received(layer)
+
 
 class MergedPlan:
     """`before` up to the end of `layer` (the pass's own rows), then `after` (the plan of the pass with
     the rows that joined it) from the next layer on, its times moved to follow on."""
 
     def __init__(self, before, after, layer: int) -> None:
-        self.before, self.after = before, after
+        self.before, self.after, self.layer = before, after, layer
         self.split, after_split = before.layer_end(layer), after.layer_end(layer)
         self.shift = after_split - self.split  # `after`'s index of a checkpoint past the split
         split_s = float(before.ends_s[self.split])
@@ -94,6 +97,11 @@ class MergedPlan:
     def layer_end(self, layer: int) -> int:
         return self.before.layer_end(layer) if self.before.layer_end(layer) <= self.split else \
             self.after.layer_end(layer) - self.shift  # fmt: skip
+
+    def received(self, layer: int) -> list[int]:
+        """Tokens each routed expert of MoE layer `layer` received: up to the split, the pass's own rows'
+        routing; after it, the merged pass's."""
+        return self.before.received(layer) if layer <= self.layer else self.after.received(layer)
 
 
 def row_group_costs(cost_model: CostModel, shapes: list[PassShape]) -> StageCosts:

@@ -9,14 +9,15 @@ its end), in one step, so an idle checkpoint costs nothing. The engine sees the 
 at the same times either way (tests/test_sim_executor.py).
 
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
-KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only); while a pass is set aside, its frame holds one tensor
-on the meta device, sized as what the real pass would hold there (qllm.sim.held), which
-qllm.memory measures as it measures a real frame: counted, never allocated.
+KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
+each checkpoint the pass reports (`SimPassState`) the bytes the real pass would hold there,
+estimated from shapes (qllm.sim.held): counted, never allocated; and inside an MoE block, the
+tokens the drawn routing sent to each of its experts.
 
 Catch-up merge (qllm.sim.catch_up): `catch_up` runs a pass's plan cut after its last layer and
 returns its rows; a pass sent such rows at a checkpoint goes on with the merged pass's plan from its
-next layer boundary on, and holds them as the real pass does (waiting at a layer boundary, then
-as one more row group).
+next layer boundary on, and reports holding them as the real pass does (waiting at a layer
+boundary, then as one more row group).
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from collections.abc import Callable, Generator
 from typing import Protocol
 
 import numpy as np
-import torch
 from transformers import PretrainedConfig
 
-from qllm.executor import Checkpoint, check_catch_up, check_granularity
+from qllm.executor import Checkpoint, ForwardPass, check_catch_up, check_granularity
 from qllm.kv import BlockPool, SequenceKV
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
 from qllm.sim.held import held_bytes
-from qllm.sim.plan import AT_BOUNDARY, ExpertPlan, WholeLayerPlan
+from qllm.sim.plan import AT_BOUNDARY, IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
 
@@ -85,19 +85,22 @@ class SimExecutor:
 
     def forward(
         self, batch: list[Sequence], may_stop: Callable[[], bool] | None = None
-    ) -> Generator[Checkpoint, None, list[int]]:
+    ) -> ForwardPass:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
         rows = self._rows(batch)
-        return simulated_pass(self.clock, self, self.plan(rows.shape), [rows], self.num_layers, may_stop)
+        return self._start(self.plan(rows.shape), rows, self.num_layers, may_stop)
 
     def catch_up(
         self, batch: list[Sequence], num_layers: int, may_stop: Callable[[], bool] | None = None
-    ) -> Generator[Checkpoint, None, SimCaughtUp]:
+    ) -> ForwardPass:
         """`batch` through layers 0..num_layers-1 (qllm.executor.Executor.catch_up)."""
         check_catch_up(num_layers, self.num_layers)
         rows = self._rows(batch)
-        return simulated_pass(self.clock, self, CatchUpPlan(self.plan(rows.shape), num_layers), [rows], num_layers,
-                              may_stop)  # fmt: skip
+        return self._start(CatchUpPlan(self.plan(rows.shape), num_layers), rows, num_layers, may_stop)
+
+    def _start(self, plan, rows: SimRows, num_layers: int, may_stop: Callable[[], bool] | None) -> ForwardPass:
+        state = SimPassState(self)
+        return ForwardPass(simulated_pass(self.clock, self, plan, [rows], num_layers, may_stop, state), state)
 
     def _rows(self, batch: list[Sequence]) -> SimRows:
         num_new_tokens = tuple(s.num_new_tokens for s in batch)
@@ -157,13 +160,39 @@ class ExpertCostTable:
         return self.table[tokens]
 
 
+class SimPassState:
+    """A simulated pass's report (qllm.executor.PassState) at the checkpoint it stopped at: what the
+    real pass would hold there (`SimExecutor.held_bytes`: its row groups, and rows sent to it that wait
+    for its next layer boundary), and inside an MoE block the plan's drawn routing."""
+
+    __slots__ = ("executor", "plan", "groups", "waiting", "layer", "kind")
+
+    def __init__(self, executor: SimExecutor) -> None:
+        self.executor = executor
+        self.plan = None  # the pass's plan at the checkpoint (a merged pass's after rows were sent to it)
+        self.groups: list[SimRows] = []  # the pass's row groups there
+        self.waiting: list[SimRows] = []  # rows sent to it that have not joined it yet
+        self.layer: int | None = None
+        self.kind: int | None = None  # None: not stopped at a checkpoint (not started, or ended)
+
+    def stop_at(self, layer: int, kind: int, plan, groups: list[SimRows], waiting: list[SimRows]) -> None:
+        self.layer, self.kind, self.plan, self.groups, self.waiting = layer, kind, plan, groups, waiting
+
+    def held_bytes(self) -> int:
+        return 0 if self.kind is None else self.executor.held_bytes(self.groups, self.waiting, self.kind)
+
+    @property
+    def routed_tokens(self) -> list[int] | None:
+        return self.plan.received(self.layer) if self.kind == IN_MOE else None
+
+
 def simulated_pass(
     clock: SimulatedClock, executor: SimExecutor, plan, groups: list[SimRows], num_layers: int,
-    may_stop: Callable[[], bool] | None,
-) -> Generator[Checkpoint, None, list[int] | SimCaughtUp]:
-    """Run `plan` on `clock` for layers 0..num_layers-1 (see the module docstring). Few locals, on
-    purpose: qllm.memory walks this frame to measure a suspended pass, and finds here only what a real
-    pass would hold. Rows sent at a checkpoint (`SimCaughtUp`) wait for the layer's end, then join."""
+    may_stop: Callable[[], bool] | None, state: SimPassState,
+) -> Generator[Checkpoint, SimCaughtUp | None, list[int] | SimCaughtUp]:
+    """Run `plan` on `clock` for layers 0..num_layers-1 (see the module docstring), recording in
+    `state` where it stops, with which row groups, and which rows wait to join it. Rows sent at a
+    checkpoint (`SimCaughtUp`) wait for the layer's end, then join."""
     for group in groups:
         group.start()
     waiting: list[SimRows] = []  # rows sent to the pass, until its next layer boundary
@@ -191,10 +220,8 @@ def simulated_pass(
             checkpoint, kind = plan.checkpoint(stop)
             if waiting and checkpoint.layer > merged_after:  # past the boundary: they are row groups of the pass
                 groups, waiting = groups + waiting, []
-            # What the real pass's frame would hold here, on the meta device: counted, never allocated.
-            suspended_state = torch.empty(executor.held_bytes(groups, waiting, kind), dtype=torch.uint8, device="meta")
+            state.stop_at(checkpoint.layer, kind, plan, groups, waiting)  # what the real pass would hold here
             rows = yield checkpoint
-            del suspended_state
             if rows is not None:  # they join after this layer: its end, then the merged pass's layers
                 waiting, merged_after = waiting + list(rows.groups), checkpoint.layer  # the pass's now (or released)
                 if rows.num_layers != checkpoint.layer + 1 or rows.num_layers >= num_layers:
@@ -211,6 +238,7 @@ def simulated_pass(
             group.commit()
         return [PLACEHOLDER_TOKEN] * sum(len(group.kvs) for group in groups)
     finally:
+        state.kind = None  # an ended pass holds nothing
         if not is_handed_over:
             for group in groups + waiting:
                 group.release()

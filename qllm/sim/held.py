@@ -1,7 +1,7 @@
-"""What a suspended real pass holds, estimated from shapes: the bytes qllm.memory would measure in
-the real executor's frame at a checkpoint (qllm/real_executor.py), for the simulator to account.
+"""What a suspended real pass holds, estimated from shapes: the bytes the real executor reports
+(`ForwardPass.held_bytes`, qllm/real_executor.py) at a checkpoint, for the simulator to account.
 
-At every checkpoint the frame keeps the residual stream, padded [batch, query, hidden], and the
+At every checkpoint the pass keeps the residual stream, padded [batch, query, hidden], and the
 pass's inputs (position embeddings, position ids, one attention mask per window, and where rows are
 padded the index of the real tokens). Inside a layer run in halves it also keeps the packed real
 tokens [tokens, hidden] (qllm.row_groups): after attention, the attended tokens; inside an MoE
@@ -9,7 +9,7 @@ block, those, the block's input, the routing (weights and expert index per token
 index's sort by expert) and the
 partial sums: one running sum per token (`eager` experts) or one output per token and slot
 (`grouped_mm`, `batched_mm`); after the MLP half, its input and output and the layer's output.
-tests/test_sim_executor.py checks the estimate against the real executor's measured bytes.
+tests/test_sim_executor.py checks the estimate against the bytes the real executor reports.
 """
 
 from __future__ import annotations

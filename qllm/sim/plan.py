@@ -105,6 +105,10 @@ class ExpertPlan:
         _, positions, row_width, _ = self._layout
         return int(np.searchsorted(positions // row_width, layer, side="right")) - 1
 
+    def received(self, layer: int) -> list[int]:
+        """Tokens each routed expert of MoE layer `layer` received."""
+        return self.routed_tokens[int(np.sum(self.model.sparse_layers[:layer]))].tolist()
+
     @functools.cached_property
     def _layout(self) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
         """(ends_s, each checkpoint's position in the flattened rows, the row width, each layer's last column)."""
