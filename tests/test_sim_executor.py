@@ -212,10 +212,11 @@ def ls_prompt(executor) -> list[Sequence]:
     return [Sequence(Request("ls", 0.0, 6, 3, "LS", 0), list(range(3, 9)), executor.new_kv())]
 
 
-def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
+def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int, list[int] | None]]]:
     """A decode pass stopped at its `stops`-th checkpoint, an LS prompt's catch-up pass up to that
     layer, and the decode pass going on with the prompt's rows: each one's checkpoints, with the
-    bytes the executor reports the pass would hold there, suspended."""
+    bytes the executor reports the pass would hold there, suspended, and the tokens it reports each
+    expert of the MoE block it is in received."""
     sequences = batch_of(executor)
     for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
         sequence.output_ids.append(token)
@@ -223,7 +224,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
     decode.forward_pass = executor.forward(sequences)
     before = []
     for _ in range(stops):
-        before.append((next(decode.forward_pass), decode.forward_pass.held_bytes()))
+        before.append((next(decode.forward_pass), decode.forward_pass.held_bytes(), decode.forward_pass.routed_tokens))
     catch_up = Batch.of(ls_prompt(executor))
     catch_up.forward_pass = executor.catch_up(catch_up.sequences, before[-1][0].layer + 1)
     parts, sent = [before], None
@@ -236,7 +237,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int]]]:
                 sent = done.value
                 break
             sent = None
-            stops_of_part.append((checkpoint, batch.forward_pass.held_bytes()))
+            stops_of_part.append((checkpoint, batch.forward_pass.held_bytes(), batch.forward_pass.routed_tokens))
         parts.append(stops_of_part)
     assert len(sent) == len(sequences) + 1  # tokens for the decode rows and the prompt
     return parts
@@ -254,15 +255,57 @@ def test_the_sim_merges_a_caught_up_prompt_where_the_real_executor_does(family, 
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, 1)
     if granularity == "expert":  # each pass's real routing: prefill (no stop), decode, the prompt alone, merged
         solo, stopped_in = RealExecutor(model, granularity, 1), real[0][-1][0].layer
-        merged = [c for c, _ in real[2]]
-        decode = [c for c, _ in real[0]] + [c for c in merged if c.layer == stopped_in]  # its later layers: every expert
+        merged = [c for c, *_ in real[2]]
+        decode = [c for c, *_ in real[0]] + [c for c in merged if c.layer == stopped_in]  # its later layers: every expert
         sim.routing = RoutingPerPass(routing_of([], sim), routing_of(decode, sim),
                                      routing_of(list(solo.forward(ls_prompt(solo))), sim), routing_of(merged, sim))  # fmt: skip
     simulated = merged_run(sim, stops)
-    assert [[c for c, _ in part] for part in simulated] == [[c for c, _ in part] for part in real]
-    assert [[held for _, held in part] for part in simulated] == [[held for _, held in part] for part in real]
-    assert all(c.layer <= real[0][-1][0].layer for c, _ in real[1])  # the catch-up stops in the decode pass's layer
+    assert [[c for c, *_ in part] for part in simulated] == [[c for c, *_ in part] for part in real]
+    assert [[held for _, held, _ in part] for part in simulated] == [[held for _, held, _ in part] for part in real]
+    # Inside an MoE block both report which experts received tokens: in the layer the decode pass stopped
+    # in, its own rows' routing (the rows sent wait); after it, the merged pass's.
+    experts = lambda routed: None if routed is None else np.flatnonzero(routed).tolist()  # noqa: E731
+    assert [[experts(r) for *_, r in part] for part in simulated] == [[experts(r) for *_, r in part] for part in real]
+    assert all(c.layer <= real[0][-1][0].layer for c, *_ in real[1])  # the catch-up stops in the decode pass's layer
     assert real[2][-1][0].layer == config.num_hidden_layers - 1
+
+
+def test_rows_waiting_to_join_a_pass_are_held_by_it_counted_by_hand():
+    """Catch-up merge at expert granularity: the LS prompt's rows (one row of 6 tokens, run through layer
+    0), sent to a decode pass stopped after layer 0's attention, wait there until its layer 0 ends. At
+    each checkpoint until then the pass reports what the same pass without them holds plus the rows'
+    tensors at a layer boundary, counted by hand (their hidden states, row group inputs, cache indices);
+    once they joined, they are its own rows and it holds more than that."""
+    model, config = family_model("mixtral")
+    waiting = layer_checkpoint_bytes(1, 6, 6, 6, 1)
+    executors = {"real": lambda: RealExecutor(model, "expert", 1),
+                 "sim": lambda: SimExecutor(config, VirtualClock(), KnownCosts, "expert", 1)}  # fmt: skip
+    for name, make in executors.items():
+        alone, merged = (make() for _ in range(2))  # two passes over equal batches, each on its own executor
+        if name == "sim":  # the same routing for both passes (and the prompt's), every expert hit
+            for sim in (alone, merged):
+                sim.routing = FixedRouting(np.ones((sim.num_sparse_layers, sim.model.num_experts), dtype=int))
+        passes = []
+        for executor in (alone, merged):
+            sequences = batch_of(executor)
+            for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
+                sequence.output_ids.append(token)
+            passes.append(executor.forward(sequences))
+        alone_pass, merged_pass = passes
+        assert next(alone_pass) == next(merged_pass) == Checkpoint(layer=0, expert=ATTENTION)
+        _, rows = drive(merged.catch_up(ls_prompt(merged), 1))
+        in_layer_0, sent = 0, rows
+        while True:
+            checkpoint, sent = merged_pass.send(sent), None
+            assert next(alone_pass) == checkpoint, name
+            if checkpoint.layer > 0:
+                break
+            assert merged_pass.held_bytes() == alone_pass.held_bytes() + waiting, (name, checkpoint)
+            in_layer_0 += 1
+        assert in_layer_0 > 1  # layer 0's expert groups and its end
+        assert merged_pass.held_bytes() > alone_pass.held_bytes() + waiting, name  # joined: its packed tokens too
+        merged_pass.close()
+        alone_pass.close()
 
 
 def test_a_catch_up_costs_its_layers_and_the_merged_pass_a_mixed_passs_remaining_layers():
