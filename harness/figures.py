@@ -203,11 +203,14 @@ def preemption_rows(timeline: pd.DataFrame) -> pd.Series:
     """True for quanta after which their batch was set aside mid-pass (another batch ran next).
 
     A pass is its layer quanta then a whole-batch quantum (layer NA: final norm and LM head),
-    so a layer quantum followed by a different batch is a preemption. `timeline` holds one engine.
+    so a layer quantum followed by a different batch is a preemption; not one followed by a batch
+    holding its sequences and more (a catch-up pass's end, its rows joining the batch it caught up
+    with). `timeline` holds one engine.
     """
     ordered = timeline.sort_values("t_start_s")
-    batch = ordered["request_ids"].map(lambda ids: tuple(sorted(ids)))
-    preempted = ordered["layer"].notna() & (batch != batch.shift(-1)) & batch.shift(-1).notna()
+    batch = list(ordered["request_ids"].map(frozenset))
+    set_aside = [later is not None and not now <= later for now, later in zip(batch, [*batch[1:], None])]
+    preempted = ordered["layer"].notna() & pd.Series(set_aside, index=ordered.index, dtype=bool)
     return preempted.reindex(timeline.index)
 
 

@@ -1,10 +1,14 @@
-"""A batch in flight: its sequences and the forward pass that may be set aside mid-way."""
+"""A batch in flight: its sequences and the forward pass that may be set aside mid-way.
+
+Catch-up merge: a batch started while another is suspended may be a catch-up (`joins`): its pass
+runs only the target's first layers, then its sequences join the target (`take_in`), whose pass
+takes their rows at its next quantum (`joining`) and runs the rest once for both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qllm.executor import Checkpoint, ForwardPass
+from qllm.executor import CaughtUp, Checkpoint, ForwardPass
 from qllm.sequence import Sequence
 
 
@@ -21,12 +25,25 @@ class Batch:
     is_resuming: bool = False  # the next quantum continues a preempted pass
     run_s: float = 0.0  # compute time spent on this pass so far, suspensions excluded
     suspended_bytes: int = 0  # tensors its pass keeps while set aside (reported by the executor when suspended)
+    # A catch-up batch: the suspended batch its sequences join once its pass has run them up to that
+    # batch's layer (qllm.executor.Executor.catch_up); None for a batch that runs a whole pass.
+    joins: Batch | None = None
+    joining: CaughtUp | None = None  # rows that caught up with this pass, sent to it at its next quantum
 
     @classmethod
     def of(cls, sequences: list[Sequence]) -> Batch:
         num_prompts = sum(s.is_prefill for s in sequences)
         return cls(sequences, is_prefill=num_prompts == len(sequences), is_mixed=0 < num_prompts < len(sequences),
                    num_tokens=sum(s.num_new_tokens for s in sequences))  # fmt: skip
+
+    def take_in(self, catch_up: Batch, rows: CaughtUp) -> None:
+        """`catch_up`'s sequences, run up to this (suspended) pass's layer, join it after its own: its pass
+        takes their `rows` at its next quantum, and the batch is one pass for all from there."""
+        merged = Batch.of(self.sequences + catch_up.sequences)
+        self.sequences, self.is_prefill, self.is_mixed = merged.sequences, merged.is_prefill, merged.is_mixed
+        self.num_tokens = merged.num_tokens
+        self.joining = rows
+        self.checkpoint = None  # no checkpoint decision before its rows are in (no pass reports them yet)
 
     @property
     def kind(self) -> str:
@@ -36,6 +53,11 @@ class Batch:
     @property
     def request_ids(self) -> tuple[str, ...]:
         return tuple(s.request_id for s in self.sequences)
+
+    @property
+    def has_urgent_prompt(self) -> bool:
+        """Holds an LS prompt (or a promoted BE one): every prefill batch of urgent work, or a merged one."""
+        return any(s.is_urgent and s.is_prefill for s in self.sequences)
 
     @property
     def is_urgent(self) -> bool:

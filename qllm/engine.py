@@ -6,6 +6,12 @@ run one quantum of it, and post-process a pass that ended. A quantum runs up to 
 checkpoint of the batch's forward pass (a decoder layer with `layer` granularity, an attention
 half or an expert group with `expert`, the whole pass with `iteration`); a suspended pass's
 generator keeps its state, so resuming recomputes nothing.
+
+With `catch_up_merge`, an LS prompt batch that preempted a decode batch inside layer L runs as a
+catch-up pass (layers 0..L, qllm.executor.Executor.catch_up), preemptible like any pass; when it
+ends, its sequences join the suspended batch, whose next quantum takes their rows (`send`), and the
+rest of that pass runs once for all: one quantum's record lists every sequence of the merged batch,
+of kind "mixed", and they all get their tokens when it ends.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class QLLMEngine:
         experts_per_checkpoint: int = 1,
         memory_budget_mb: float | None = None,
         be_aging_s: float | None = None,
+        catch_up_merge: bool = False,
         name: str = "qllm",
     ):
         """`executor` builds the executor (`qllm.real_executor.RealExecutor` with its model bound, say)
@@ -55,7 +62,8 @@ class QLLMEngine:
                 f"({self.executor.kv_pool.block_bytes} B): set it higher, or null for no limit"
             )
         memory = MemoryBudget(budget_bytes, self.executor.kv_pool)
-        self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s)
+        self.scheduler = Scheduler(policy, checkpoint_policy, memory, events, self.executor.num_layers, be_aging_s,
+                                   catch_up_merge)  # fmt: skip
 
     @property
     def model_config(self):
@@ -94,21 +102,32 @@ class QLLMEngine:
         batch = self.scheduler.next_batch(now_s)
         if batch is None:
             return
-        next_tokens = self._run_quantum(batch)
-        if next_tokens is not None:
-            self._finish_pass(batch, next_tokens)
+        result = self._run_quantum(batch)
+        if result is None:
+            return
+        if batch.joins is not None:  # a catch-up pass: its rows join the batch it caught up with
+            self.scheduler.merge(batch, result)
+        else:
+            self._finish_pass(batch, result)
 
-    def _run_quantum(self, batch: Batch) -> list[int] | None:
-        """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended."""
+    def _run_quantum(self, batch: Batch):
+        """One quantum of `batch`'s pass; returns each sequence's next token when the pass ended (a
+        catch-up pass: its rows, qllm.executor.CaughtUp)."""
         if batch.forward_pass is None:
             may_stop = functools.partial(self.scheduler.may_stop, batch)  # asked each time the pass goes on
-            batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
+            if batch.joins is None:
+                batch.forward_pass = self.executor.forward(batch.sequences, may_stop=may_stop)
+            else:  # up to the layer its target stopped in, that layer included
+                batch.forward_pass = self.executor.catch_up(batch.sequences, batch.joins.checkpoint.layer + 1, may_stop)
+        rows, batch.joining = batch.joining, None
         t_start_s = self.clock.now()
         try:
-            batch.checkpoint = next(batch.forward_pass)
-            layer, expert, next_tokens = batch.checkpoint.layer, batch.checkpoint.expert, None
+            batch.checkpoint = batch.forward_pass.send(rows)  # next(), unless caught-up rows join the pass here
+            layer, expert, result = batch.checkpoint.layer, batch.checkpoint.expert, None
         except StopIteration as done:
-            layer, expert, next_tokens = None, None, done.value
+            # A catch-up pass ends after its target's layer; any other pass after the LM head.
+            layer, expert, result = (None if batch.joins is None else batch.joins.checkpoint.layer), None, done.value
+        del rows
         t_end_s = self.clock.now()
         batch.run_s += t_end_s - t_start_s
         self.events.quantum(
@@ -125,7 +144,7 @@ class QLLMEngine:
             )
         )
         batch.is_resuming = False
-        return next_tokens
+        return result
 
     def _finish_pass(self, batch: Batch, next_tokens: list[int]) -> None:
         for sequence, token in zip(batch.sequences, next_tokens):

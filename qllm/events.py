@@ -22,7 +22,9 @@ class Quantum:
     kind: str  # "prefill", "decode", or "mixed" (prompts and decode tokens in one pass)
     request_ids: tuple[str, ...]  # the sequences in the batch
     num_tokens: int  # tokens fed to the model in this quantum (prompt or decode tokens)
-    layer: int | None = None  # decoder layer the quantum ended after; None for a whole forward pass
+    # Decoder layer the quantum ended after; None at a pass's end (its LM head), but a catch-up pass ends
+    # after the layer of the batch it joins (qllm.engine): its last quantum records that layer.
+    layer: int | None = None
     expert: int | None = None  # expert (group) the quantum ended after, inside `layer`
     is_resume: bool = False  # the quantum continued a batch that had been preempted
     # The engine's state when the quantum ended, where the engine reports it (QLLM: every quantum):

@@ -2,7 +2,13 @@
 checkpoint like a generator and reports, at its current checkpoint, what it holds (bytes) and what
 each expert of the MoE block it is in received. `qllm.real_executor.RealExecutor` runs the model on
 torch; every executor yields at the same checkpoints and reports the same things, so the scheduler,
-policies and memory accounting run unchanged on any, and none of them looks inside a pass."""
+policies and memory accounting run unchanged on any, and none of them looks inside a pass.
+
+Catch-up merge: a catch-up pass (`Executor.catch_up`) runs a batch through a suspended pass's first
+layers and hands over its rows (`CaughtUp`) instead of tokens; sent to the suspended pass at its
+checkpoint (`forward_pass.send(rows)`), they join it at its next layer boundary, and the rest of
+that pass runs once for both (attention per row group, the MLP half on their packed tokens). Until
+they join, the pass they were sent to reports them among what it holds."""
 
 from __future__ import annotations
 
@@ -28,6 +34,16 @@ class Checkpoint:
     expert: int | None = None
 
 
+class CaughtUp(Protocol):
+    """Rows a catch-up pass has run through layers 0..num_layers-1, with their in-flight caches: they
+    belong to the pass they are sent to (which commits or releases them), or to `release`."""
+
+    num_layers: int
+
+    def release(self) -> None:
+        """They will join no pass: their caches end in flight, uncommitted (a closed pass's rule)."""
+
+
 class PassState(Protocol):
     """What an executor records of one pass as it runs, read at the pass's current checkpoint."""
 
@@ -42,13 +58,14 @@ class PassState(Protocol):
 
 
 class ForwardPass:
-    """One forward pass as the engine drives it: an iterator of checkpoints (`next`, `close`, as the
-    generator `steps` it wraps; its StopIteration.value is each sequence's next token) that reports,
-    through `state`, what the executor recorded at its current checkpoint."""
+    """One forward pass as the engine drives it: an iterator of checkpoints (`next`, `send`, `close`,
+    as the generator `steps` it wraps; its StopIteration.value is each sequence's next token, or a
+    catch-up pass's rows) that reports, through `state`, what the executor recorded at its current
+    checkpoint. `send(rows)` in place of `next()` hands the pass caught-up rows (`CaughtUp`)."""
 
     __slots__ = ("steps", "state")
 
-    def __init__(self, steps: Generator[Checkpoint, None, list[int]], state: PassState) -> None:
+    def __init__(self, steps: Generator[Checkpoint, CaughtUp | None, list[int] | CaughtUp], state: PassState) -> None:
         self.steps = steps
         self.state = state
 
@@ -58,7 +75,8 @@ class ForwardPass:
     def __next__(self) -> Checkpoint:
         return next(self.steps)
 
-    def send(self, value) -> Checkpoint:
+    def send(self, value: CaughtUp | None) -> Checkpoint:
+        """Go on to the next checkpoint, taking caught-up rows there (`None`: as `next`)."""
         return self.steps.send(value)
 
     def throw(self, *args) -> Checkpoint:
@@ -92,7 +110,19 @@ class Executor(Protocol):
 
         `may_stop`, asked each time the pass goes on, says whether the engine may stop it at a
         checkpoint before new work arrives; when it says no, an executor may run past checkpoints
-        up to the next arrival (the simulator does; the real executor yields at every one)."""
+        up to the next arrival (the simulator does; the real executor yields at every one).
+
+        At any checkpoint the pass accepts, through `send`, `CaughtUp` rows whose `num_layers` is
+        the layer after the one it is in: they join it at its next layer boundary, and its result
+        then covers its own sequences followed by theirs. Until they join, what it reports holding
+        includes what those rows hold (their inputs, caches' indices and hidden states)."""
+
+    def catch_up(
+        self, batch: list, num_layers: int, may_stop: Callable[[], bool] | None = None
+    ) -> ForwardPass:
+        """`forward` through layers 0..num_layers-1 only (0 < num_layers < the model's): the same
+        checkpoints and reports, but the pass ends after its last layer (no checkpoint there) and
+        returns its rows, to be sent to a pass waiting at layer `num_layers` (see `forward`)."""
 
 
 def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
@@ -100,6 +130,11 @@ def check_granularity(granularity: str, experts_per_checkpoint: int) -> None:
         raise ConfigurationError(f"granularity {granularity!r}: expected one of {GRANULARITIES}")
     if experts_per_checkpoint < 1:
         raise ConfigurationError(f"experts_per_checkpoint must be >= 1; got {experts_per_checkpoint}")
+
+
+def check_catch_up(num_layers: int, model_layers: int) -> None:
+    if not 0 < num_layers < model_layers:
+        raise ValueError(f"a catch-up pass runs 1 to {model_layers - 1} layers, then joins a pass; got {num_layers}")
 
 
 def run_to_completion(forward_pass: ForwardPass) -> list[int]:

@@ -23,10 +23,21 @@ the generator's frame (hidden states, position embeddings, masks, cache, partial
 is the saved state, so nothing is copied and nothing is recomputed. The pass records which of
 those tensors it keeps at each checkpoint, and the routing of the MoE block it is in
 (`qllm.memory.HeldTensors`): what the engine accounts for a suspended pass, and the profiler reads.
+
+Catch-up merge: `catch_up(batch, L)` runs a batch (an LS prompt) through layers 0..L-1 with the
+usual checkpoints but none at its end, and returns its rows (`CaughtUpRows`: row groups, caches in
+flight, hidden states) instead of tokens. Sent to a suspended pass at a checkpoint of layer L-1
+(`send(rows)` in place of `next()`), they wait there (`Joining`, which the pass reports holding)
+until that pass finishes layer L-1, then join it: from layer L on both run as one pass, attention
+per row group and the MLP half on their packed tokens, and the pass returns every row's token. At
+layer granularity the suspended pass is at layer L-1's end, so they join at once; at expert
+granularity it may be inside layer L-1 (after its attention or an expert group), and then finishes
+that layer's remaining experts for its own rows first: rows join only at a layer boundary.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
 
 import torch
@@ -36,7 +47,7 @@ from qllm import rotary
 from qllm.adapters import adapter_for
 from qllm.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
-from qllm.executor import ATTENTION, Checkpoint, ForwardPass, check_granularity
+from qllm.executor import ATTENTION, Checkpoint, ForwardPass, check_catch_up, check_granularity
 from qllm.kv import KVPool, SequenceKV
 from qllm.memory import HeldTensors
 from qllm.moe import ExpertByExpert, MoeParts
@@ -83,34 +94,80 @@ class RealExecutor:
         a batch of one group without padding calls each layer whole. New keys and values are
         committed when the pass completes; a pass closed before that leaves every cache as it was.
         Appending the tokens to `output_ids` is the engine's job.
-        """
-        state = HeldTensors()
-        return ForwardPass(self._pass(batch, state), state)
 
-    def _pass(self, batch: list[Sequence], state: HeldTensors) -> Generator[Checkpoint, None, list[int]]:
-        """`forward`'s steps, recording in `state` what the pass keeps at each checkpoint."""
+        Rows sent at a checkpoint (`CaughtUpRows`, from `catch_up`) join at the next layer boundary:
+        their row groups attend on their own and share the MLP half; the pass then returns tokens
+        for `batch` followed by their rows, and commits (or, closed, releases) their caches too.
+        """
+        return self._start(batch, self.num_layers)
+
+    def catch_up(self, batch: list[Sequence], num_layers: int, may_stop=None) -> ForwardPass:
+        """`batch` through layers 0..num_layers-1, to join a pass waiting at layer `num_layers`
+        (qllm.executor.Executor.catch_up): `forward`'s checkpoints but the last layer's end, where it
+        returns its rows (`CaughtUpRows`) with their caches in flight."""
+        check_catch_up(num_layers, self.num_layers)
+        return self._start(batch, num_layers)
+
+    def _start(self, batch: list[Sequence], num_layers: int) -> ForwardPass:
+        state = HeldTensors()
+        return ForwardPass(self._pass(batch, num_layers, state), state)
+
+    def _pass(
+        self, batch: list[Sequence], num_layers: int, state: HeldTensors
+    ) -> Generator[Checkpoint, CaughtUpRows | None, list[int] | CaughtUpRows]:
+        """Layers 0..num_layers-1 over `batch`; the next tokens after the model's last layer, else the
+        rows. It records in `state` what the pass keeps at each checkpoint, rows waiting to join included."""
         caches = self._new_caches(batch)
+        joining = Joining()  # rows sent at a checkpoint, waiting for the next layer boundary
+        is_handed_over = False  # a catch-up pass's caches go with its rows
         try:
             groups, hiddens = self._row_groups(batch, caches)
             state.hold("inputs", *groups)
-            whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
-            for index in range(self.num_layers):
+            state.hold("joining", joining)  # read when measured: whatever waits then
+            num_rows = len(batch)
+            for index in range(num_layers):
+                while joining.rows:  # no loop variable: a suspended pass keeps no stale reference to their inputs
+                    groups, hiddens, num_rows = self._join(index, joining.rows[0], groups, hiddens, caches, num_rows)
+                    del joining.rows[0]  # theirs are the pass's caches now
+                    state.hold("inputs", *groups)  # the rows that joined are the pass's own row groups now
+                whole_layers = self.granularity != "expert" and len(groups) == 1 and groups[0].real_slots is None
+                ends_pass = index == num_layers - 1 and num_layers < self.num_layers  # a catch-up's last layer
                 if whole_layers:
                     hiddens = [self._run_layer(index, hiddens[0], groups[0])]
                 else:
                     state.hold("residual", *hiddens)  # the layer's input, until its output replaces it
-                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, state)
-                if self.granularity == "layer":
+                    hiddens = yield from self._run_layer_by_parts(index, hiddens, groups, state, joining, ends_pass)
+                if self.granularity == "layer" and not ends_pass:
                     state.hold("residual", *hiddens)
-                    yield Checkpoint(layer=index)
-            next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, len(batch)))
+                    joining.wait((yield Checkpoint(layer=index)))
+            if joining.rows:
+                raise ValueError("rows sent to a pass after its last layer's checkpoint cannot join it")
+            if num_layers < self.num_layers:
+                is_handed_over = True
+                return CaughtUpRows(num_rows, num_layers, caches, groups, hiddens)
+            next_token_ids = self._greedy_next_tokens(last_tokens(hiddens, groups, num_rows))
             for cache in caches:
                 cache.commit()
             return next_token_ids
         finally:
             state.clear()
-            for cache in caches:
-                cache.release()
+            if not is_handed_over:
+                for cache in caches:
+                    cache.release()
+                for rows in joining.rows:
+                    rows.release()
+
+    @staticmethod
+    def _join(
+        index: int, rows: CaughtUpRows, groups: list[RowGroup], hiddens: list[torch.Tensor],
+        caches: list[UnifiedDynamicCache], num_rows: int,
+    ) -> tuple[list[RowGroup], list[torch.Tensor], int]:
+        """`rows` join the pass before layer `index`, after its own rows; their caches become the pass's."""
+        if rows.num_layers != index:
+            raise ValueError(f"rows run through layers 0..{rows.num_layers - 1} cannot join a pass at layer {index}")
+        caches.extend(rows.caches)
+        shifted = [dataclasses.replace(g, rows=tuple(num_rows + r for r in g.rows)) for g in rows.groups]
+        return groups + shifted, hiddens + rows.hiddens, num_rows + rows.num_rows
 
     def _new_caches(self, batch: list[Sequence]) -> list[UnifiedDynamicCache]:
         """One cache per row group (`rows_by_phase`); none is left in flight if one cannot be made."""
@@ -163,11 +220,13 @@ class RealExecutor:
         )
 
     def _run_layer_by_parts(
-        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], state: HeldTensors
-    ) -> Generator[Checkpoint, None, list[torch.Tensor]]:
+        self, index: int, hiddens: list[torch.Tensor], groups: list[RowGroup], state: HeldTensors,
+        joining: Joining, ends_pass: bool = False,
+    ) -> Generator[Checkpoint, CaughtUpRows | None, list[torch.Tensor]]:
         """Layer `index` in halves: attention per row group, then the MLP half on the packed real
         tokens; returns each group's output [rows, query, hidden]. At expert granularity it
-        checkpoints after the attention half, after each expert group, and at the layer's end.
+        checkpoints after the attention half, after each expert group, and at the layer's end (unless
+        the layer `ends_pass`: a catch-up's last); rows sent at a checkpoint wait in `joining`.
         Every step it takes runs under no_grad itself.
         """
         parts: LayerParts = self.adapter.parts[index]
@@ -178,23 +237,23 @@ class RealExecutor:
         by_experts = self.granularity == "expert"
         if by_experts:
             state.hold("mlp", tokens)
-            yield Checkpoint(layer=index, expert=ATTENTION)
+            joining.wait((yield Checkpoint(layer=index, expert=ATTENTION)))
         mlp_input = parts.mlp_input(tokens)  # [tokens, hidden]
         if parts.moe is None or not by_experts:  # a dense MLP, or the MoE block called whole
             mlp_output, last_expert = parts.run_mlp(mlp_input[None])[0], None
         else:
             state.hold("mlp", tokens, mlp_input)
-            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, state)
+            mlp_output, last_expert = yield from self._run_experts(index, parts.moe, mlp_input, state, joining)
         tokens = parts.finish_mlp(tokens, mlp_output)
-        if by_experts:
+        if by_experts and not ends_pass:
             state.hold("mlp", tokens, mlp_input, mlp_output)
-            yield Checkpoint(layer=index, expert=last_expert)
+            joining.wait((yield Checkpoint(layer=index, expert=last_expert)))
         state.drop("mlp")
         return unpack(tokens, groups)
 
     def _run_experts(
-        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, state: HeldTensors
-    ) -> Generator[Checkpoint, None, tuple[torch.Tensor, int]]:
+        self, index: int, moe_parts: MoeParts, mlp_input: torch.Tensor, state: HeldTensors, joining: Joining
+    ) -> Generator[Checkpoint, CaughtUpRows | None, tuple[torch.Tensor, int]]:
         """Layer `index`'s MoE block on [tokens, hidden], a checkpoint after each expert group but the
         last (the layer's own checkpoint follows it); returns (its output [tokens, hidden], the last expert)."""
         moe = ExpertByExpert(moe_parts, mlp_input)  # routes every token
@@ -205,7 +264,7 @@ class RealExecutor:
             for expert in group:
                 moe.run(expert)
             if number < len(groups):
-                yield Checkpoint(layer=index, expert=group[-1])
+                joining.wait((yield Checkpoint(layer=index, expert=group[-1])))
         state.drop("moe")
         state.routed_tokens = None
         return moe.output(), groups[-1][-1]
@@ -214,3 +273,42 @@ class RealExecutor:
     def _greedy_next_tokens(self, last_hidden: torch.Tensor) -> list[int]:
         logits = self.adapter.lm_head(self.adapter.norm(last_hidden))  # [batch, vocab]
         return logits.argmax(dim=-1).tolist()
+
+
+@dataclasses.dataclass(frozen=True)
+class CaughtUpRows:
+    """A catch-up pass's rows after its last layer (qllm.executor.CaughtUp): their row groups, caches
+    (in flight, layers 0..num_layers-1 written) and hidden states, ready to join a pass at layer `num_layers`."""
+
+    num_rows: int
+    num_layers: int
+    caches: list[UnifiedDynamicCache]
+    groups: list[RowGroup]  # rows numbered from 0: the pass they join renumbers them after its own
+    hiddens: list[torch.Tensor]  # per group, [rows, query, hidden]: the input of layer `num_layers`
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """What the rows keep while they wait to join a pass: their hidden states, each row group's
+        inputs and its cache's indices (qllm.row_groups.RowGroup.held_tensors)."""
+        return [*self.hiddens, *(t for group in self.groups for t in group.held_tensors()),
+                *(t for cache in self.caches for t in cache.held_tensors())]  # fmt: skip
+
+    def release(self) -> None:
+        for cache in self.caches:
+            cache.release()
+
+
+class Joining:
+    """Rows sent to a pass at its checkpoints (`send`; `next` sends None), waiting for its next layer
+    boundary, oldest first. The pass holds them until they join it (a part of its `HeldTensors`, read
+    when measured: `held_tensors`), then as its own row groups."""
+
+    def __init__(self) -> None:
+        self.rows: list[CaughtUpRows] = []
+
+    def wait(self, rows: CaughtUpRows | None) -> None:
+        """Rows sent at the checkpoint the pass goes on from, if any, wait for its next layer boundary."""
+        if rows is not None:
+            self.rows.append(rows)
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return [tensor for rows in self.rows for tensor in rows.held_tensors()]

@@ -4,6 +4,11 @@ A sequence is waiting for memory, queued (in the scheduling policy's order), run
 batch being executed) or suspended (in a batch set aside mid-pass); `Sequence.status` says which.
 The scheduler admits what memory allows, asks the checkpoint policy whether to set the running
 batch aside, and, when nothing runs, resumes a suspended batch or starts the policy's next one.
+
+Catch-up merge (`catch_up_merge`): an LS prompt batch started while a decode batch is suspended
+after (or inside) layer L runs layers 0..L only, as a catch-up pass, then joins that batch
+(`merge`), whose pass runs the rest of the model once for both; until then the decode batch waits
+for it and is not resumed alone.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Scheduler:
         events: EventSink,
         num_layers: int,
         be_aging_s: float | None = None,
+        catch_up_merge: bool = False,
     ) -> None:
         self.policy = policy
         self.checkpoint_policy = checkpoint_policy
@@ -35,6 +41,7 @@ class Scheduler:
         self.events = events
         self.num_layers = num_layers
         self.be_aging_s = be_aging_s  # a BE sequence waiting longer is served as LS (None: never)
+        self.catch_up_merge = catch_up_merge  # LS prompts catch up with the suspended decode batch and join it
         self.waiting = PriorityQueue()  # submitted, not admitted yet: most urgent admitted first
         self.running: Batch | None = None
         self.suspended: list[Batch] = []  # preempted batches, oldest first
@@ -88,7 +95,8 @@ class Scheduler:
         the policy's next batch, else (the policy has nothing to start) the oldest suspended one."""
         if self.running is None:
             self._promote_aged(now_s)
-            resumable = self.suspended[0] if self.suspended else None
+            awaited = {id(batch.joins) for batch in self.suspended if batch.joins is not None}
+            resumable = next((batch for batch in self.suspended if id(batch) not in awaited), None)
             if resumable is not None and not is_outranked(self.policy, resumable):
                 self._resume(resumable)
             else:
@@ -100,6 +108,13 @@ class Scheduler:
                 elif resumable is not None:
                     self._resume(resumable)
         return self.running
+
+    def merge(self, catch_up: Batch, rows) -> None:
+        """`catch_up`'s pass has run its prompts up to its target's layer (`rows`, qllm.executor.CaughtUp):
+        the target runs again with them, and its pass goes on as one for both."""
+        target = catch_up.joins
+        self._resume(target)
+        target.take_in(catch_up, rows)
 
     def finish_pass(self, batch: Batch, now_s: float) -> None:
         """The running pass is done and each sequence holds its new token: finished sequences leave,
@@ -188,6 +203,18 @@ class Scheduler:
             sequence.status = SequenceStatus.RUNNING
             self.events.scheduled(sequence.request_id)
         self.running = Batch.of(sequences)
+        self.running.joins = self._catch_up_target(self.running)
+
+    def _catch_up_target(self, batch: Batch) -> Batch | None:
+        """The suspended batch `batch` catches up with, when merging is on: an urgent prompt batch joins
+        the batch set aside last if it is a decode batch that no other catch-up awaits, and has layers left
+        after the one it stopped in (its last layer's end leaves only the LM head to share)."""
+        if not (self.catch_up_merge and batch.is_prefill and batch.is_urgent and self.suspended):
+            return None
+        target = self.suspended[-1]
+        if target.kind != "decode" or target.checkpoint.layer + 1 >= self.num_layers:
+            return None
+        return None if any(other.joins is target for other in self.suspended) else target
 
     def _suspend(self, batch: Batch, held_bytes: int, now_s: float) -> None:
         for sequence in batch.sequences:
@@ -209,9 +236,13 @@ class Scheduler:
 
     def _dissolve(self, batch: Batch) -> None:
         """Close `batch`'s pass (an unfinished pass commits nothing) and queue its sequences again,
-        each as it was before the pass."""
+        each as it was before the pass; a catch-up batch heading for it is dissolved too."""
+        for catch_up in [b for b in (self.running, *self.suspended) if b is not None and b.joins is batch]:
+            self._dissolve(catch_up)
         if batch.forward_pass is not None:
             batch.forward_pass.close()
+        if batch.joining is not None:  # rows sent to it, not taken in yet
+            batch.joining.release()
         if batch is self.running:
             self.running = None
         else:

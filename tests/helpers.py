@@ -129,18 +129,25 @@ class TimedExecutor:
         return getattr(self.executor, name)
 
     def forward(self, batch, may_stop=None):
-        forward_pass = self.executor.forward(batch, may_stop)
+        return self._wrapped(self.executor.forward(batch, may_stop))
+
+    def catch_up(self, batch, num_layers, may_stop=None):
+        return self._wrapped(self.executor.catch_up(batch, num_layers, may_stop))
+
+    def _wrapped(self, forward_pass):
         return ForwardPass(self._timed(forward_pass), forward_pass.state)  # reporting what the pass it times holds
 
     def _timed(self, forward_pass):
+        """`forward_pass` with time passing in each stage; what the engine sends (caught-up rows) goes through."""
+        sent = None
         while True:
             try:
-                checkpoint = next(forward_pass)
+                checkpoint, sent = forward_pass.send(sent), None
             except StopIteration as done:
                 self.clock.t += self.cost(None)
                 return done.value
             self.clock.t += self.cost(checkpoint)
-            yield checkpoint
+            sent = yield checkpoint
 
 
 def replay_timed(resources: RunResources, engine_cfg: DictConfig, requests: list[Request], cost=lambda c: 1.0,

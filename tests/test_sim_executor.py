@@ -184,6 +184,169 @@ def test_the_clock_advances_by_the_cost_models_stages():
     assert clock.now() == pytest.approx(t + COSTS.pass_end_s)
 
 
+class RoutingPerPass:
+    """Each pass's routing in the order passes are planned (tokens per expert per MoE layer)."""
+
+    def __init__(self, *tokens: np.ndarray) -> None:
+        self.tokens = list(tokens)
+
+    def tokens_per_expert(self, num_layers: int, num_tokens: int) -> np.ndarray:
+        return self.tokens.pop(0)
+
+
+def routing_of(checkpoints: list[Checkpoint], sim: SimExecutor) -> np.ndarray:
+    """The experts that received tokens in each MoE layer, as counts of 1, read from a real pass's
+    checkpoints at one expert per group (layers it has no checkpoint in: every expert)."""
+    model = sim.model
+    tokens = np.ones((sim.num_sparse_layers, model.num_experts), dtype=int)
+    sparse = list(model.sparse_layer_indices)
+    for layer in {c.layer for c in checkpoints if c.expert not in (None, ATTENTION)}:
+        tokens[sparse.index(layer)] = 0
+    for c in checkpoints:
+        if c.expert not in (None, ATTENTION) and c.expert < model.num_experts:
+            tokens[sparse.index(c.layer), c.expert] = 1
+    return tokens
+
+
+def ls_prompt(executor) -> list[Sequence]:
+    return [Sequence(Request("ls", 0.0, 6, 3, "LS", 0), list(range(3, 9)), executor.new_kv())]
+
+
+def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int, list[int] | None]]]:
+    """A decode pass stopped at its `stops`-th checkpoint, an LS prompt's catch-up pass up to that
+    layer, and the decode pass going on with the prompt's rows: each one's checkpoints, with the
+    bytes the executor reports the pass would hold there, suspended, and the tokens it reports each
+    expert of the MoE block it is in received."""
+    sequences = batch_of(executor)
+    for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
+        sequence.output_ids.append(token)
+    decode = Batch.of(sequences)
+    decode.forward_pass = executor.forward(sequences)
+    before = []
+    for _ in range(stops):
+        before.append((next(decode.forward_pass), decode.forward_pass.held_bytes(), decode.forward_pass.routed_tokens))
+    catch_up = Batch.of(ls_prompt(executor))
+    catch_up.forward_pass = executor.catch_up(catch_up.sequences, before[-1][0].layer + 1)
+    parts, sent = [before], None
+    for batch in (catch_up, decode):
+        stops_of_part = []
+        while True:
+            try:
+                checkpoint = batch.forward_pass.send(sent)
+            except StopIteration as done:
+                sent = done.value
+                break
+            sent = None
+            stops_of_part.append((checkpoint, batch.forward_pass.held_bytes(), batch.forward_pass.routed_tokens))
+        parts.append(stops_of_part)
+    assert len(sent) == len(sequences) + 1  # tokens for the decode rows and the prompt
+    return parts
+
+
+@pytest.mark.parametrize("family", ["mixtral", "shared_expert", "dense_layer", "latent_attention"])
+@pytest.mark.parametrize("granularity, stops", [("layer", 1), ("layer", 2), ("expert", 1), ("expert", 3),
+                                                ("expert", 6)])  # fmt: skip
+def test_the_sim_merges_a_caught_up_prompt_where_the_real_executor_does(family, granularity, stops):
+    """Catch-up merge: the suspended decode pass, the prompt's catch-up pass and the merged pass reach the
+    same checkpoints on both executors (at expert granularity, inside the layer the decode pass stopped
+    in, then the merged layers), and each suspended pass reports the same bytes, the waiting rows included."""
+    model, config = family_model(family)
+    real = merged_run(RealExecutor(model, granularity, 1), stops)
+    sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, 1)
+    if granularity == "expert":  # each pass's real routing: prefill (no stop), decode, the prompt alone, merged
+        solo, stopped_in = RealExecutor(model, granularity, 1), real[0][-1][0].layer
+        merged = [c for c, *_ in real[2]]
+        decode = [c for c, *_ in real[0]] + [c for c in merged if c.layer == stopped_in]  # its later layers: every expert
+        sim.routing = RoutingPerPass(routing_of([], sim), routing_of(decode, sim),
+                                     routing_of(list(solo.forward(ls_prompt(solo))), sim), routing_of(merged, sim))  # fmt: skip
+    simulated = merged_run(sim, stops)
+    assert [[c for c, *_ in part] for part in simulated] == [[c for c, *_ in part] for part in real]
+    assert [[held for _, held, _ in part] for part in simulated] == [[held for _, held, _ in part] for part in real]
+    # Inside an MoE block both report which experts received tokens: in the layer the decode pass stopped
+    # in, its own rows' routing (the rows sent wait); after it, the merged pass's.
+    experts = lambda routed: None if routed is None else np.flatnonzero(routed).tolist()  # noqa: E731
+    assert [[experts(r) for *_, r in part] for part in simulated] == [[experts(r) for *_, r in part] for part in real]
+    assert all(c.layer <= real[0][-1][0].layer for c, *_ in real[1])  # the catch-up stops in the decode pass's layer
+    assert real[2][-1][0].layer == config.num_hidden_layers - 1
+
+
+def test_rows_waiting_to_join_a_pass_are_held_by_it_counted_by_hand():
+    """Catch-up merge at expert granularity: the LS prompt's rows (one row of 6 tokens, run through layer
+    0), sent to a decode pass stopped after layer 0's attention, wait there until its layer 0 ends. At
+    each checkpoint until then the pass reports what the same pass without them holds plus the rows'
+    tensors at a layer boundary, counted by hand (their hidden states, row group inputs, cache indices);
+    once they joined, they are its own rows and it holds more than that."""
+    model, config = family_model("mixtral")
+    waiting = layer_checkpoint_bytes(1, 6, 6, 6, 1)
+    executors = {"real": lambda: RealExecutor(model, "expert", 1),
+                 "sim": lambda: SimExecutor(config, VirtualClock(), KnownCosts, "expert", 1)}  # fmt: skip
+    for name, make in executors.items():
+        alone, merged = (make() for _ in range(2))  # two passes over equal batches, each on its own executor
+        if name == "sim":  # the same routing for both passes (and the prompt's), every expert hit
+            for sim in (alone, merged):
+                sim.routing = FixedRouting(np.ones((sim.num_sparse_layers, sim.model.num_experts), dtype=int))
+        passes = []
+        for executor in (alone, merged):
+            sequences = batch_of(executor)
+            for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
+                sequence.output_ids.append(token)
+            passes.append(executor.forward(sequences))
+        alone_pass, merged_pass = passes
+        assert next(alone_pass) == next(merged_pass) == Checkpoint(layer=0, expert=ATTENTION)
+        _, rows = drive(merged.catch_up(ls_prompt(merged), 1))
+        in_layer_0, sent = 0, rows
+        while True:
+            checkpoint, sent = merged_pass.send(sent), None
+            assert next(alone_pass) == checkpoint, name
+            if checkpoint.layer > 0:
+                break
+            assert merged_pass.held_bytes() == alone_pass.held_bytes() + waiting, (name, checkpoint)
+            in_layer_0 += 1
+        assert in_layer_0 > 1  # layer 0's expert groups and its end
+        assert merged_pass.held_bytes() > alone_pass.held_bytes() + waiting, name  # joined: its packed tokens too
+        merged_pass.close()
+        alone_pass.close()
+
+
+def test_a_catch_up_costs_its_layers_and_the_merged_pass_a_mixed_passs_remaining_layers():
+    """Layer granularity on known costs: the prompt alone pays the pass's start and layer 0; the merged
+    pass pays each remaining layer once, with one attention half per row group and one MoE half."""
+    _, config = family_model("mixtral")
+    clock = VirtualClock()
+    sim = SimExecutor(config, clock, KnownCosts, "layer")
+    sequences = batch_of(sim)
+    run_to_completion(sim.forward(sequences))
+    decode = sim.forward(sequences)
+    assert next(decode) == Checkpoint(layer=0)
+    t0 = clock.now()
+    checkpoints, rows = drive(sim.catch_up(ls_prompt(sim), 1))
+    assert checkpoints == []  # layer 0 is its last: it ends there
+    t1 = clock.now()
+    assert t1 - t0 == pytest.approx(COSTS.pass_overhead_s + COSTS.pass_start_s + COSTS.layer_s)
+    merged_layer_s = COSTS.layer_s + COSTS.attention_s  # two attention halves (decode rows, prompt rows), one MoE
+    times = []
+    sent = rows
+    while True:
+        try:
+            decode.send(sent)
+        except StopIteration:
+            break
+        sent = None
+        times.append(clock.now())
+    expected = [t1 + COSTS.checkpoint_s + merged_layer_s, t1 + 2 * (COSTS.checkpoint_s + merged_layer_s)]
+    assert times == pytest.approx(expected)
+    assert clock.now() == pytest.approx(expected[-1] + COSTS.checkpoint_s + COSTS.pass_end_s)
+
+
+def drive(forward_pass) -> tuple[list, object]:
+    checkpoints = []
+    while True:
+        try:
+            checkpoints.append(next(forward_pass))
+        except StopIteration as done:
+            return checkpoints, done.value
+
+
 def test_the_sim_reports_its_drawn_routing_inside_each_moe_block():
     _, config = family_model("dense_layer")  # MoE layers 0 and 2 (with a shared expert); layer 1 dense
     sim = SimExecutor(config, VirtualClock(), KnownCosts, "expert", 1)
@@ -231,14 +394,18 @@ def mixed_requests(n: int, seed: int) -> list[Request]:
                     "LS" if i % 4 == 1 else "BE", 0 if i % 4 == 1 else 1) for i in range(n)]  # fmt: skip
 
 
-@pytest.mark.parametrize("engine, granularity", [("qllm", "expert"), ("qllm", "layer"), ("qllm_slo_slack", "expert"),
-                                                  ("fcfs_rtc", "iteration"), ("priority_cb", "iteration")])  # fmt: skip
-def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, monkeypatch):
+@pytest.mark.parametrize("engine, granularity, merge", [
+    ("qllm", "expert", False), ("qllm", "layer", False), ("qllm_slo_slack", "expert", False),
+    ("fcfs_rtc", "iteration", False), ("priority_cb", "iteration", False), ("qllm", "expert", True),
+    ("qllm", "layer", True), ("qllm_slo_slack", "expert", True),
+])  # fmt: skip
+def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, merge, monkeypatch):
     config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit",
                             f"engine=[{engine}]", "slo.LS.ttft_s=0.15")  # tight: slo_slack preempts too  # fmt: skip
     requests = mixed_requests(60, seed=3)
-    skipped, skipped_timeline = sim_run(config, engine, requests, False, monkeypatch, granularity=granularity)
-    stepped, stepped_timeline = sim_run(config, engine, requests, True, monkeypatch, granularity=granularity)
+    overrides = {"granularity": granularity, "catch_up_merge": merge}
+    skipped, skipped_timeline = sim_run(config, engine, requests, False, monkeypatch, **overrides)
+    stepped, stepped_timeline = sim_run(config, engine, requests, True, monkeypatch, **overrides)
     columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions", "generated_len"]
     pd.testing.assert_frame_equal(skipped[columns], stepped[columns], rtol=0, atol=1e-9)
     assert (skipped["status"] == "finished").all()
@@ -246,6 +413,10 @@ def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, monk
         assert skipped["preemptions"].sum() > 0  # the schedule compared includes preemptions
     if granularity != "iteration":
         assert len(skipped_timeline) < len(stepped_timeline)  # and the skips happened
+    merged = skipped_timeline[(skipped_timeline["kind"] == "mixed") & skipped_timeline["is_resume"].astype(bool)]
+    if engine == "qllm" or not merge:
+        assert (len(merged) > 0) == merge  # LS prompts joined the decode passes they preempted
+    assert ((merged["num_ls"] > 0) & (merged["num_be"] > 0)).all()
 
 
 class PreemptDecodesForPrompts:
@@ -267,14 +438,17 @@ def test_a_checkpoint_policy_that_preempts_for_other_work_is_not_skipped(monkeyp
     pd.testing.assert_frame_equal(skipped[columns], stepped[columns], rtol=0, atol=1e-9)
 
 
-def test_kv_and_suspended_state_are_accounted(monkeypatch):
+@pytest.mark.parametrize("merge", [False, True])
+def test_kv_and_suspended_state_are_accounted(monkeypatch, merge):
     """A budget run on the sim: reserved and allocated KV and the suspended passes' state are gauged,
-    and the budget bounds reserved KV plus suspended state."""
+    and the budget bounds reserved KV plus suspended state (with catch-up merge, while a catch-up runs
+    beside the pass it will join)."""
     budget_mb = 40.0
     config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit", "engine=[qllm]")
     requests = mixed_requests(40, seed=5)
     table, timeline = sim_run(config, "qllm", requests, False, monkeypatch, granularity="expert",
-                              memory_budget_mb=budget_mb)  # fmt: skip
+                              memory_budget_mb=budget_mb, catch_up_merge=merge)  # fmt: skip
+    assert ((timeline["kind"] == "mixed").any()) == merge
     ends = timeline.dropna(subset=["kv_allocated_bytes"])
     assert (ends["kv_allocated_bytes"] > 0).any() and (ends["suspended_bytes"] > 0).any()
     assert (ends["kv_reserved_bytes"] + ends["suspended_bytes"] <= budget_mb * 2**20).all()

@@ -22,9 +22,10 @@ class QLLMPolicy(QueuePolicy):
     classes share the batch, as in continuous batching, and counting every active sequence keeps
     them within one batch of B (BE prompts wait while LS work fills it).
 
-    Ranking: a waiting LS prompt outranks a batch without LS work, and (`prompts_first`) any decode
-    batch, so LS TTFT waits for at most one checkpoint of any work, at the cost of one prefill pass
-    added to the preempted LS sequences' next token.
+    Ranking: a waiting LS prompt outranks a batch without LS work, and (`prompts_first`) any batch
+    without an LS prompt (a decode batch), so LS TTFT waits for at most one checkpoint of any work, at
+    the cost of one prefill pass added to the preempted LS sequences' next token. A batch holding an
+    LS prompt (a prompt batch, or one an LS prompt joined by catch-up merge) gives way to no prompt.
 
     `mixed_batches`: the BE prompts of step (3) ride in step (4)'s decode batch, one pass for both
     (vLLM's chunked prefill does the same); LS prompts still run alone. Off: one phase per batch,
@@ -74,7 +75,7 @@ class QLLMPolicy(QueuePolicy):
             self._queue_of(sequence).add_first(sequence)
 
     def outranking(self, batch: Batch) -> Iterable[Sequence]:
-        if batch.is_urgent and not (self.prompts_first and not batch.is_prefill):
+        if batch.has_urgent_prompt or (batch.is_urgent and not self.prompts_first):
             return ()
         return self.ls_prefill
 

@@ -13,23 +13,28 @@ KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookke
 each checkpoint the pass reports (`SimPassState`) the bytes the real pass would hold there,
 estimated from shapes (qllm.sim.held): counted, never allocated; and inside an MoE block, the
 tokens the drawn routing sent to each of its experts.
+
+Catch-up merge (qllm.sim.catch_up): `catch_up` runs a pass's plan cut after its last layer and
+returns its rows; a pass sent such rows at a checkpoint goes on with the merged pass's plan from its
+next layer boundary on, and reports holding them as the real pass does (waiting at a layer
+boundary, then as one more row group).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Generator
 from typing import Protocol
 
 import numpy as np
 from transformers import PretrainedConfig
 
-from qllm.executor import Checkpoint, ForwardPass, check_granularity
+from qllm.executor import Checkpoint, ForwardPass, check_catch_up, check_granularity
 from qllm.kv import BlockPool, SequenceKV
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
+from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
 from qllm.sim.held import held_bytes
-from qllm.sim.plan import IN_MOE, ExpertPlan, WholeLayerPlan
+from qllm.sim.plan import AT_BOUNDARY, IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
 
@@ -82,14 +87,45 @@ class SimExecutor:
         self, batch: list[Sequence], may_stop: Callable[[], bool] | None = None
     ) -> ForwardPass:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
-        num_new_tokens = [s.num_new_tokens for s in batch]
+        rows = self._rows(batch)
+        return self._start(self.plan(rows.shape), rows, self.num_layers, may_stop)
+
+    def catch_up(
+        self, batch: list[Sequence], num_layers: int, may_stop: Callable[[], bool] | None = None
+    ) -> ForwardPass:
+        """`batch` through layers 0..num_layers-1 (qllm.executor.Executor.catch_up)."""
+        check_catch_up(num_layers, self.num_layers)
+        rows = self._rows(batch)
+        return self._start(CatchUpPlan(self.plan(rows.shape), num_layers), rows, num_layers, may_stop)
+
+    def _start(self, plan, rows: SimRows, num_layers: int, may_stop: Callable[[], bool] | None) -> ForwardPass:
+        state = SimPassState(self)
+        return ForwardPass(simulated_pass(self.clock, self, plan, [rows], num_layers, may_stop, state), state)
+
+    def _rows(self, batch: list[Sequence]) -> SimRows:
+        num_new_tokens = tuple(s.num_new_tokens for s in batch)
         key_len = max(s.num_tokens for s in batch)
         shape = PassShape(len(batch), max(num_new_tokens), key_len, sum(num_new_tokens))
         table_width = self.kv_pool.blocks_for(key_len)  # the cache's block tables
-        plan = self.plan(shape)
-        state = SimPassState(plan, functools.partial(held_bytes, self.model, shape, len(batch) * table_width))
-        kvs = [s.kv for s in batch]
-        return ForwardPass(simulated_pass(self.clock, plan, kvs, num_new_tokens, may_stop, state), state)
+        return SimRows(tuple(s.kv for s in batch), num_new_tokens, shape, len(batch) * table_width)
+
+    def merged_plan(self, before, groups: list[SimRows], layer: int) -> MergedPlan:
+        """The plan of a pass whose rows were `before`'s until the end of `layer` and are `groups` after it."""
+        shapes = [group.shape for group in groups]
+        costs = row_group_costs(self.costs, shapes)
+        if self.granularity == "expert":
+            tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
+            after = ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
+        else:
+            after = WholeLayerPlan.of(self.model, costs, self.granularity)
+        return MergedPlan(before, after, layer)
+
+    def held_bytes(self, groups: list[SimRows], waiting: list[SimRows], kind: int) -> int:
+        """What the real pass holds at a checkpoint of `kind` with these row groups, and rows sent to
+        it that wait for its next layer boundary: each group's own tensors and its share of the packed
+        ones (qllm.sim.held is linear in the real tokens), waiting rows as at a layer boundary."""
+        return sum(held_bytes(self.model, g.shape, g.table_slots, kind) for g in groups) + \
+            sum(held_bytes(self.model, w.shape, w.table_slots, AT_BOUNDARY) for w in waiting)  # fmt: skip
 
     def plan(self, shape: PassShape) -> ExpertPlan | WholeLayerPlan:
         """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
@@ -126,18 +162,24 @@ class ExpertCostTable:
 
 class SimPassState:
     """A simulated pass's report (qllm.executor.PassState) at the checkpoint it stopped at: what the
-    real pass would hold there (qllm.sim.held), and inside an MoE block the plan's drawn routing."""
+    real pass would hold there (`SimExecutor.held_bytes`: its row groups, and rows sent to it that wait
+    for its next layer boundary), and inside an MoE block the plan's drawn routing."""
 
-    __slots__ = ("plan", "held", "layer", "kind")
+    __slots__ = ("executor", "plan", "groups", "waiting", "layer", "kind")
 
-    def __init__(self, plan: ExpertPlan | WholeLayerPlan, held: Callable[[int], int]) -> None:
-        self.plan = plan
-        self.held = held  # bytes held at a checkpoint of a kind (qllm.sim.plan)
+    def __init__(self, executor: SimExecutor) -> None:
+        self.executor = executor
+        self.plan = None  # the pass's plan at the checkpoint (a merged pass's after rows were sent to it)
+        self.groups: list[SimRows] = []  # the pass's row groups there
+        self.waiting: list[SimRows] = []  # rows sent to it that have not joined it yet
         self.layer: int | None = None
         self.kind: int | None = None  # None: not stopped at a checkpoint (not started, or ended)
 
+    def stop_at(self, layer: int, kind: int, plan, groups: list[SimRows], waiting: list[SimRows]) -> None:
+        self.layer, self.kind, self.plan, self.groups, self.waiting = layer, kind, plan, groups, waiting
+
     def held_bytes(self) -> int:
-        return 0 if self.kind is None else self.held(self.kind)
+        return 0 if self.kind is None else self.executor.held_bytes(self.groups, self.waiting, self.kind)
 
     @property
     def routed_tokens(self) -> list[int] | None:
@@ -145,13 +187,17 @@ class SimPassState:
 
 
 def simulated_pass(
-    clock: SimulatedClock, plan: ExpertPlan | WholeLayerPlan, kvs: list[SequenceKV], num_new_tokens: list[int],
+    clock: SimulatedClock, executor: SimExecutor, plan, groups: list[SimRows], num_layers: int,
     may_stop: Callable[[], bool] | None, state: SimPassState,
-) -> Generator[Checkpoint, None, list[int]]:
-    """Run `plan` on `clock` (see the module docstring), recording in `state` where it stops."""
-    for kv, num_new in zip(kvs, num_new_tokens):
-        kv.reserve(kv.num_tokens + num_new)  # the blocks the pass writes, taken when it starts
-        kv.is_in_flight = True
+) -> Generator[Checkpoint, SimCaughtUp | None, list[int] | SimCaughtUp]:
+    """Run `plan` on `clock` for layers 0..num_layers-1 (see the module docstring), recording in
+    `state` where it stops, with which row groups, and which rows wait to join it. Rows sent at a
+    checkpoint (`SimCaughtUp`) wait for the layer's end, then join."""
+    for group in groups:
+        group.start()
+    waiting: list[SimRows] = []  # rows sent to the pass, until its next layer boundary
+    merged_after = -1  # the layer at whose end they join
+    is_handed_over = False  # a catch-up pass's rows leave in flight
     try:
         origin_s = clock.now()  # when the pass would have started, had it never been set aside
         next_index = 0
@@ -171,17 +217,31 @@ def simulated_pass(
                     break
             clock.advance_to(origin_s + plan.ends_s[stop])
             next_index = stop + 1
-            checkpoint, state.kind = plan.checkpoint(stop)
-            state.layer = checkpoint.layer
-            yield checkpoint
+            checkpoint, kind = plan.checkpoint(stop)
+            if waiting and checkpoint.layer > merged_after:  # past the boundary: they are row groups of the pass
+                groups, waiting = groups + waiting, []
+            state.stop_at(checkpoint.layer, kind, plan, groups, waiting)  # what the real pass would hold here
+            rows = yield checkpoint
+            if rows is not None:  # they join after this layer: its end, then the merged pass's layers
+                waiting, merged_after = waiting + list(rows.groups), checkpoint.layer  # the pass's now (or released)
+                if rows.num_layers != checkpoint.layer + 1 or rows.num_layers >= num_layers:
+                    raise ValueError(f"rows run through layers 0..{rows.num_layers - 1} cannot join a pass "
+                                     f"inside layer {checkpoint.layer} of {num_layers}")  # fmt: skip
+                plan = executor.merged_plan(plan, groups + waiting, checkpoint.layer)
+            del rows
         clock.advance_to(origin_s + plan.total_s)
-        for kv, num_new in zip(kvs, num_new_tokens):
-            kv.num_tokens += num_new
-        return [PLACEHOLDER_TOKEN] * len(kvs)
+        groups, waiting = groups + waiting, []
+        if num_layers < executor.num_layers:
+            is_handed_over = True
+            return SimCaughtUp(tuple(groups), num_layers)
+        for group in groups:
+            group.commit()
+        return [PLACEHOLDER_TOKEN] * sum(len(group.kvs) for group in groups)
     finally:
         state.kind = None  # an ended pass holds nothing
-        for kv in kvs:
-            kv.is_in_flight = False
+        if not is_handed_over:
+            for group in groups + waiting:
+                group.release()
 
 
 def first_after_arrival(ends_s: np.ndarray, first: int, origin_s: float, arrival_s: float) -> int:

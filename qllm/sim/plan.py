@@ -67,6 +67,10 @@ class WholeLayerPlan:
         """The checkpoint, and what the pass holds there (qllm.sim.held)."""
         return Checkpoint(layer=index), AT_BOUNDARY
 
+    def layer_end(self, layer: int) -> int:
+        """The index of the checkpoint that ends `layer` (layer granularity)."""
+        return layer
+
 
 class ExpertPlan:
     """`expert` granularity, from each routed expert's tokens and seconds in each MoE layer
@@ -95,6 +99,11 @@ class ExpertPlan:
             return Checkpoint(layer=layer, expert=ATTENTION), AFTER_ATTENTION
         expert = column - 1 if self.model.sparse_layers[layer] else None
         return Checkpoint(layer=layer, expert=expert), AFTER_MLP if column == last_unit[layer] else IN_MOE
+
+    def layer_end(self, layer: int) -> int:
+        """The index of the checkpoint that ends `layer` (its last unit's)."""
+        _, positions, row_width, _ = self._layout
+        return int(np.searchsorted(positions // row_width, layer, side="right")) - 1
 
     def received(self, layer: int) -> list[int]:
         """Tokens each routed expert of MoE layer `layer` received."""
