@@ -24,7 +24,7 @@ from qllm.clock import RealClock
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from qllm.executor import run_to_completion
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from harness.app import CONF_DIR, compose_config, run_engine
 from harness.engines import RunResources
 from harness.replay import requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 VARIANTS = (("qllm", False), ("qllm", True), ("fcfs_cb", True), ("priority_cb", True), ("hf_generate", False))
 HTTP_ENGINE = "openai_http"  # conf/engine/openai_http.yaml: the HTTP client engine

@@ -5,7 +5,7 @@ p50/p99 and BE TPOT p50/mean, per repeat, so the spread shows the machine's nois
 Without the merge, an LS prompt that preempts a BE decode pass inside layer L runs its own whole
 pass, then the BE pass resumes: layers L+1.. run twice (once for the prompt, once for the decode
 rows), each reading every expert's weights. With it, the prompt runs layers 0..L alone and joins
-the BE pass, whose remaining layers run once for both (qllm/real_executor.py): the preemption costs
+the BE pass, whose remaining layers run once for both (qllm/real/executor.py): the preemption costs
 L + 1 layers of solo work instead of a whole extra pass.
 
 Model: conf/model/small_mixtral.yaml (8 layers, 8 experts) by default. Trace: the shipped ShareGPT
@@ -34,10 +34,10 @@ import torch
 
 from harness.app import compose_config, warm_up
 from harness.engines import RunResources
-from harness.metrics import requests_table, timeline_table
+from harness.results.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 from qllm.clock import RealClock
 
 GRANULARITIES = ("layer", "expert")

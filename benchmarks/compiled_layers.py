@@ -40,12 +40,12 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from qllm import rotary
+from qllm.modeling import rotary
 from qllm.executor import Checkpoint, run_to_completion
 from qllm.kv import PADDING_BLOCK
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.sequence import Sequence
-from qllm.unified_cache import UnifiedDynamicCache
+from qllm.real.unified_cache import UnifiedDynamicCache
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _original_sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]

@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py [--rates 2 6] [--requests 64] [--oracle 8] [--repeats 3] [--out results/gpu_check]
 
 1. Builds a random-weight Mixtral-8x7B in NF4 on the GPU from its config (conf/model/
-   mixtral_8x7b_4bit.yaml without `pretrained`: nothing is downloaded; qllm/nf4_model.py).
+   mixtral_8x7b_4bit.yaml without `pretrained`: nothing is downloaded; qllm/modeling/nf4_model.py).
 2. Times decode passes at batch 1, 8, 16, 32 (after a 200-token prompt) and prefills of 1 x 200 and
    16 x 200 tokens, at layer and expert granularity, beside the simulator's time for the same
    passes on `h100_80gb`, `a100_80gb` and `paper_calibrated` where conf/hardware has it.
@@ -109,7 +109,7 @@ def simulated_seconds(hardware: str, granularity: str, shape: tuple[str, int, in
 
 
 def measured_seconds(model, granularity: str, shape: tuple[str, int, int], repeats: int) -> float:
-    from qllm.real_executor import RealExecutor
+    from qllm.real.executor import RealExecutor
 
     def now() -> float:
         torch.cuda.synchronize()
@@ -135,7 +135,7 @@ def replay_rows(model, args: argparse.Namespace) -> tuple[list[dict], list[str]]
     from baselines.hf_generate import greedy_generate
     from harness.app import run_engine
     from harness.replay import requests_from_trace
-    from harness.workload import load_workload
+    from harness.traces.workload import load_workload
     from qllm.prompts import prompt_token_ids
 
     rows, oracle = [], []

@@ -21,7 +21,7 @@ from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.replay import requests_from_trace
 from harness.server_process import ServerProcess
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 TARGET_RATIO, TARGET_SLACK_S = 1.2, 0.005
 

@@ -22,7 +22,7 @@ import torch
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.replay import requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 
 def held_over_needed(timeline: pd.DataFrame) -> tuple[float, float]:

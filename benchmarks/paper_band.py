@@ -32,7 +32,7 @@ import pandas as pd
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.replay import requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 HARDWARE = ("a100_80gb", "paper_calibrated")
 ENGINES = ("qllm", "fcfs_rtc")

@@ -28,9 +28,9 @@ import torch
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profile_app import profile_in_process
-from harness.profiler import ShapeSpace, batch_for, draw_shapes, shape_columns, timed_quanta_of, warm_up
-from qllm.real_executor import RealExecutor
+from harness.profiling.profile_app import profile_in_process
+from harness.profiling.profiler import ShapeSpace, batch_for, draw_shapes, shape_columns, timed_quanta_of, warm_up
+from qllm.real.executor import RealExecutor
 from qllm.sim.cost_model import PassShape
 from qllm.sim.executor import SimExecutor
 from qllm.sim.profiled import ProfiledCostModel, read_profile, resolve

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 
 from harness.app import compose_config
 from qllm.executor import run_to_completion
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 

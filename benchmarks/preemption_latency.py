@@ -28,10 +28,10 @@ from omegaconf import OmegaConf
 from harness.app import compose_config, warm_up
 from qllm.clock import RealClock
 from harness.engines import RunResources
-from harness.metrics import requests_table, timeline_table
+from harness.results.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 GRANULARITIES = ("iteration", "layer", "expert")
 

@@ -1,6 +1,6 @@
 """How closely the simulator predicts the real executor, on workloads drawn at random from a seed.
 
-Each workload (harness/random_workloads.py) is a random choice of arrival process (Poisson, Gamma
+Each workload (harness/traces/random_workloads.py) is a random choice of arrival process (Poisson, Gamma
 with CV 2-4, or a real trace's timestamps), lengths (ShareGPT, Azure code and conversation,
 BurstGPT, Mooncake, uniform; prompts up to 512 tokens, outputs up to 256), load (0.3x-2x the
 engine's capacity), LS share (0.1-0.5), batch limit (8/16/32), granularity (layer/expert), model
@@ -35,11 +35,11 @@ import torch
 
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
-from harness.profile_app import profile_in_process
-from harness.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
+from harness.profiling.profile_app import profile_in_process
+from harness.traces.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
-from harness.trace_schema import validate_trace
+from harness.traces.trace_schema import validate_trace
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip

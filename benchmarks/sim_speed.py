@@ -22,7 +22,7 @@ from harness.app import compose_config
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from harness.replay import replay, requests_from_trace
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 
 PAPER_SCALE = ("experiment=paper_ttft_vs_rate", "progress=false")  # the paper-scale trace, model, cost model, SLO
 RUNS = (("qllm", "expert"), ("qllm", "layer"), ("fcfs_rtc", "iteration"), ("priority_cb", "iteration"))

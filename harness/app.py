@@ -14,14 +14,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from harness.comparison import comparison_table
+from harness.results.comparison import comparison_table
 from harness.engines import RunResources
-from harness.metrics import requests_table, summary_table, timeline_table
+from harness.results.metrics import requests_table, summary_table, timeline_table
 from harness.recorder import Recorder
-from harness.repeats import PER_REPEAT_TABLE, aggregate_repeats, tag_repeat, trace_for_repeat
+from harness.results.repeats import PER_REPEAT_TABLE, aggregate_repeats, tag_repeat, trace_for_repeat
 from harness.replay import replay, requests_from_trace
-from harness.results import is_complete, mark_complete, write_config, write_manifest, write_tables
-from harness.workload import PROJECT_ROOT, load_workload
+from harness.results.run_dir import is_complete, mark_complete, write_config, write_manifest, write_tables
+from harness.traces.workload import PROJECT_ROOT, load_workload
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.warmup import warm_up_engine
 
@@ -125,7 +125,7 @@ def check_combinations(cfg: DictConfig, resources: RunResources) -> None:
 
 
 def replay_repeats(cfg: DictConfig, resources: RunResources, params: dict) -> list[dict]:
-    """run_engine's results for every repeat (harness.repeats: repeat r replays the trace drawn
+    """run_engine's results for every repeat (harness.results.repeats: repeat r replays the trace drawn
     with trace.seed + r) and every engine, engines in turn within a repeat, so a slow spell of
     the machine falls on every engine alike; stops at the first interrupted replay."""
     results = []
@@ -140,7 +140,7 @@ def replay_repeats(cfg: DictConfig, resources: RunResources, params: dict) -> li
 
 def tables_over_repeats(results: list[dict], repeats: int) -> dict[str, pd.DataFrame]:
     """The run's tables; with repeats > 1 every row carries its `repeat`, the per-repeat summaries
-    are `summary_repeats` and `summary` is their aggregate (harness.repeats)."""
+    are `summary_repeats` and `summary` is their aggregate (harness.results.repeats)."""
     if repeats == 1:
         return {name: pd.concat([r[name] for r in results], ignore_index=True) for name in TABLES}
     tables = {name: pd.concat([tag_repeat(r[name], r["repeat"]) for r in results], ignore_index=True) for name in TABLES}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 from qllm.memory_plan import meta_model, plan
 
 

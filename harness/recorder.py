@@ -1,4 +1,4 @@
-"""What engines report while they run; the harness turns it into tables (harness.metrics).
+"""What engines report while they run; the harness turns it into tables (harness.results.metrics).
 
 The `Recorder` is the harness's `qllm.events.EventSink`: engines call its methods at the moment
 something happens, and it stamps each event with the run's clock. It never computes a metric.

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 
 
 def free_port() -> int:

@@ -47,7 +47,7 @@ class QLLMEngine:
         catch_up_merge: bool = False,
         name: str = "qllm",
     ):
-        """`executor` builds the executor (`qllm.real_executor.RealExecutor` with its model bound, say)
+        """`executor` builds the executor (`qllm.real.executor.RealExecutor` with its model bound, say)
         from `granularity` and `experts_per_checkpoint`."""
         check_policy(name, policy)
         check_combination(name, policy, checkpoint_policy)

@@ -1,6 +1,6 @@
 """What the engine asks of an executor: a batch's forward pass (`ForwardPass`), which yields at each
 checkpoint like a generator and reports, at its current checkpoint, what it holds (bytes) and what
-each expert of the MoE block it is in received. `qllm.real_executor.RealExecutor` runs the model on
+each expert of the MoE block it is in received. `qllm.real.executor.RealExecutor` runs the model on
 torch; every executor yields at the same checkpoints and reports the same things, so the scheduler,
 policies and memory accounting run unchanged on any, and none of them looks inside a pass.
 

@@ -7,7 +7,7 @@ pool when it finishes, so the KV held is each live sequence's tokens rounded up 
 
 `BlockPool` is the bookkeeping alone (which blocks are free, what the used ones weigh); `KVPool`
 adds the tensor. A forward pass gathers each layer's batch view from the block tables and writes
-its new tokens in place (qllm.unified_cache). Only committed tokens are part of a sequence's cache
+its new tokens in place (qllm.real.unified_cache). Only committed tokens are part of a sequence's cache
 (`SequenceKV.num_tokens`): slots a pass writes past them belong to that pass until it commits,
 so a pass preempted between layers leaves every sequence consistent.
 """

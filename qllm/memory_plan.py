@@ -1,6 +1,6 @@
 """A model's memory without its weights: bytes per part, KV per token, KV tokens that fit on a GPU.
 
-The model is built on the meta device with its quantization applied (qllm.nf4_model for `bnb4`),
+The model is built on the meta device with its quantization applied (qllm.modeling.nf4_model for `bnb4`),
 so the byte counts are the tensors `load_model` would allocate: nothing is downloaded and nothing
 is allocated. A `Linear4bit` on the meta device still holds its unquantized weight; it is counted
 as the NF4 weight it becomes (half a byte per value plus a float32 absmax per 64 values).
@@ -16,10 +16,10 @@ from bitsandbytes.nn import Params4bit
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from qllm.kernels.nf4_experts import nf4_bytes
-from qllm.adapters import adapter_for
-from qllm.models import DTYPES, load_config
-from qllm.nf4_model import build_nf4_model
+from qllm.modeling.kernels.nf4_experts import nf4_bytes
+from qllm.modeling.adapters import adapter_for
+from qllm.modeling.models import DTYPES, load_config
+from qllm.modeling.nf4_model import build_nf4_model
 
 GIB = 2**30
 PARTS = ("embeddings", "attention", "routed experts", "shared experts", "other", "LM head")
@@ -71,7 +71,7 @@ def meta_model(model_cfg: dict) -> PreTrainedModel:
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """What every layer's attention caches per token, as the adapter measures it (qllm.adapters.kv_probe),
+    """What every layer's attention caches per token, as the adapter measures it (qllm.modeling.adapters.kv_probe),
     on an unquantized copy of the architecture on the meta device (4-bit layers cannot run there)."""
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")

@@ -43,8 +43,8 @@ class RunResources:
 
     @functools.cached_property
     def model_config(self):
-        """The model's Hugging Face config, without its weights (qllm.models.load_config)."""
-        return instantiate(self.cfg.model, _target_="qllm.models.load_config")
+        """The model's Hugging Face config, without its weights (qllm.modeling.models.load_config)."""
+        return instantiate(self.cfg.model, _target_="qllm.modeling.models.load_config")
 
     @functools.cached_property
     def executor(self) -> Callable:

@@ -18,7 +18,7 @@ from harness.app import CONF_DIR
 from harness.engines import RunResources
 from harness.recorder import Recorder
 from harness.replay import replay
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 from qllm.prompts import prompt_token_ids
 from qllm.events import Quantum
 from qllm.executor import ForwardPass

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.metrics import REQUESTS_COLUMNS, TIMELINE_COLUMNS
-from harness.results import is_complete
+from harness.results.metrics import REQUESTS_COLUMNS, TIMELINE_COLUMNS
+from harness.results.run_dir import is_complete
 from tests.helpers import ENGINES
 
 SUMMARY_COLUMNS = [

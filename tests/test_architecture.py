@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 from tests.helpers import TINY_SWEEP, run_cli
 
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.figures import preemption_rows
-from harness.metrics import timeline_table
+from harness.results.figures import preemption_rows
+from harness.results.metrics import timeline_table
 from harness.recorder import Recorder
 from qllm.clock import VirtualClock
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.sim.executor import SimExecutor
 from tests.helpers import StepClock, assert_matches_oracle, engine_config, replay_on_steps, requests_of
 from tests.test_abort import find

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 
 QLLM_BENCH = Path(sys.executable).parent / "qllm-bench"  # the console script pip installed beside this python
 QUICK = ("engine=[qllm]", "trace.num_requests=2", "warmup_tokens=0", "progress=false")

@@ -14,7 +14,7 @@ from qllm.clock import RealClock
 from harness.engines import RunResources
 from qllm.resources import wanted
 from harness.recorder import Recorder
-from harness.workload import load_workload
+from harness.traces.workload import load_workload
 from qllm.request import PRIORITY_CLASSES
 from qllm.sim.cost_model import PassShape
 from qllm.sim.shape import ModelShape

@@ -1,4 +1,4 @@
-"""`cpu_kernels: onednn` (qllm/kernels): the stock modules' numbers, `generate`'s tokens, clear refusals.
+"""`cpu_kernels: onednn` (qllm/modeling/kernels): the stock modules' numbers, `generate`'s tokens, clear refusals.
 
 float32: oneDNN's GEMM kernels may round differently from MKL's, so outputs are held to the
 tolerance test_moe.py gives `batched_mm`; bfloat16 is bit-identical (bf16 `F.linear` already runs
@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from qllm.adapters import adapter_for
+from qllm.modeling.adapters import adapter_for
 from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, run_to_completion
-from qllm.kernels import apply_cpu_kernels
-from qllm.kernels.onednn_linear import OneDNNLinear
-from qllm.models import load_model
-from qllm.real_executor import RealExecutor
+from qllm.modeling.kernels import apply_cpu_kernels
+from qllm.modeling.kernels.onednn_linear import OneDNNLinear
+from qllm.modeling.models import load_model
+from qllm.real.executor import RealExecutor
 from tests.test_executor import (
     MIN_MARGIN, append, assert_matches_oracle, make_sequences, oracle, random_prompts, step, unfinished,
 )

@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
 from harness.app import CONF_DIR, compose_config
-from harness.metrics import timeline_table
+from harness.results.metrics import timeline_table
 from tests.helpers import (
     ENGINES, SHRINK, assert_matches_oracle, engine_config, ls_waits, replay_on_steps, replay_timed, requests_of,
 )

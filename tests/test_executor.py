@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from qllm.request import Request
-from qllm.adapters.decoder import check_cache_argument
+from qllm.modeling.adapters.decoder import check_cache_argument
 from qllm.executor import ATTENTION, Checkpoint, run_to_completion
-from qllm.real_executor import RealExecutor
-from qllm.models import load_model
+from qllm.real.executor import RealExecutor
+from qllm.modeling.models import load_model
 from qllm.sequence import Sequence
 
 MIN_MARGIN = 1e-4  # oracle top-2 logit margin below which a token is ambiguous

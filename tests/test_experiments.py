@@ -7,9 +7,9 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from harness import build_trace
-from harness.trace_schema import load_trace
-from harness.workload import PROJECT_ROOT, load_workload, resolve_path
+from harness.traces import build_trace
+from harness.traces.trace_schema import load_trace
+from harness.traces.workload import PROJECT_ROOT, load_workload, resolve_path
 from harness.app import CONF_DIR, compose_config
 from tests.helpers import ENGINES
 

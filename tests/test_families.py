@@ -31,12 +31,12 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from harness.engines import RunResources
 from harness.recorder import Recorder
-from qllm import rotary
-from qllm.adapters import adapter_for
+from qllm.modeling import rotary
+from qllm.modeling.adapters import adapter_for
 from qllm.errors import ConfigurationError
 from qllm.executor import ATTENTION, run_to_completion
-from qllm.moe import ExpertByExpert
-from qllm.real_executor import RealExecutor
+from qllm.modeling.moe import ExpertByExpert
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 from harness.app import compose_config

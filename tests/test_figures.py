@@ -1,4 +1,4 @@
-"""harness.figures: every figure draws from hand-made tables and is written as PNG and PDF."""
+"""harness.results.figures: every figure draws from hand-made tables and is written as PNG and PDF."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import figures
+from harness.results import figures
 
 ENGINES = ["qllm", "fcfs_rtc", "priority_cb"]
 

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from harness.workload import PROJECT_ROOT
+from harness.traces.workload import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "gpu_check.py"
 spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)

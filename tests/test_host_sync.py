@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from harness.app import compose_config
 from harness.engines import RunResources
 from qllm.executor import run_to_completion
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 from tests.test_families import QUIRKS, SHRINK

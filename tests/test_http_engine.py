@@ -9,7 +9,7 @@ import pytest
 from harness.app import compose_config
 from qllm.clock import RealClock
 from harness.engines import RunResources
-from harness.metrics import requests_table, summary_table
+from harness.results.metrics import requests_table, summary_table
 from harness.recorder import Recorder
 from harness.replay import replay
 from harness.server_process import free_port

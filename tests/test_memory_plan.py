@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 
 from harness.app import CONF_DIR
 from harness.plan_app import memory_plan_lines
-from qllm.kernels.nf4_experts import nf4_bytes
+from qllm.modeling.kernels.nf4_experts import nf4_bytes
 from qllm.memory_plan import GIB, meta_model, plan
 from tests.helpers import run_cli
 

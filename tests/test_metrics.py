@@ -1,4 +1,4 @@
-"""harness.metrics on a hand-made run whose every metric is known exactly."""
+"""harness.results.metrics on a hand-made run whose every metric is known exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.metrics import (
+from harness.results.metrics import (
     REQUESTS_COLUMNS,
     UNFINISHED_ERROR,
     itl_s,

@@ -1,7 +1,7 @@
 """Mixed batches (`policy.mixed_batches`): prompts ride in the decode batch, one pass for both.
 
 The executor runs a mixed pass as two row groups (decode rows, prompt rows) that attend
-separately and share each layer's MLP half on their packed real tokens (qllm/row_groups.py);
+separately and share each layer's MLP half on their packed real tokens (qllm/real/row_groups.py);
 every sequence must still get `generate`'s tokens, also when the pass is preempted inside a layer.
 `qllm` keeps LS prompts out of mixed passes: they still run alone, so LS TTFT is unchanged.
 """
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qllm.executor import ATTENTION, run_to_completion
-from qllm.real_executor import RealExecutor
-from qllm.row_groups import pack, real_slots, rows_by_phase, unpack
+from qllm.real.executor import RealExecutor
+from qllm.real.row_groups import pack, real_slots, rows_by_phase, unpack
 from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 from tests.test_executor import append, make_sequences, random_prompts, step, tiny_model, unfinished
 from tests.test_executor import assert_matches_oracle as assert_sequences_match_oracle

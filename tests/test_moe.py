@@ -16,12 +16,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from harness.engines import RunResources
-from harness.metrics import timeline_table
-from qllm.adapters import adapter_for
+from harness.results.metrics import timeline_table
+from qllm.modeling.adapters import adapter_for
 from qllm.executor import ATTENTION
-from qllm.kernels import apply_cpu_kernels
-from qllm.moe import ExpertByExpert
-from qllm.real_executor import RealExecutor
+from qllm.modeling.kernels import apply_cpu_kernels
+from qllm.modeling.moe import ExpertByExpert
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
 from harness.app import compose_config

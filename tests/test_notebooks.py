@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from harness.figures import CLASS_LABELS, ENGINE_LABELS
-from harness.workload import PROJECT_ROOT
+from harness.results.figures import CLASS_LABELS, ENGINE_LABELS
+from harness.traces.workload import PROJECT_ROOT
 from tests.helpers import TINY_SWEEP, run_cli
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -22,7 +22,7 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 SHOW_AS_JSON_CELL = """
 import pandas as _pd
 from matplotlib.figure import Figure as _Figure
-from harness.figures import plotted_lines as _plotted_lines
+from harness.results.figures import plotted_lines as _plotted_lines
 
 def _show_as_json(*_):  # again after each cell: `%matplotlib inline` drops every formatter of Figure
     _json = get_ipython().display_formatter.formatters["application/json"]

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from harness.engines import RunResources
-from harness.metrics import requests_table, summary_table, timeline_table
-from qllm.adapters import adapter_for
+from harness.results.metrics import requests_table, summary_table, timeline_table
+from qllm.modeling.adapters import adapter_for
 from qllm.executor import ATTENTION
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from tests.helpers import assert_matches_oracle, engine_config, replay_on_steps, requests_of
 
 

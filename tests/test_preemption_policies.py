@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from harness.metrics import max_wait_s
+from harness.results.metrics import max_wait_s
 from qllm.kv import BlockPool, SequenceKV
 from qllm.preemption import CheckpointState, NeverPreempt, SLOSlack, StrictPriority
 from qllm.sequence import Sequence

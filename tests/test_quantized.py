@@ -1,7 +1,7 @@
 """4-bit (`quantization: bnb4`) models of every family: linears and routed experts in NF4, token-exact
 against `generate` on the same quantized model under preemption at every granularity, and logits
-equal to a stock model holding the same NF4 weights dequantized (qllm.nf4_model,
-qllm.kernels.nf4_experts).
+equal to a stock model holding the same NF4 weights dequantized (qllm.modeling.nf4_model,
+qllm.modeling.kernels.nf4_experts).
 
 Each family's model is its tiny config shrunk with its quirks switched on (tests/test_families.py).
 """
@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from qllm.kernels.nf4_experts import NF4, nf4_bytes
-from qllm.kernels.onednn import experts_modules
+from qllm.modeling.kernels.nf4_experts import NF4, nf4_bytes
+from qllm.modeling.kernels.onednn import experts_modules
 from tests.helpers import engine_config, oracle_tokens, replay_on_steps, requests_of
 from tests.test_families import ENGINE_AT, GRANULARITIES, QUIRKS, SHRINK
 

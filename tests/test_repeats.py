@@ -1,4 +1,4 @@
-"""`repeats=N` (harness.repeats): each point replayed over N trace seeds; the summary is each
+"""`repeats=N` (harness.results.repeats): each point replayed over N trace seeds; the summary is each
 metric's mean over the repeats with its Student-t 95 % interval, the figures shade that interval
 and the comparison table prints mean ± half of it. Simulated runs: the same path as a real one,
 in a fraction of the time."""
@@ -13,12 +13,12 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from harness import figures, gather
-from harness.comparison import comparison_table
-from harness.metrics import summary_table
-from harness.repeats import PER_REPEAT_TABLE, mean_interval
-from harness.results import read_run
-from harness.workload import load_workload
+from harness.results import figures, gather
+from harness.results.comparison import comparison_table
+from harness.results.metrics import summary_table
+from harness.results.repeats import PER_REPEAT_TABLE, mean_interval
+from harness.results.run_dir import read_run
+from harness.traces.workload import load_workload
 from qllm.errors import ConfigurationError
 
 SIM = ("executor=sim", "hardware=a100_80gb", "engine=[qllm,fcfs_rtc]", "trace.num_requests=24", "trace.rate=20",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import REPORT_FILE
+from harness.results.report import REPORT_FILE
 from tests.helpers import TINY_SWEEP, run_cli
 
 SIM_RUN = ("executor=sim", "hardware=a100_80gb", "engine=[qllm,fcfs_rtc,priority_cb]", "trace.num_requests=60",
@@ -146,5 +146,5 @@ def test_a_gathered_sweep_of_real_runs_has_its_figures_on_top_and_a_section_per_
 def test_report_false_writes_no_page_and_qllm_report_writes_it_again(tmp_path):
     run_cli(*SIM_RUN, "report=false", f"hydra.run.dir={tmp_path}")
     assert (tmp_path / "summary.parquet").is_file() and not (tmp_path / REPORT_FILE).exists()
-    run_cli(str(tmp_path), "--no-figures", module="harness.gather")
+    run_cli(str(tmp_path), "--no-figures", module="harness.results.gather")
     assert (tmp_path / REPORT_FILE).is_file()

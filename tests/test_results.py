@@ -1,4 +1,4 @@
-"""harness.results (run directory files) and harness.comparison (the printed comparison)."""
+"""harness.results.run_dir (run directory files) and harness.results.comparison (the printed comparison)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness import results
-from harness.atomic import atomic_write
-from harness.metrics import itl_s, requests_table, summary_table
-from harness.comparison import comparison_table
+from harness.results import run_dir as results
+from harness.results.atomic import atomic_write
+from harness.results.metrics import itl_s, requests_table, summary_table
+from harness.results.comparison import comparison_table
 from tests.helpers import REQUESTS, SLO, recorded_run
 
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.recorder import Recorder
-from harness.results import is_complete
-from harness.trace_schema import TraceError, load_trace, save_trace
+from harness.results.run_dir import is_complete
+from harness.traces.trace_schema import TraceError, load_trace, save_trace
 from tests.helpers import ENGINES, engine_config, replay_on_steps, requests_of
 
 GOOD = {

@@ -35,7 +35,7 @@ def saved_word_tokenizer(folder) -> None:
 def test_serve_composes_the_benchmarks_model_executor_and_engine_groups():
     cfg = compose_serve("model=small_mixtral", "engine=priority_cb", "port=9000")
     assert list(cfg.engine) == ["priority_cb"] and cfg.engine.priority_cb.policy._target_.endswith("PriorityContinuousBatchingPolicy")
-    assert cfg.model.config.hidden_size == 256 and cfg.executor._target_ == "qllm.real_executor.RealExecutor"
+    assert cfg.model.config.hidden_size == 256 and cfg.executor._target_ == "qllm.real.executor.RealExecutor"
     assert cfg.port == 9000 and cfg.tokenizer._target_.endswith("MistralV1Tokenizer")
     assert "tokenizer" not in compose_serve("~tokenizer")
 

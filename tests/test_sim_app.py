@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import qllm.models
+import qllm.modeling.models
 from tests.helpers import TINY_SWEEP, run_cli
 
 SIM = ("executor=sim", "hardware=a100_80gb", "engine=[qllm,fcfs_rtc]", "trace.num_requests=40")
@@ -16,7 +16,7 @@ def test_a_simulated_run_goes_end_to_end_without_weights(run_app, monkeypatch):
     def no_weights(**_):
         raise AssertionError("the simulator built the model's weights")
 
-    monkeypatch.setattr(qllm.models, "load_model", no_weights)
+    monkeypatch.setattr(qllm.modeling.models, "load_model", no_weights)
     tables = run_app(*SIM, "model=mixtral_8x7b_4bit", "slo=paper")
     requests, timeline, summary = tables["requests"], tables["timeline"], tables["summary"]
     assert (requests["status"] == "finished").all() and set(requests["engine"]) == {"qllm", "fcfs_rtc"}
@@ -47,7 +47,7 @@ def test_a_simulated_sweep_runs_and_is_gathered(tmp_path):
 def test_families_of_the_generic_adapter_simulate_end_to_end(run_app, monkeypatch, model):
     """ModelShape builds each family's shape through the generic adapter on the meta device; the
     analytic A100 model costs it (latent attention's narrower KV, gpt-oss's sinks and windows)."""
-    monkeypatch.setattr(qllm.models, "load_model", lambda **_: pytest.fail("the simulator built weights"))
+    monkeypatch.setattr(qllm.modeling.models, "load_model", lambda **_: pytest.fail("the simulator built weights"))
     tables = run_app(*SIM, f"model={model}", "trace.num_requests=20")
     requests, timeline = tables["requests"], tables["timeline"]
     assert (requests["status"] == "finished").all()

@@ -11,12 +11,12 @@ import pytest
 from harness.app import compose_config
 from qllm.clock import VirtualClock
 from harness.engines import RunResources
-from harness.metrics import requests_table, timeline_table
+from harness.results.metrics import requests_table, timeline_table
 from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.batch import Batch
 from qllm.executor import ATTENTION, Checkpoint, run_to_completion
-from qllm.real_executor import RealExecutor
+from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from benchmarks import sim_fidelity
-from harness.profile_app import profile_in_process
-from harness.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
+from harness.profiling.profile_app import profile_in_process
+from harness.traces.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profiler import ShapeSpace, draw_shapes, shape_columns
+from harness.profiling.profiler import ShapeSpace, draw_shapes, shape_columns
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
@@ -126,7 +126,7 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     out = tmp_path / "tiny.parquet"
     run_cli("model.config.num_hidden_layers=2", f"out={out}", "shapes.num_shapes=12", "shapes.max_batch_size=4",
             "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24",
-            module="harness.profile_app")  # fmt: skip
+            module="harness.profiling.profile_app")  # fmt: skip
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured

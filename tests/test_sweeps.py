@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from harness import gather
-from harness.results import is_complete
-from harness.workload import PROJECT_ROOT
+from harness.results import gather
+from harness.results.run_dir import is_complete
+from harness.traces.workload import PROJECT_ROOT
 from harness.app import CONF_DIR, compose_config
 from tests.helpers import TINY_SWEEP, run_cli
 
@@ -100,7 +100,7 @@ def test_qllm_report_gathers_any_results_folder_after_the_fact(tmp_path, capsys)
 
 def write_run(run_dir: Path, rate: float) -> None:
     """A minimal complete run: two requests of qllm, one per class, arriving 1/rate s apart."""
-    from harness.results import mark_complete, write_tables
+    from harness.results.run_dir import mark_complete, write_tables
 
     requests = pd.DataFrame({
         "run_id": run_dir.name, "engine": "qllm", "request_id": ["a", "b"], "priority_class": ["LS", "BE"],
@@ -125,7 +125,7 @@ def test_qllm_report_help_and_console_script(capsys):
         gather.main(["--help"])
     assert exit_info.value.code == 0 and "DONE" in capsys.readouterr().out
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["qllm-report"] == "harness.gather:main"
+    assert scripts["qllm-report"] == "harness.results.gather:main"
 
 
 def test_qllm_report_says_when_there_is_nothing_to_gather(tmp_path, capsys):

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import arrivals, build_trace as build_trace_module
-from harness.build_trace import build_trace
-from harness.reshape import cap_lengths
+from harness.traces import arrivals, build_trace as build_trace_module
+from harness.traces.build_trace import build_trace
+from harness.traces.reshape import cap_lengths
 from harness.replay import requests_from_trace
-from harness.trace_schema import load_trace, save_trace
-from harness.trace_sources import (
+from harness.traces.trace_schema import load_trace, save_trace
+from harness.traces.trace_sources import (
     mixtral_encode,
     read_azure,
     read_burstgpt,

@@ -1,4 +1,4 @@
-"""harness.trace_schema: every malformed trace fails with file, row, column and expectation named."""
+"""harness.traces.trace_schema: every malformed trace fails with file, row, column and expectation named."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.trace_schema import TraceError, load_trace, save_trace, validate_trace
+from harness.traces.trace_schema import TraceError, load_trace, save_trace, validate_trace
 
 HEADER = "request_id,arrival_s,prompt_len,output_len,priority_class"
 

@@ -7,7 +7,7 @@ import torch
 
 
 from qllm.kv import KVPool, KVShape, SequenceKV
-from qllm.unified_cache import UnifiedDynamicCache
+from qllm.real.unified_cache import UnifiedDynamicCache
 
 NUM_LAYERS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 2, 2, 4, 4
 

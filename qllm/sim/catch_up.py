@@ -1,13 +1,13 @@
 """Catch-up merge on the simulator: a catch-up pass's plan, the merged pass's plan, and their costs.
 
-As in the real executor (qllm/real_executor.py), a catch-up pass runs its rows through a
+As in the real executor (qllm/real/executor.py), a catch-up pass runs its rows through a
 suspended pass's first layers and hands them over (`SimCaughtUp`) instead of tokens; sent to the
 suspended pass, they join it at its next layer boundary. Its plan (`CatchUpPlan`) is the plan of
 a whole pass of its shape cut after its last layer: the same checkpoints up to there but that
 layer's end, where it stops, with no final norm or LM head. The suspended pass goes on with
 `MergedPlan`: its own plan up to the end of the layer it is in, then a mixed pass's remaining
 layers (`row_group_costs`: attention per row group, every other stage on their packed real
-tokens, as the real executor runs them; qllm.row_groups).
+tokens, as the real executor runs them; qllm.real.row_groups).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class PassShape:
 
     @property
     def num_real_tokens(self) -> int:
-        """Tokens the MLP half of a layer runs on: the real executor packs them (qllm.row_groups)."""
+        """Tokens the MLP half of a layer runs on: the real executor packs them (qllm.real.row_groups)."""
         return self.num_tokens if self.real_tokens is None else self.real_tokens
 
 

@@ -1,10 +1,10 @@
 """What a suspended real pass holds, estimated from shapes: the bytes the real executor reports
-(`ForwardPass.held_bytes`, qllm/real_executor.py) at a checkpoint, for the simulator to account.
+(`ForwardPass.held_bytes`, qllm/real/executor.py) at a checkpoint, for the simulator to account.
 
 At every checkpoint the pass keeps the residual stream, padded [batch, query, hidden], and the
 pass's inputs (position embeddings, position ids, one attention mask per window, and where rows are
 padded the index of the real tokens). Inside a layer run in halves it also keeps the packed real
-tokens [tokens, hidden] (qllm.row_groups): after attention, the attended tokens; inside an MoE
+tokens [tokens, hidden] (qllm.real.row_groups): after attention, the attended tokens; inside an MoE
 block, those, the block's input, the routing (weights and expert index per token and slot, and the
 index's sort by expert) and the
 partial sums: one running sum per token (`eager` experts) or one output per token and slot

@@ -1,7 +1,7 @@
 """One simulated pass laid out in advance: its checkpoints, in the real executor's order, and the
 compute time from the pass's start to each.
 
-The order is the real executor's (qllm/real_executor.py): at `layer` granularity one checkpoint
+The order is the real executor's (qllm/real/executor.py): at `layer` granularity one checkpoint
 per decoder layer; at `expert` granularity, per layer, one after its attention half
 (`expert=ATTENTION`), then one after every `experts_per_checkpoint` of the units that received
 tokens (routed experts in ascending order, then a shared expert numbered `num_experts`), the last

@@ -1,6 +1,6 @@
 """The profiled cost model: stage times measured on this machine, fitted over the features that drive them.
 
-`qllm-profile` (harness/profile_app.py) runs the real executor over pass shapes drawn at random
+`qllm-profile` (harness/profiling/profile_app.py) runs the real executor over pass shapes drawn at random
 (batch sizes, prompt and context lengths, padded and unpadded batches) and writes every measured
 sample to a profile table (Parquet), one row per sample:
 

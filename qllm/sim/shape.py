@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from qllm.adapters import adapter_for
-from qllm.adapters.decoder import LayerParts
+from qllm.modeling.adapters import adapter_for
+from qllm.modeling.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
-from qllm.moe import sums_in_expert_order
+from qllm.modeling.moe import sums_in_expert_order
 
 
 def num_params(module: nn.Module | None) -> int:

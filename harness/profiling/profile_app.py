@@ -1,0 +1,76 @@
+"""`qllm-profile`: measure the real executor over pass shapes drawn at random and write the profile table
+the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profiling/profiler.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+import transformers
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from harness.engines import RunResources
+from harness.profiling.profiler import ShapeSpace, measure_engine, measure_stages
+from harness.traces.workload import PROJECT_ROOT
+from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.machine import cpu_name
+from qllm.sim.profiled import write_profile
+from qllm.sim.shape import ModelShape
+
+
+def engine_requests(cfg: DictConfig) -> list[Request]:
+    """Every request at 0, prompt and output lengths cycling so that batch sizes vary as they finish."""
+    return [
+        Request(f"e{i}", 0.0, 8 + i % (cfg.max_prompt_len - 7), 1 + i % cfg.max_output_len, "BE", DEFAULT_PRIORITY["BE"])
+        for i in range(cfg.num_requests)
+    ]
+
+
+def profile(cfg: DictConfig) -> pd.DataFrame:
+    torch.set_num_threads(cfg.torch_threads)
+    resources = RunResources(cfg)
+    space = ShapeSpace(**OmegaConf.to_container(cfg.shapes, resolve=True))
+    stages = measure_stages(resources.model, space, cfg.seed)
+    name, engine_cfg = next(iter(cfg.engine.items()))
+    engine = measure_engine(lambda clock, events: resources.build_engine(engine_cfg, name, clock, events),
+                            engine_requests(cfg.engine_run))  # fmt: skip
+    about = {
+        "command": " ".join(["qllm-profile", *sys.argv[1:]]),
+        "model": HydraConfig.get().runtime.choices.get("model"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "cores_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": cfg.torch_threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": sys.version.split()[0],
+        "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
+    }
+    table = pd.concat([stages, engine], ignore_index=True)
+    out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
+    write_profile(table, out, ModelShape.of(resources.model.config), about)
+    print(f"{len(table)} rows -> {out}")
+    return table
+
+
+def profile_in_process(model: str, out: Path, overrides: list[str]) -> pd.DataFrame:
+    """`qllm-profile model=<model> out=<out> <overrides>`, run in this process (for the benchmarks)."""
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("profile", overrides=[f"model={model}", f"out={out}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return profile(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="profile")
+def main(cfg: DictConfig) -> None:
+    profile(cfg)
+
+
+if __name__ == "__main__":
+    main()

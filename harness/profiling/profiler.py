@@ -1,0 +1,247 @@
+"""Measure the real executor stage by stage, for the simulator's profiled cost model (qllm/sim/profiled.py).
+
+Pass shapes are drawn at random (`draw_shapes`): batch sizes, and per row a prompt length (prefill)
+or a cached context (decode), sometimes all rows alike and sometimes not (padded), up to the sizes
+the runs will meet. For each shape the real executor runs a pass at `expert` granularity (one
+expert per checkpoint) and one at `layer` granularity, and every quantum (the work between two
+checkpoints) is timed as the engine times it, around `next()`. A quantum is one stage, or a stage
+plus a neighbour, and the neighbours are separated by subtraction:
+
+- `attention`: a layer's attention half (layers after the first); `pass_start`: the first quantum
+  (embeddings, masks, rotary and layer 0's attention) minus the pass's median attention;
+- `expert`: a routed expert that is neither the first nor the last of its block, by the tokens it
+  received (as the pass reports them, `ForwardPass.routed_tokens`); `router`: a block's first quantum
+  minus its expert's time; `combine`: its last quantum minus its expert's time (with a shared
+  expert, which runs last, the shared expert and the block's output together);
+- `dense_mlp`: a dense layer's MLP half; `layer`: a sparse layer called whole; `pass_end`: the last
+  quantum (final norm, LM head, next tokens, KV commit);
+- `whole_pass_start`: the first quantum of the `layer` pass minus what its layer 0 takes: a pass that
+  calls layer 0 whole starts dearer than one that runs it in halves, by an amount that grows with
+  the keys (measured, not explained: 0.26 ms of 1.6 ms on tiny_olmoe, 4 rows of 600 keys).
+
+The engine's own work is measured on a real run of `QLLMEngine`: the gaps between its quanta, at a
+checkpoint (`checkpoint`) and between passes (`pass_overhead`), with the shape of the quantum after
+the gap. Every sample is kept; the cost model fits them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qllm.clock import RealClock
+from harness.recorder import Recorder
+from harness.replay import replay
+from qllm.executor import ATTENTION, ForwardPass, run_to_completion
+from qllm.real.executor import RealExecutor
+from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.sequence import Sequence
+from qllm.sim.profiled import fit_expert
+
+
+@dataclass(frozen=True)
+class ShapeSpace:
+    """The pass shapes a profile draws from: up to what the runs it serves will meet."""
+
+    num_shapes: int = 150  # shapes drawn (each timed at expert and at layer granularity)
+    max_batch_size: int = 32
+    max_prompt_len: int = 512  # per row, prefill
+    max_batch_tokens: int = 2048  # prompt tokens per prefill pass (the policies' max_batch_tokens)
+    max_context_len: int = 768  # cached tokens per row, decode
+    max_batch_context: int = 16384  # cached tokens per decode pass
+    decode_share: float = 0.6  # of the shapes drawn
+    uneven_share: float = 0.5  # shapes whose rows differ in length (padded)
+    long_row_share: float = 0.5  # of the uneven shapes: one row as long as the budget leaves room for
+
+
+def draw_shapes(space: ShapeSpace, rng: np.random.Generator) -> list[tuple[str, list[int]]]:
+    """(phase, per-row lengths: prompt tokens at prefill, cached tokens at decode) for each shape,
+    batch sizes log-uniform, so small and large passes are both well covered."""
+    shapes = []
+    for _ in range(space.num_shapes):
+        decode = rng.random() < space.decode_share
+        longest, budget = (space.max_context_len, space.max_batch_context) if decode else (space.max_prompt_len,
+                                                                                            space.max_batch_tokens)  # fmt: skip
+        batch_size = int(np.exp(rng.uniform(0, np.log(space.max_batch_size + 1))))
+        batch_size = max(1, min(batch_size, space.max_batch_size, budget))
+        cap = max(1, min(longest, budget // batch_size))
+        rows = batch_size if rng.random() < space.uneven_share else 1
+        # Half the shapes log-uniform in length (short rows well covered), half uniform (long ones, where
+        # attention's quadratic part and the caches make the cost bend).
+        lengths = np.exp(rng.uniform(0, np.log(cap + 1), rows)) if rng.random() < 0.5 else rng.uniform(1, cap + 1, rows)
+        lengths = np.resize(np.clip(lengths.astype(int), 1 if not decode else 2, cap), batch_size)
+        if rows > 1 and rng.random() < space.long_row_share:
+            # The budget bounds a batch's real tokens, not its longest row: a cohort of short prompts
+            # beside a long one is padded far past the budget, and its attention pays for the padding.
+            room = min(longest, budget - int(lengths[1:].sum()))
+            lengths[0] = rng.integers(lengths[0], max(lengths[0], room) + 1)
+        shapes.append(("decode" if decode else "prefill", [int(n) for n in lengths]))
+    return shapes
+
+
+def shape_columns(phase: str, lengths: list[int]) -> dict:
+    """The profile's shape columns (qllm.sim.profiled.COLUMNS) for a pass over rows of `lengths`."""
+    if phase == "decode":
+        return {"phase": phase, "batch_size": len(lengths), "query_len": 1, "key_len": max(lengths) + 1,
+                "real_tokens": len(lengths)}  # fmt: skip
+    return {"phase": phase, "batch_size": len(lengths), "query_len": max(lengths), "key_len": max(lengths),
+            "real_tokens": sum(lengths)}  # fmt: skip
+
+
+def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
+    """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from `space`."""
+    by_parts, whole = RealExecutor(model, "expert", 1), RealExecutor(model, "layer")
+    if by_parts.num_layers < 2:
+        raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
+    num_experts = next(parts.moe for parts in by_parts.adapter.parts if parts.moe is not None).num_experts
+    sparse = [parts.moe is not None for parts in whole.adapter.parts]  # `layer` times MoE layers only
+    if not any(sparse[1:]):
+        raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
+    generator = torch.Generator().manual_seed(seed)
+    shapes = draw_shapes(space, np.random.default_rng(seed))
+    warm_up(by_parts, whole, shapes=shapes, generator=generator)
+    samples, experts, blocks = [], [], []
+    for phase, lengths in shapes:
+        point = shape_columns(phase, lengths)
+        quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
+        parts = split_expert_pass(quanta, num_experts)
+        samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
+        experts += parts["experts"]
+        blocks += [{**point, **block} for block in parts["blocks"]]
+        layer_s = [s for _, s, _ in timed_quanta_of(whole, batch_for(whole, phase, lengths, generator))]
+        sparse_s = [s for index, s in enumerate(layer_s[1:-1], start=1) if sparse[index]]  # layer i is quantum i
+        samples += [{**point, "stage": "layer", "seconds": s} for s in sparse_s]
+        samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - layer_zero_s(sparse, sparse_s, parts)})
+    expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
+    samples += block_samples(blocks, expert_rows)
+    return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+
+
+def warm_up(*executors: RealExecutor, shapes: list[tuple[str, list[int]]], generator) -> None:
+    """Run, untimed, each phase's smallest and largest of `shapes` on each executor: a process's first
+    passes of a size run up to 3x slower (buffers and kernels set up on first use), and would be
+    charged to whichever shapes were drawn first."""
+    chosen = []
+    for phase in ("prefill", "decode"):
+        of_phase = sorted((sum(lengths), lengths) for p, lengths in shapes if p == phase)
+        chosen += [(phase, lengths) for _, lengths in of_phase[:1] + of_phase[-1:]]
+    for executor in executors:
+        for phase, lengths in chosen:
+            timed_quanta_of(executor, batch_for(executor, phase, lengths, generator))
+
+
+def layer_zero_s(sparse: list[bool], sparse_s: list[float], parts: dict) -> float:
+    """What layer 0 alone takes in a pass that calls layers whole: a sparse layer's median, or for a
+    dense layer 0 its attention and dense MLP halves as the same shape's expert pass timed them."""
+    if sparse[0]:
+        return float(np.median(sparse_s))
+    halves = {stage: [s for name, s in parts["stages"] if name == stage] for stage in ("attention", "dense_mlp")}
+    return float(np.median(halves["attention"]) + np.median(halves["dense_mlp"]))
+
+
+def timed_quanta_of(executor: RealExecutor, batch: list[Sequence]) -> list[tuple[object, float, list[int] | None]]:
+    """`timed_quanta` of a pass over `batch`, whose KV blocks then go back to the pool: a profile that
+    kept them would grow the pool (and time its growth) as no serving run does."""
+    try:
+        return timed_quanta(executor.forward(batch))
+    finally:
+        for sequence in batch:
+            sequence.kv.free()
+
+
+def timed_quanta(forward_pass: ForwardPass) -> list[tuple[object, float, list[int] | None]]:
+    """(checkpoint, or None at the pass's end; seconds; the tokens each routed expert received, while
+    the pass is inside an MoE block, else None: `ForwardPass.routed_tokens`) per quantum."""
+    quanta = []
+    while True:
+        start = time.perf_counter()
+        try:
+            checkpoint = next(forward_pass)
+        except StopIteration:
+            quanta.append((None, time.perf_counter() - start, None))
+            return quanta
+        seconds = time.perf_counter() - start
+        quanta.append((checkpoint, seconds, forward_pass.routed_tokens))
+
+
+def split_expert_pass(quanta: list, num_experts: int) -> dict:
+    """One expert-granularity pass's quanta, attributed to stages (see the module docstring)."""
+    attention = [s for cp, s, _ in quanta[1:] if cp is not None and cp.expert == ATTENTION]
+    stages = [("attention", s) for s in attention] + [("pass_start", quanta[0][1] - np.median(attention))]
+    stages.append(("pass_end", quanta[-1][1]))
+    experts, blocks, block = [], [], []
+    for checkpoint, seconds, routed in quanta[1:-1]:
+        if checkpoint.expert == ATTENTION:
+            continue
+        if checkpoint.expert is None:  # a dense layer's MLP half
+            stages.append(("dense_mlp", seconds))
+            continue
+        if routed is not None:  # inside the block: the routing of its tokens is known
+            received = routed
+        block.append((checkpoint.expert, seconds))
+        if routed is None:  # the block's last checkpoint, after its residual add
+            units = [(unit, s, received[unit] if unit < num_experts else None) for unit, s in block]
+            experts += [(tokens, s) for _, s, tokens in units[1:-1]]
+            blocks.append({"first_tokens": units[0][2], "first_s": units[0][1],
+                           "last_tokens": units[-1][2], "last_s": units[-1][1]})  # fmt: skip
+            block = []
+    return {"stages": stages, "experts": experts, "blocks": blocks}
+
+
+def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
+    """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
+    constant, per_token = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
+
+    def expert_s(received):
+        return 0.0 if received is None else constant + per_token * received
+
+    shape_keys = ("phase", "batch_size", "query_len", "key_len", "real_tokens")
+    samples = []
+    for block in blocks:
+        point = {key: block[key] for key in shape_keys}
+        samples.append({**point, "stage": "router", "seconds": block["first_s"] - expert_s(block["first_tokens"])})
+        samples.append({**point, "stage": "combine", "seconds": block["last_s"] - expert_s(block["last_tokens"])})
+    return samples
+
+
+def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator) -> list[Sequence]:
+    """A batch whose next pass has the shape: a prompt of `lengths[i]` tokens in row i (prefill), or
+    one new token after `lengths[i]` cached ones (decode). A decode batch's caches are filled by
+    untimed passes: prefills (rows of like length together), then one decode step of the whole
+    batch, so the timed step follows another as in a run. Timed straight after the prefills, a
+    tiny model's step ran 10-20 % slower than in a run (its weights pushed out of the CPU's caches
+    by the prompts' activations), and the simulator inherited the difference."""
+    vocab = executor.config.vocab_size
+    prompt_lengths = [n - 1 if phase == "decode" else n for n in lengths]  # the untimed step adds one
+    batch = [
+        Sequence(Request(f"p{i}", 0.0, n, 3, "BE", DEFAULT_PRIORITY["BE"]),
+                 torch.randint(1, vocab, (n,), generator=generator).tolist(), executor.new_kv())
+        for i, n in enumerate(prompt_lengths)
+    ]  # fmt: skip
+    if phase == "decode":
+        by_length = sorted(batch, key=lambda sequence: sequence.request.prompt_len)
+        for rows in [by_length[start : start + 4] for start in range(0, len(by_length), 4)] + [batch]:
+            for sequence, token in zip(rows, run_to_completion(executor.forward(rows))):
+                sequence.output_ids.append(token)
+    return batch
+
+
+def measure_engine(build_engine, requests: list[Request]) -> pd.DataFrame:
+    """Profile rows `checkpoint` and `pass_overhead`: the gaps between an engine's quanta while it is
+    never idle (every request arrives at 0), with the phase, rows and tokens of the quantum after
+    the gap. `build_engine(clock, recorder)` builds the engine to measure."""
+    clock = RealClock()
+    recorder = Recorder(clock)
+    replay(requests, build_engine(clock, recorder), recorder, progress=False)
+    samples = []
+    for before, after in zip(recorder.quanta, recorder.quanta[1:]):
+        rows, tokens = len(after.request_ids), after.num_tokens
+        query_len = 1 if after.kind == "decode" else -(-tokens // rows)
+        samples.append({"stage": "pass_overhead" if before.layer is None else "checkpoint", "phase": after.kind,
+                        "batch_size": rows, "query_len": query_len, "key_len": query_len, "real_tokens": tokens,
+                        "tokens": 0.0, "seconds": after.t_start_s - before.t_end_s})  # fmt: skip
+    return pd.DataFrame(samples)
