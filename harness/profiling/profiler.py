@@ -1,8 +1,10 @@
 """Measure the real executor stage by stage, for the simulator's profiled cost model (qllm/sim/profiled.py).
 
 Pass shapes are drawn at random (`draw_shapes`): batch sizes, and per row a prompt length (prefill)
-or a cached context (decode), sometimes all rows alike and sometimes not (padded), up to the sizes
-the runs will meet. For each shape the real executor runs a pass at `expert` granularity (one
+or a cached context (decode), sometimes all rows alike and sometimes not (padded, some with one
+row far longer than the rest), up to the sizes the runs will meet. Passes are timed as a run meets
+them: after untimed passes of the smallest and largest shapes (`warm_up`), and a decode step after
+another step of the same batch (`batch_for`). For each shape the real executor runs a pass at `expert` granularity (one
 expert per checkpoint) and one at `layer` granularity, and every quantum (the work between two
 checkpoints) is timed as the engine times it, around `next()`. A quantum is one stage, or a stage
 plus a neighbour, and the neighbours are separated by subtraction:
