@@ -289,8 +289,7 @@ class CaughtUpRows:
     def held_tensors(self) -> list[torch.Tensor]:
         """What the rows keep while they wait to join a pass: their hidden states, each row group's
         inputs and its cache's indices (qllm.real.row_groups.RowGroup.held_tensors)."""
-        return [*self.hiddens, *(t for group in self.groups for t in group.held_tensors()),
-                *(t for cache in self.caches for t in cache.held_tensors())]  # fmt: skip
+        return [*self.hiddens, *(t for group in self.groups for t in group.held_tensors())]
 
     def release(self) -> None:
         for cache in self.caches:
