@@ -43,10 +43,16 @@ from qllm.clock import RealClock
 GRANULARITIES = ("layer", "expert")
 
 
-def run_once(cfg, resources: RunResources, requests, granularity: str, merge: bool) -> dict:
-    """Replay the trace once in real time; its throughput, LS TTFT, BE TPOT and merges."""
+def engine_config(cfg, granularity: str, merge: bool):
+    """The run's qllm engine at `granularity`, merging or not."""
     engine_cfg = cfg.engine.qllm.copy()
     engine_cfg.granularity, engine_cfg.catch_up_merge = granularity, merge
+    return engine_cfg
+
+
+def run_once(cfg, resources: RunResources, requests, granularity: str, merge: bool) -> dict:
+    """Replay the trace once in real time; its throughput, LS TTFT, BE TPOT and merges."""
+    engine_cfg = engine_config(cfg, granularity, merge)
     clock = RealClock()
     recorder = Recorder(clock)
     engine = resources.build_engine(engine_cfg, f"qllm-{granularity}-{'merge' if merge else 'plain'}", clock, recorder)
@@ -89,9 +95,7 @@ def main() -> None:
     resources = RunResources(cfg)
     for granularity in GRANULARITIES:
         for merge in (False, True):
-            engine_cfg = cfg.engine.qllm.copy()
-            engine_cfg.granularity, engine_cfg.catch_up_merge = granularity, merge
-            warm_up(engine_cfg, resources, 4)
+            warm_up(engine_config(cfg, granularity, merge), resources, 4)
     rows, started = [], time.monotonic()
     for repeat in range(args.repeats):
         for granularity in GRANULARITIES:
