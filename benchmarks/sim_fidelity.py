@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--profile", nargs=2, action="append", metavar=("MODEL", "PATH"), default=[],
                         help="use this profile for MODEL instead of measuring one (repeatable)")
     parser.add_argument("--profile-override", action="append", default=[],
-                        help="a qllm-profile override for the profiles measured here, e.g. repeats=5 (repeatable)")
+                        help="a qllm-profile override for the profiles measured here, e.g. shapes.num_shapes=60 (repeatable)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
     if args.real_runs < 2:

@@ -4,9 +4,9 @@ Pass shapes are drawn at random (`draw_shapes`): batch sizes, and per row a prom
 or a cached context (decode), sometimes all rows alike and sometimes not (padded, some with one
 row far longer than the rest), up to the sizes the runs will meet. Passes are timed as a run meets
 them: after untimed passes of the smallest and largest shapes (`warm_up`), and a decode step after
-another step of the same batch (`batch_for`). For each shape the real executor runs a pass at `expert` granularity (one
-expert per checkpoint) and one at `layer` granularity, and every quantum (the work between two
-checkpoints) is timed as the engine times it, around `next()`. A quantum is one stage, or a stage
+another step of the same batch (`batch_for`). For each shape the real executor runs a pass at
+`expert` granularity (one expert per checkpoint) and one at `layer` granularity, and every quantum
+(the work between two checkpoints) is timed as the engine times it, around `next()`. A quantum is one stage, or a stage
 plus a neighbour, and the neighbours are separated by subtraction:
 
 - `attention`: a layer's attention half (layers after the first); `pass_start`: the first quantum
