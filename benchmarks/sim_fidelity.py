@@ -13,15 +13,6 @@ spread (max - min) / mean, and the floor: the median |error| that a simulator pr
 mean exactly would still show against the mean of this many noisy runs (0.674 sigma / sqrt(runs),
 sigma estimated from the runs); then medians, p90s and signed medians per metric.
 
-The machine's speed drifts: on the development VM the same pass takes 10-30 % longer from one
-minute to the next (other tenants share its caches and memory), so a profile measured minutes
-before a run can be off by that much through no fault of the cost model. A probe times the same few
-passes of the model (`MachineProbe`) around the profile and around each workload's real runs; their
-ratio, `drift`, is reported per workload, and the workload is simulated a second time with the
-profile's times scaled by it (`hardware.time_scale`). That second error (`steady error`) is the
-cost model's with the machine held still, as far as the probe can tell; the first is what a user
-gets.
-
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
 
@@ -45,20 +36,16 @@ import torch
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.profiling.profile_app import profile_in_process
-from harness.profiling.profiler import batch_for, timed_quanta_of, warm_up
 from harness.traces.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
 from harness.traces.trace_schema import validate_trace
-from qllm.real.executor import RealExecutor
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
 CLASSES = ("LS", "BE", "all")
 CAPACITY_REQUESTS = 64  # requests arriving at once, to measure a workload's capacity on the simulator
 HALF_NORMAL_MEDIAN = 0.6745  # median of |x| for x ~ N(0, 1)
-PROBE_SHAPES = (("decode", [192] * 8), ("prefill", [96, 48]), ("decode", [48]))  # passes typical of the runs
-PROBE_S = 0.3  # seconds each probe shape is repeated for, at least
 
 
 def run_summary(workload: Workload, trace: pd.DataFrame, executor: list[str]) -> pd.DataFrame:
@@ -77,41 +64,17 @@ def capacity_rps(workload: Workload, limits: Limits, sim: list[str]) -> float:
     return float(summary.loc["all", "throughput_rps"])
 
 
-class MachineProbe:
-    """How long the real executor takes over PROBE_SHAPES now (the sum of each shape's median time):
-    read around a profile and around a workload's real runs, the ratio of the readings says how much
-    slower (> 1) the machine ran during the runs than while it was profiled."""
-
-    def __init__(self, model: str) -> None:
-        self.executor = RealExecutor(RunResources(compose_config(f"model={model}", "executor=real")).model, "layer")
-        self.generator = torch.Generator().manual_seed(0)
-        warm_up(self.executor, shapes=list(PROBE_SHAPES), generator=self.generator)
-
-    def seconds(self) -> float:
-        total = 0.0
-        for phase, lengths in PROBE_SHAPES:
-            times, started = [], time.perf_counter()
-            while len(times) < 3 or time.perf_counter() - started < PROBE_S:
-                batch = batch_for(self.executor, phase, lengths, self.generator)
-                times.append(sum(seconds for _, seconds, _ in timed_quanta_of(self.executor, batch)))
-            total += float(np.median(times))
-        return total
-
-
 def metric_values(summary: pd.DataFrame) -> dict[tuple[str, str], float]:
     rows = summary.set_index("priority_class")
     return {(cls, label): float(rows.loc[cls, column]) if cls in rows.index else np.nan
             for cls in CLASSES for column, label in METRICS.items()}  # fmt: skip
 
 
-def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame, drift: float = 0.0,
-            steady_sim: pd.DataFrame | None = None) -> pd.DataFrame:
+def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) -> pd.DataFrame:
     """Per class and metric: the real runs (`real_1`...), their mean, spread and floor (module
-    docstring), the simulated value and its error; the machine's drift since the profile and the
-    error of the simulation whose profile was scaled by it (`steady_error`)."""
+    docstring), the simulated value and its error."""
     runs = [metric_values(summary) for summary in reals]
     simulated = metric_values(sim)
-    steady = metric_values(sim if steady_sim is None else steady_sim)
     rows = []
     for key in simulated:
         values = np.array([run[key] for run in runs])
@@ -123,8 +86,7 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame, dr
                      "class": key[0], "metric": key[1], **{f"real_{i}": v for i, v in enumerate(values, start=1)},
                      "real_mean": mean, "sim": simulated[key], "real_spread": (values.max() - values.min()) / mean,
                      "floor": HALF_NORMAL_MEDIAN * sigma / np.sqrt(len(values)),
-                     "error": (simulated[key] - mean) / mean, "drift": drift, "steady_sim": steady[key],
-                     "steady_error": (steady[key] - mean) / mean})  # fmt: skip
+                     "error": (simulated[key] - mean) / mean})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -137,49 +99,39 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
     with tempfile.TemporaryDirectory() as folder:
         for model in sorted({w.model for w in workloads}):
             path = (profiles or {}).get(model)
-            probe = MachineProbe(model)
-            profiled_s = [probe.seconds()]  # around the profile: the machine's speed while it was measured
             if path is None:
                 path = Path(folder) / f"{model}.parquet"
                 started = time.perf_counter()
                 profile_in_process(model, path, profile_overrides)
                 progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
-            profiled_s.append(probe.seconds())
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
             for workload in (w for w in workloads if w.model == model):
                 workload = with_rate(workload, capacity_rps(workload, limits, sim))
                 trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
                 started = time.perf_counter()
-                reals, probed_s = [], []
-                for _ in range(real_runs):
-                    probed_s.append(probe.seconds())
-                    reals.append(run_summary(workload, trace, ["executor=real"]))
-                probed_s.append(probe.seconds())
-                scale = np.mean(probed_s) / np.mean(profiled_s)
-                table = compare(workload, reals, run_summary(workload, trace, sim), scale - 1,
-                                run_summary(workload, trace, [*sim, f"hardware.time_scale={scale}"]))  # fmt: skip
+                reals = [run_summary(workload, trace, ["executor=real"]) for _ in range(real_runs)]
+                table = compare(workload, reals, run_summary(workload, trace, sim))
                 progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: "
-                         f"median |error| {100 * table['error'].abs().median():.1f} %, "
-                         f"drift {100 * (scale - 1):+.1f} %, steady {100 * table['steady_error'].abs().median():.1f} % "
+                         f"median |error| {100 * table['error'].abs().median():.1f} % "
                          f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
                 tables.append(table)
                 done.append(workload)
     return done, pd.concat(tables, ignore_index=True)
 
 
-def per_metric(table: pd.DataFrame, error: str = "error") -> pd.DataFrame:
-    """Median and p90 of |`error`|, the signed median, the real runs' median spread and the median
+def per_metric(table: pd.DataFrame) -> pd.DataFrame:
+    """Median and p90 of |error|, the signed median, the real runs' median spread and the median
     floor (module docstring), per metric."""
-    grouped = table.assign(abs_error=table[error].abs()).groupby("metric", sort=False)
+    grouped = table.assign(abs_error=table["error"].abs()).groupby("metric", sort=False)
     stats = pd.DataFrame({
         "n": grouped.size(),
         "|error| median %": 100 * grouped["abs_error"].median(),
         "|error| p90 %": 100 * grouped["abs_error"].quantile(0.9),
-        "signed median %": 100 * grouped[error].median(),
+        "signed median %": 100 * grouped["error"].median(),
         "real spread median %": 100 * grouped["real_spread"].median(),
         "floor median %": 100 * grouped["floor"].median(),
     })
-    overall = table[error]
+    overall = table["error"]
     stats.loc["all metrics"] = [len(table), 100 * overall.abs().median(), 100 * overall.abs().quantile(0.9),
                                 100 * overall.median(), 100 * table["real_spread"].median(),
                                 100 * table["floor"].median()]  # fmt: skip
@@ -218,19 +170,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
     print("\nworkloads:")
-    drifts = table.groupby("workload")["drift"].first()
     for workload in workloads:
-        print(f"  {workload.describe()} rate={workload.rate:.2f}/s drift={100 * drifts[workload.index]:+.1f} %")
-    shown = table.assign(**{"error %": (100 * table["error"]).round(1), "spread %": (100 * table["real_spread"]).round(1),
-                            "steady %": (100 * table["steady_error"]).round(1)})  # fmt: skip
+        print(f"  {workload.describe()} rate={workload.rate:.2f}/s")
+    shown = table.assign(**{"error %": (100 * table["error"]).round(1), "spread %": (100 * table["real_spread"]).round(1)})
     real_columns = [c for c in table.columns if c.startswith("real_") and c[5:].isdigit()]
-    print(shown[["workload", "engine", "class", "metric", *real_columns, "sim", "spread %", "error %", "steady %"]]
+    print(shown[["workload", "engine", "class", "metric", *real_columns, "sim", "spread %", "error %"]]
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())
-    print(f"\nseed {seed}, steady: the same with each workload's profile scaled by the machine's drift "
-          f"(median {100 * drifts.median():+.1f} %, range {100 * drifts.min():+.1f} to {100 * drifts.max():+.1f} %)")
-    print(per_metric(table, "steady_error").round(1).to_string())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.assign(seed=seed).to_csv(args.out, index=False)

@@ -75,15 +75,9 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     np.testing.assert_allclose(written["real_mean"], reals.mean(axis=1))
     np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
     np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
-    # The second simulation's profile is scaled by the drift the probe read: slower where the machine slowed
-    np.testing.assert_allclose(written["steady_error"], written["steady_sim"] / written["real_mean"] - 1)
-    drift = written.groupby("workload")["drift"].agg(["min", "max"])
-    assert (drift["min"] == drift["max"]).all() and (drift["min"].abs() < 1).all()
-    throughput = written[(written["metric"] == "throughput") & (written["class"] == "all")]
-    assert (np.sign(throughput["sim"] - throughput["steady_sim"]) == np.sign(throughput["drift"])).all()
     printed = capsys.readouterr().out
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
-    assert "floor median %" in printed and "steady: the same with each workload's profile scaled" in printed
+    assert "floor median %" in printed
 
 
 def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, capsys):

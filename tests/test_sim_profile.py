@@ -73,20 +73,6 @@ def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shape
     assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
 
 
-def test_time_scale_multiplies_every_profiled_time(tmp_path, tiny_shape):
-    """hardware.time_scale: the machine running that much slower than when it was profiled."""
-    path = tmp_path / "profile.parquet"
-    write_profile(synthetic_table(tiny_shape), path, tiny_shape, HERE)
-    plain, slower = ProfiledCostModel(str(path), tiny_shape), ProfiledCostModel(str(path), tiny_shape, time_scale=1.25)
-    for shape in (PassShape(8, 1, 300, 8), PassShape(2, 50, 50, 70)):
-        for field, seconds in dataclasses.asdict(plain.stage_costs(shape)).items():
-            assert getattr(slower.stage_costs(shape), field) == pytest.approx(1.25 * seconds), field
-    tokens = np.array([0, 3, 300])
-    np.testing.assert_allclose(slower.expert_s(tokens), 1.25 * plain.expert_s(tokens))
-    with pytest.raises(ConfigurationError, match="time_scale=0"):
-        ProfiledCostModel(str(path), tiny_shape, time_scale=0)
-
-
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
     """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
     contexts costs the engine what a short one does."""

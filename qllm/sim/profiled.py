@@ -24,8 +24,6 @@ gathered, the longest row's keys (work per block of a block table), the routed e
 to run), fitted per phase by least squares on the relative
 error, so it predicts shapes between and beyond the measured ones from what drives the cost
 rather than by interpolating a grid. A routed expert's time is linear in the tokens it received.
-`time_scale` multiplies every time: the machine that measured the profile running that much slower
-(> 1) or faster, as `benchmarks/sim_fidelity.py` measures it drifting between a profile and a run.
 """
 
 from __future__ import annotations
@@ -120,9 +118,7 @@ def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 
 class ProfiledCostModel:
-    def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False, time_scale: float = 1.0) -> None:
-        if not time_scale > 0:
-            raise ConfigurationError(f"hardware.time_scale={time_scale}: a positive factor on the profile's times")
+    def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False) -> None:
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         differ = sorted(k for k, v in this_model.items() if k in measured_on and measured_on[k] != v)
@@ -143,13 +139,13 @@ class ProfiledCostModel:
             x = features(model, rows["batch_size"], rows["query_len"], rows["key_len"], rows["real_tokens"])
             used = np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))
             self.coefficients[stage, phase] = np.zeros(len(FEATURES))
-            self.coefficients[stage, phase][used] = time_scale * fit(x[:, used], rows["seconds"].to_numpy(float))
+            self.coefficients[stage, phase][used] = fit(x[:, used], rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
         missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
         experts = table[table["stage"] == "expert"]
         if missing or experts.empty:
             raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
-        self.expert_coefficients = time_scale * fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
+        self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
