@@ -63,18 +63,12 @@ class RunResources:
         return instantiate(self.cfg.clock)
 
     def check_engine(self, engine_cfg: DictConfig, name: str) -> None:
-        """What the simulating executor cannot stand in for: an engine that runs the model itself, or a
-        policy that mixes prompts and decode tokens in one pass."""
+        """What the simulating executor cannot stand in for: an engine that runs the model itself."""
         if "model" in inspect.signature(get_object(engine_cfg._target_)).parameters and "model" not in engine_cfg \
                 and not self.runs_a_model:  # fmt: skip
             raise ConfigurationError(
                 f"engine {name} runs the model itself, but executor {self.cfg.executor._target_} simulates "
                 f"it without weights: choose executor=real, or leave {name} out of engine=[...]"
-            )
-        if engine_cfg.get("policy", {}).get("mixed_batches") and not self.runs_a_model:
-            raise ConfigurationError(  # its cost model prices a pass as one phase, padded to the longest row
-                f"engine {name}: policy.mixed_batches=true is not simulated; the simulator prices one-phase "
-                f"passes: choose executor=real, or policy.mixed_batches=false"
             )
 
     def build_engine(self, engine_cfg: DictConfig, name: str, clock, events):

@@ -29,7 +29,6 @@ def test_a_simulated_run_goes_end_to_end_without_weights(run_app, monkeypatch):
 @pytest.mark.parametrize("overrides, named", [
     (("engine=[qllm,hf_generate]",), ("hf_generate", "executor=real", "engine=[")),
     (("engine=[qllm]", "record_token_ids=true"), ("record_token_ids", "executor=real")),
-    (("engine=[fcfs_cb]", "engine.fcfs_cb.policy.mixed_batches=true"), ("fcfs_cb", "mixed_batches", "executor=real")),
 ])  # fmt: skip
 def test_what_the_simulator_cannot_do_is_refused_in_one_line(overrides, named, tmp_path):
     done = run_cli("executor=sim", *overrides, f"hydra.run.dir={tmp_path}", expect_ok=False)

@@ -78,14 +78,15 @@ def batch_of(executor) -> list[Sequence]:
             for i, p in enumerate(PROMPTS)]  # fmt: skip
 
 
-def run_pass(executor, decode: bool = False) -> tuple[list[tuple[Checkpoint, int, list[int] | None]], list[int]]:
-    """Every checkpoint of one prefill pass (with `decode`, of the decode pass after it), with the
-    bytes the executor reports the pass would hold there, suspended, and the tokens it reports each
-    expert of the MoE block it is in received; and the pass's tokens."""
+def run_pass(executor, phase: str = "prefill") -> tuple[list[tuple[Checkpoint, int, list[int] | None]], list[int]]:
+    """Every checkpoint of one pass of PROMPTS' rows, with the bytes the executor reports the pass
+    would hold there, suspended, and the tokens it reports each expert of the MoE block it is in
+    received; and the pass's tokens. `phase`: prefill; decode (the step after that prefill); or
+    mixed (rows 0 and 2 decode after their prefill while row 1 feeds its prompt, as a policy's
+    `mixed_batches` runs them)."""
     sequences = batch_of(executor)
-    if decode:
-        for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
-            sequence.output_ids.append(token)
+    if phase != "prefill":
+        prefill(executor, sequences if phase == "decode" else sequences[::2])
     batch = Batch.of(sequences)
     batch.forward_pass = executor.forward(sequences)
     stops = []
@@ -97,10 +98,16 @@ def run_pass(executor, decode: bool = False) -> tuple[list[tuple[Checkpoint, int
         stops.append((checkpoint, batch.forward_pass.held_bytes(), batch.forward_pass.routed_tokens))
 
 
-def real_routing(model, num_experts: int, decode: bool = False) -> np.ndarray:
+def prefill(executor, sequences: list[Sequence]) -> None:
+    """Run the sequences' prompts and append each one's token: their next pass decodes."""
+    for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
+        sequence.output_ids.append(token)
+
+
+def real_routing(model, num_experts: int, phase: str = "prefill") -> np.ndarray:
     """Which experts received tokens in each MoE layer of the real pass (from its checkpoints at one
     expert per group), as token counts of 1."""
-    stops, _ = run_pass(RealExecutor(model, "expert", 1), decode)
+    stops, _ = run_pass(RealExecutor(model, "expert", 1), phase)
     routed = [c for c, *_ in stops if c.expert not in (None, ATTENTION)]
     sparse = sorted({c.layer for c in routed})
     tokens = np.zeros((len(sparse), num_experts), dtype=int)
@@ -115,13 +122,13 @@ STOPS = [("iteration", 1), ("layer", 1), ("expert", 1), ("expert", 2), ("expert"
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("granularity, group, phase", [(*stop, "prefill") for stop in STOPS] +
-                         [(*stop, "decode") for stop in STOPS if stop[1] == 1])  # fmt: skip
+                         [(*stop, phase) for stop in STOPS if stop[1] == 1 for phase in ("decode", "mixed")])  # fmt: skip
 def test_the_sim_stops_where_the_real_executor_does_holding_what_it_holds(family, granularity, group, phase):
     model, config = family_model(family)
-    real_stops, real_tokens = run_pass(RealExecutor(model, granularity, group), decode=phase == "decode")
+    real_stops, real_tokens = run_pass(RealExecutor(model, granularity, group), phase)
     sim = SimExecutor(config, VirtualClock(), KnownCosts, granularity, group)
-    sim.routing = FixedRouting(real_routing(model, sim.model.num_experts, decode=phase == "decode"))
-    sim_stops, sim_tokens = run_pass(sim, decode=phase == "decode")
+    sim.routing = FixedRouting(real_routing(model, sim.model.num_experts, phase))
+    sim_stops, sim_tokens = run_pass(sim, phase)
     assert [c for c, *_ in sim_stops] == [c for c, *_ in real_stops]
     assert all(held > 0 for _, held, _ in real_stops)
     assert [held for _, held, _ in sim_stops] == [held for _, held, _ in real_stops]  # estimated from shapes, exactly
@@ -155,7 +162,7 @@ def test_the_bytes_held_at_a_layer_checkpoint_are_the_tensors_counted_by_hand(ph
     # against at most 10 cached; every row fits one block of 16.
     expected = layer_checkpoint_bytes(3, 9, 9, 16, 1) if phase == "prefill" else layer_checkpoint_bytes(3, 1, 10, 3, 1)
     for executor in (RealExecutor(model, "layer"), SimExecutor(config, VirtualClock(), KnownCosts, "layer")):
-        stops, _ = run_pass(executor, decode=phase == "decode")
+        stops, _ = run_pass(executor, phase)
         assert [held for _, held, _ in stops] == [expected] * 3, type(executor).__name__
 
 
@@ -218,8 +225,7 @@ def merged_run(executor, stops: int) -> list[list[tuple[Checkpoint, int, list[in
     bytes the executor reports the pass would hold there, suspended, and the tokens it reports each
     expert of the MoE block it is in received."""
     sequences = batch_of(executor)
-    for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
-        sequence.output_ids.append(token)
+    prefill(executor, sequences)
     decode = Batch.of(sequences)
     decode.forward_pass = executor.forward(sequences)
     before = []
@@ -288,8 +294,7 @@ def test_rows_waiting_to_join_a_pass_are_held_by_it_counted_by_hand():
         passes = []
         for executor in (alone, merged):
             sequences = batch_of(executor)
-            for sequence, token in zip(sequences, run_to_completion(executor.forward(sequences))):
-                sequence.output_ids.append(token)
+            prefill(executor, sequences)
             passes.append(executor.forward(sequences))
         alone_pass, merged_pass = passes
         assert next(alone_pass) == next(merged_pass) == Checkpoint(layer=0, expert=ATTENTION)
@@ -315,7 +320,7 @@ def test_a_catch_up_costs_its_layers_and_the_merged_pass_a_mixed_passs_remaining
     clock = VirtualClock()
     sim = SimExecutor(config, clock, KnownCosts, "layer")
     sequences = batch_of(sim)
-    run_to_completion(sim.forward(sequences))
+    prefill(sim, sequences)
     decode = sim.forward(sequences)
     assert next(decode) == Checkpoint(layer=0)
     t0 = clock.now()
@@ -336,6 +341,23 @@ def test_a_catch_up_costs_its_layers_and_the_merged_pass_a_mixed_passs_remaining
     expected = [t1 + COSTS.checkpoint_s + merged_layer_s, t1 + 2 * (COSTS.checkpoint_s + merged_layer_s)]
     assert times == pytest.approx(expected)
     assert clock.now() == pytest.approx(expected[-1] + COSTS.checkpoint_s + COSTS.pass_end_s)
+
+
+def test_a_mixed_pass_costs_each_row_groups_attention_and_one_moe_half_per_layer():
+    """Layer granularity on known costs: a pass of decode rows and a prompt row (mixed_batches) runs
+    two attention halves per layer, one per row group, and the MoE half once on their packed tokens."""
+    _, config = family_model("mixtral")
+    clock = VirtualClock()
+    sim = SimExecutor(config, clock, KnownCosts, "layer")
+    sequences = batch_of(sim)
+    prefill(sim, sequences[::2])
+    start = clock.now()
+    checkpoints, tokens = drive(sim.forward(sequences))
+    assert checkpoints == [Checkpoint(layer=layer) for layer in range(3)] and len(tokens) == 3
+    layer_s = COSTS.layer_s + COSTS.attention_s  # two attention halves, one MoE half
+    assert clock.now() - start == pytest.approx(COSTS.pass_overhead_s + COSTS.pass_start_s + 3 * layer_s +
+                                                3 * COSTS.checkpoint_s + COSTS.pass_end_s)  # fmt: skip
+    assert [s.kv.num_tokens for s in sequences] == [6, 9, 3]  # each row's KV committed
 
 
 def drive(forward_pass) -> tuple[list, object]:
@@ -394,16 +416,17 @@ def mixed_requests(n: int, seed: int) -> list[Request]:
                     "LS" if i % 4 == 1 else "BE", 0 if i % 4 == 1 else 1) for i in range(n)]  # fmt: skip
 
 
-@pytest.mark.parametrize("engine, granularity, merge", [
-    ("qllm", "expert", False), ("qllm", "layer", False), ("qllm_slo_slack", "expert", False),
-    ("fcfs_rtc", "iteration", False), ("priority_cb", "iteration", False), ("qllm", "expert", True),
-    ("qllm", "layer", True), ("qllm_slo_slack", "expert", True),
+@pytest.mark.parametrize("engine, granularity, merge, mixed", [
+    ("qllm", "expert", False, False), ("qllm", "layer", False, False), ("qllm_slo_slack", "expert", False, False),
+    ("fcfs_rtc", "iteration", False, False), ("priority_cb", "iteration", False, False), ("qllm", "expert", True, False),
+    ("qllm", "layer", True, False), ("qllm_slo_slack", "expert", True, False), ("qllm", "expert", False, True),
+    ("fcfs_cb", "iteration", False, True),
 ])  # fmt: skip
-def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, merge, monkeypatch):
+def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, merge, mixed, monkeypatch):
     config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit",
                             f"engine=[{engine}]", "slo.LS.ttft_s=0.15")  # tight: slo_slack preempts too  # fmt: skip
     requests = mixed_requests(60, seed=3)
-    overrides = {"granularity": granularity, "catch_up_merge": merge}
+    overrides = {"granularity": granularity, "catch_up_merge": merge, **({"policy__mixed_batches": True} if mixed else {})}
     skipped, skipped_timeline = sim_run(config, engine, requests, False, monkeypatch, **overrides)
     stepped, stepped_timeline = sim_run(config, engine, requests, True, monkeypatch, **overrides)
     columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions", "generated_len"]
@@ -413,6 +436,9 @@ def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, merg
         assert skipped["preemptions"].sum() > 0  # the schedule compared includes preemptions
     if granularity != "iteration":
         assert len(skipped_timeline) < len(stepped_timeline)  # and the skips happened
+    if mixed:  # prompts rode in decode passes
+        assert (skipped_timeline["kind"] == "mixed").sum() > 0
+        return
     merged = skipped_timeline[(skipped_timeline["kind"] == "mixed") & skipped_timeline["is_resume"].astype(bool)]
     if engine == "qllm" or not merge:
         assert (len(merged) > 0) == merge  # LS prompts joined the decode passes they preempted

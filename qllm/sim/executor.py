@@ -30,6 +30,7 @@ from transformers import PretrainedConfig
 
 from qllm.executor import Checkpoint, ForwardPass, check_catch_up, check_granularity
 from qllm.kv import BlockPool, SequenceKV
+from qllm.real.row_groups import rows_by_phase
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
@@ -87,20 +88,25 @@ class SimExecutor:
         self, batch: list[Sequence], may_stop: Callable[[], bool] | None = None
     ) -> ForwardPass:
         """The pass over `batch` (see the module docstring); without `may_stop`, it stops at every checkpoint."""
-        rows = self._rows(batch)
-        return self._start(self.plan(rows.shape), rows, self.num_layers, may_stop)
+        groups = self._row_groups(batch)
+        return self._start(self.groups_plan(groups), groups, self.num_layers, may_stop)
 
     def catch_up(
         self, batch: list[Sequence], num_layers: int, may_stop: Callable[[], bool] | None = None
     ) -> ForwardPass:
         """`batch` through layers 0..num_layers-1 (qllm.executor.Executor.catch_up)."""
         check_catch_up(num_layers, self.num_layers)
-        rows = self._rows(batch)
-        return self._start(CatchUpPlan(self.plan(rows.shape), num_layers), rows, num_layers, may_stop)
+        groups = self._row_groups(batch)
+        return self._start(CatchUpPlan(self.groups_plan(groups), num_layers), groups, num_layers, may_stop)
 
-    def _start(self, plan, rows: SimRows, num_layers: int, may_stop: Callable[[], bool] | None) -> ForwardPass:
+    def _start(self, plan, groups: list[SimRows], num_layers: int, may_stop: Callable[[], bool] | None) -> ForwardPass:
         state = SimPassState(self)
-        return ForwardPass(simulated_pass(self.clock, self, plan, [rows], num_layers, may_stop, state), state)
+        return ForwardPass(simulated_pass(self.clock, self, plan, groups, num_layers, may_stop, state), state)
+
+    def _row_groups(self, batch: list[Sequence]) -> list[SimRows]:
+        """The batch's rows as the real executor lays them out: decode rows and prompt rows attend
+        apart, so a mixed batch (a policy's `mixed_batches`) is two groups."""
+        return [self._rows([batch[row] for row in rows]) for rows in rows_by_phase(batch)]
 
     def _rows(self, batch: list[Sequence]) -> SimRows:
         num_new_tokens = tuple(s.num_new_tokens for s in batch)
@@ -111,14 +117,18 @@ class SimExecutor:
 
     def merged_plan(self, before, groups: list[SimRows], layer: int) -> MergedPlan:
         """The plan of a pass whose rows were `before`'s until the end of `layer` and are `groups` after it."""
+        return MergedPlan(before, self.groups_plan(groups), layer)
+
+    def groups_plan(self, groups: list[SimRows]) -> ExpertPlan | WholeLayerPlan:
+        """The plan of a pass over row groups: each group's attention, the rest on their packed tokens."""
+        if len(groups) == 1:
+            return self.plan(groups[0].shape)
         shapes = [group.shape for group in groups]
         costs = row_group_costs(self.costs, shapes)
         if self.granularity == "expert":
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
-            after = ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
-        else:
-            after = WholeLayerPlan.of(self.model, costs, self.granularity)
-        return MergedPlan(before, after, layer)
+            return ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
+        return WholeLayerPlan.of(self.model, costs, self.granularity)
 
     def held_bytes(self, groups: list[SimRows], waiting: list[SimRows], kind: int) -> int:
         """What the real pass holds at a checkpoint of `kind` with these row groups, and rows sent to
