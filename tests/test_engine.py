@@ -76,6 +76,19 @@ def test_priority_cb_preempts_least_urgent_running_sequence_for_an_ls_prompt(con
     assert_matches_oracle(tiny_model, recorder, requests)
 
 
+@pytest.mark.parametrize("top_up", [False, True])
+def test_be_prompts_top_up_an_ls_prefill_only_into_room_under_the_batch_limit(config, resources, tiny_model, top_up):
+    # Two BE requests decode (2 of B=4 active); an LS prompt and two BE prompts arrive together.
+    specs = [(4, 12, "BE", 0), (5, 12, "BE", 0), (6, 2, "LS", 3), (3, 3, "BE", 3), (4, 3, "BE", 3)]
+    recorder, requests = run(config, resources, "qllm", specs, policy__max_batch_size=4,
+                             policy__be_prefill_top_up=top_up)  # fmt: skip
+    ls_prefill = {q.request_ids for q in recorder.quanta if q.kind == "prefill" and "r2" in q.request_ids}
+    # The LS prompt and its batch become 3 active sequences with r0 and r1: room for one BE prompt more.
+    assert ls_prefill == ({("r2", "r3")} if top_up else {("r2",)})
+    assert recorder.requests["r4"].first_scheduled_s > recorder.requests["r2"].first_scheduled_s
+    assert_matches_oracle(tiny_model, recorder, requests)
+
+
 def test_requests_longer_than_the_context_are_rejected_with_a_reason(config, resources):
     recorder, _ = run(config, resources, "qllm", [(200, 100, "LS", 0), (4, 2, "BE", 0)])
     assert "exceed the model's context of 256" in recorder.requests["r0"].rejected_reason

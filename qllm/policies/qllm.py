@@ -29,7 +29,8 @@ class QLLMPolicy(QueuePolicy):
 
     `mixed_batches`: the BE prompts of step (3) ride in step (4)'s decode batch, one pass for both
     (vLLM's chunked prefill does the same); LS prompts still run alone. Off: one phase per batch,
-    the paper's mode.
+    the paper's mode. `be_prefill_top_up`: BE prompts join step (2)'s LS prompts in their pass, as
+    many as step (3) would admit (fewer than B active), so the pass that runs anyway carries them.
     """
 
     serves_preemption = True
@@ -44,7 +45,7 @@ class QLLMPolicy(QueuePolicy):
     ):
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.be_prefill_top_up = be_prefill_top_up  # BE prompts fill an LS prefill batch (the prototype does)
+        self.be_prefill_top_up = be_prefill_top_up  # BE prompts join an LS prefill batch (the prototype's do)
         self.prompts_first = prompts_first
         self.mixed_batches = mixed_batches  # BE prompts join the decode batch in one pass
         # The four queues, by class (urgent: LS, or BE promoted by aging) and phase; each FCFS.
@@ -104,7 +105,7 @@ class QLLMPolicy(QueuePolicy):
         batch = take_batch(self.ls_prefill, self.max_batch_size, self.max_batch_tokens)
         if batch and self.be_prefill_top_up:
             used = sum(s.num_new_tokens for s in batch)
-            room = self.max_batch_size - len(batch)
+            room = self.max_batch_size - self.num_active  # the LS prompts, taken, count as active
             batch += take_batch(self.be_prefill, room, self.max_batch_tokens - used, oversized_head=False)
         return self._prompts(batch)
 
