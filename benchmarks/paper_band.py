@@ -20,6 +20,7 @@ reduced.
 
     python benchmarks/paper_band.py                                # the comparable workload: 256 requests, batch 32
     python benchmarks/paper_band.py --requests 128 256 512 2000 --batch 16 32   # the growth table
+    python benchmarks/paper_band.py --batch 16 32 --qllm qllm_mixed             # QLLM with mixed batches
 """
 
 from __future__ import annotations
@@ -35,16 +36,17 @@ from harness.replay import requests_from_trace
 from harness.traces.workload import load_workload
 
 HARDWARE = ("a100_80gb", "paper_calibrated")
-ENGINES = ("qllm", "fcfs_rtc")
+BASELINE = "fcfs_rtc"
 PAPER = {"LS TTFT lower, mean": "65.5x", "LS TTFT lower, max": "101.6x", "QLLM meets the LS SLO up to": "7 req/s",
          "baseline's best LS SLO attainment": "fails", "LS turnaround lower, max": "12.8x",
          "throughput, qllm / baseline, min": "not reduced"}  # fmt: skip
 
 
-def summaries(hardware: str, num_requests: int, batch_limit: int, rate: float) -> pd.DataFrame:
-    cfg = compose_config("experiment=paper_ttft_vs_rate", f"hardware={hardware}", f"engine=[{','.join(ENGINES)}]",
+def summaries(hardware: str, num_requests: int, batch_limit: int, rate: float, qllm: str = "qllm") -> pd.DataFrame:
+    engines = (qllm, BASELINE)
+    cfg = compose_config("experiment=paper_ttft_vs_rate", f"hardware={hardware}", f"engine=[{','.join(engines)}]",
                          f"trace.num_requests={num_requests}", f"trace.rate={rate}", "progress=false",
-                         *(f"engine.{engine}.policy.max_batch_size={batch_limit}" for engine in ENGINES))  # fmt: skip
+                         *(f"engine.{engine}.policy.max_batch_size={batch_limit}" for engine in engines))  # fmt: skip
     resources = RunResources(cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
     params = {"run_id": f"{hardware}-{num_requests}-{batch_limit}-{rate}", "rate": rate}
@@ -52,19 +54,20 @@ def summaries(hardware: str, num_requests: int, batch_limit: int, rate: float) -
                       for name, engine_cfg in cfg.engine.items()], ignore_index=True)  # fmt: skip
 
 
-def claims(summary: pd.DataFrame) -> dict:
-    """The paper's claims, computed over the rates of one (cost model, trace length, batch limit)."""
+def claims(summary: pd.DataFrame, qllm: str = "qllm") -> dict:
+    """The paper's claims, computed over the rates of one (cost model, trace length, batch limit), for
+    the QLLM engine named `qllm` against the baseline."""
     ls = summary[summary["priority_class"] == "LS"].set_index(["rate", "engine"])
     everyone = summary[summary["priority_class"] == "all"].set_index(["rate", "engine"])
     rates = sorted(summary["rate"].unique())
-    ttft = [ls.loc[(r, "fcfs_rtc"), "ttft_s_mean"] / ls.loc[(r, "qllm"), "ttft_s_mean"] for r in rates]
-    turnaround = [ls.loc[(r, "fcfs_rtc"), "e2e_s_mean"] / ls.loc[(r, "qllm"), "e2e_s_mean"] for r in rates]
-    throughput = [everyone.loc[(r, "qllm"), "throughput_tok_s"] / everyone.loc[(r, "fcfs_rtc"), "throughput_tok_s"]
+    ttft = [ls.loc[(r, BASELINE), "ttft_s_mean"] / ls.loc[(r, qllm), "ttft_s_mean"] for r in rates]
+    turnaround = [ls.loc[(r, BASELINE), "e2e_s_mean"] / ls.loc[(r, qllm), "e2e_s_mean"] for r in rates]
+    throughput = [everyone.loc[(r, qllm), "throughput_tok_s"] / everyone.loc[(r, BASELINE), "throughput_tok_s"]
                   for r in rates]  # fmt: skip
-    meets = [r for r in rates if ls.loc[(r, "qllm"), "slo_attainment"] >= 0.99]
+    meets = [r for r in rates if ls.loc[(r, qllm), "slo_attainment"] >= 0.99]
     return {"LS TTFT lower, mean": sum(ttft) / len(ttft), "LS TTFT lower, max": max(ttft),
             "QLLM meets the LS SLO up to": max(meets) if meets else 0.0,
-            "baseline's best LS SLO attainment": max(ls.loc[(r, "fcfs_rtc"), "slo_attainment"] for r in rates),
+            "baseline's best LS SLO attainment": max(ls.loc[(r, BASELINE), "slo_attainment"] for r in rates),
             "LS turnaround lower, max": max(turnaround), "throughput, qllm / baseline, min": min(throughput)}  # fmt: skip
 
 
@@ -75,17 +78,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32], help="batch limits (B)")
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8])
     parser.add_argument("--hardware", nargs="+", default=list(HARDWARE))
+    parser.add_argument("--qllm", default="qllm", help="the QLLM engine compared with the baseline (e.g. qllm_mixed)")
     args = parser.parse_args()
     started = time.perf_counter()
     rows = []
     for hardware in args.hardware:
         for num_requests in args.requests:
             for batch_limit in args.batch:
-                summary = pd.concat([summaries(hardware, num_requests, batch_limit, rate) for rate in args.rates])
-                rows.append({"cost model": hardware, "requests": num_requests, "batch": batch_limit, **claims(summary)})
+                summary = pd.concat([summaries(hardware, num_requests, batch_limit, rate, args.qllm) for rate in args.rates])
+                rows.append({"cost model": hardware, "requests": num_requests, "batch": batch_limit,
+                             **claims(summary, args.qllm)})  # fmt: skip
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 250)
-    print("SIMULATED (Mixtral-8x7B NF4 on an A100, cost models named in the first column):")
+    print(f"SIMULATED ({args.qllm} against {BASELINE}, Mixtral-8x7B NF4 on an A100, cost models named in the first column):")
     print(table.to_string(index=False, float_format="%.2f"))
     print("\nthe paper (measured):", "; ".join(f"{claim}: {value}" for claim, value in PAPER.items()))
     print("\nband (min-max over the cost models), per trace length and batch limit:")

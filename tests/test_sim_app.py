@@ -51,3 +51,13 @@ def test_families_of_the_generic_adapter_simulate_end_to_end(run_app, monkeypatc
     requests, timeline = tables["requests"], tables["timeline"]
     assert (requests["status"] == "finished").all()
     assert timeline["t_end_s"].max() > 0 and requests.loc[requests["engine"] == "qllm", "preemptions"].sum() > 0
+
+
+def test_the_filling_passes_benchmark_sets_each_variant_against_the_baseline(capsys):
+    from benchmarks import filling_passes
+
+    ratio = filling_passes.main(["--requests", "24", "--batch", "4", "--rates", "4"])
+    assert set(ratio.index.get_level_values("variant")) == {"fcfs_rtc", *filling_passes.VARIANTS}
+    assert ratio.xs("fcfs_rtc", level="variant").eq(1.0).all() and (ratio > 0.5).all()
+    printed = capsys.readouterr().out
+    assert "SIMULATED" in printed and "qllm_mixed+merge" in printed and "lowest over the rates" in printed

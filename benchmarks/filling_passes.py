@@ -1,0 +1,78 @@
+"""At the paper's scale, SIMULATED: what each way of filling the passes that run anyway does to
+QLLM's throughput against the FCFS run-to-completion baseline, and to its LS TTFT.
+
+Variants: one-phase `qllm` (the paper's mode), BE prompts topping up an LS prefill pass
+(`policy.be_prefill_top_up`), mixed batches (`qllm_mixed`: BE prompts ride in the decode pass),
+mixed batches with catch-up merge, and `fcfs_cb` with and without mixed batches for reference. Each
+replays the first `--requests` of the paper-scale ShareGPT trace (as benchmarks/paper_band.py) on
+the simulated Mixtral-8x7B NF4 at each rate and batch limit, and prints throughput / the baseline's
+and the mean LS TTFT, per rate.
+
+    python benchmarks/filling_passes.py                                   # ideal A100, batch 16 and 32
+    python benchmarks/filling_passes.py --hardware paper_calibrated --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import pandas as pd
+from tqdm import tqdm
+
+from harness.app import compose_config, run_engine
+from harness.engines import RunResources
+from harness.replay import requests_from_trace
+from harness.traces.workload import load_workload
+
+BASELINE = "fcfs_rtc"
+VARIANTS = {  # name: (engine, overrides)
+    "qllm": ("qllm", []),
+    "qllm+top-up": ("qllm", ["engine.qllm.policy.be_prefill_top_up=true"]),
+    "qllm_mixed": ("qllm_mixed", []),
+    "qllm_mixed+merge": ("qllm_mixed", ["engine.qllm_mixed.catch_up_merge=true"]),
+    "fcfs_cb": ("fcfs_cb", []),
+    "fcfs_cb+mixed": ("fcfs_cb", ["engine.fcfs_cb.policy.mixed_batches=true"]),
+}
+
+
+def summary(engine: str, overrides: list[str], hardware: str, num_requests: int, batch_limit: int, rate: float) -> pd.Series:
+    cfg = compose_config("experiment=paper_ttft_vs_rate", f"hardware={hardware}", f"engine=[{engine}]",
+                         f"trace.num_requests={num_requests}", f"trace.rate={rate}", "progress=false",
+                         f"engine.{engine}.policy.max_batch_size={batch_limit}", *overrides)  # fmt: skip
+    (name, engine_cfg), = cfg.engine.items()
+    requests = requests_from_trace(load_workload(cfg.trace))
+    table = run_engine(name, engine_cfg, RunResources(cfg), requests, cfg, {"run_id": name})["summary"]
+    rows = table.set_index("priority_class")
+    return pd.Series({"throughput": rows.loc["all", "throughput_tok_s"], "LS TTFT": rows.loc["LS", "ttft_s_mean"]})
+
+
+def main(argv: list[str] | None = None) -> pd.Series:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser.add_argument("--hardware", default="a100_80gb", help="a100_80gb (ideal) or paper_calibrated")
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--batch", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 3, 4, 6, 8])
+    args = parser.parse_args(argv)
+    points = list(itertools.product(args.batch, args.rates, [BASELINE, *VARIANTS]))
+    rows = []
+    for batch_limit, rate, variant in tqdm(points, desc="simulated runs"):
+        engine, overrides = VARIANTS.get(variant, (BASELINE, []))
+        result = summary(engine, overrides, args.hardware, args.requests, batch_limit, rate)
+        rows.append({"batch": batch_limit, "rate": rate, "variant": variant, **result})
+    table = pd.DataFrame(rows).set_index(["batch", "rate", "variant"])
+    ratio = table["throughput"] / table.xs(BASELINE, level="variant")["throughput"]
+    pd.set_option("display.width", 250)
+    print(f"SIMULATED: Mixtral-8x7B NF4 on {args.hardware}, the first {args.requests} paper-scale requests")
+    print(f"\nthroughput / {BASELINE}'s:")
+    print(ratio.unstack("variant")[list(VARIANTS)].to_string(float_format="%.3f"))
+    print("\nLS TTFT, mean (s):")
+    print(table["LS TTFT"].unstack("variant")[[BASELINE, *VARIANTS]].to_string(float_format="%.3f"))
+    print("\nthroughput / the baseline's, lowest over the rates:")
+    print(ratio.unstack("variant")[list(VARIANTS)].groupby(level="batch").min().to_string(float_format="%.3f"))
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
