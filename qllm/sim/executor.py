@@ -1,7 +1,9 @@
 """The simulated executor: a forward pass that yields where the real one does, on a virtual clock.
 
 A pass is laid out when it starts (qllm.sim.plan): its checkpoints in the real executor's order
-for the batch's shape and the drawn routing, and the compute time to each from the cost model.
+for the batch's shape and the drawn routing, and the compute time to each from the cost model. A
+batch's decode rows and prompt rows (a mixed batch) are two row groups, as the real executor runs
+them: attention per group, every other stage once on their packed tokens (`row_group_costs`).
 Running it advances the run's virtual clock instead of computing. Each time the pass goes on it
 asks the engine (`may_stop`) whether a checkpoint decision could stop it; when none could, it runs
 past every checkpoint before the replay's next arrival and stops at the first one after it (or at
