@@ -73,6 +73,16 @@ def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shape
     assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
 
 
+def test_a_model_shape_leaves_the_real_models_attention_as_it_was():
+    """ModelShape.of builds the model on the meta device with eager attention; a real model whose
+    config it read must keep its own (pass_fidelity timed eager attention for a while: 2.5x slower
+    on padded prompts than the sdpa the runs use)."""
+    model = RunResources(compose_config()).model
+    before = model.config._attn_implementation
+    ModelShape.of(model.config)
+    assert model.config._attn_implementation == before == "sdpa"
+
+
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
     """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
     contexts costs the engine what a short one does."""

@@ -8,6 +8,7 @@ executor would run; nothing is allocated and nothing is downloaded.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -62,8 +63,10 @@ class ModelShape:
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> ModelShape:
+        # A copy: from_config sets the attention implementation on the config it is given, and a real
+        # model sharing that config would switch to eager attention (2.5x slower on padded prompts).
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")  # every family has eager
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")  # every family has eager
         adapter = adapter_for(model)
         sparse = [parts for parts in adapter.parts if parts.moe is not None]
         if not sparse:
