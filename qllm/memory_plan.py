@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from qllm.modeling.kernels.nf4_experts import nf4_bytes
 from qllm.modeling.adapters import adapter_for
-from qllm.modeling.models import DTYPES, load_config
+from qllm.modeling.models import DTYPES, eager_meta_model, load_config
 from qllm.modeling.nf4_model import build_nf4_model
 
 GIB = 2**30
@@ -73,9 +73,7 @@ def meta_model(model_cfg: dict) -> PreTrainedModel:
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     """What every layer's attention caches per token, as the adapter measures it (qllm.modeling.adapters.kv_probe),
     on an unquantized copy of the architecture on the meta device (4-bit layers cannot run there)."""
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
-    return adapter_for(plain).kv.bytes_per_token(dtype)
+    return adapter_for(eager_meta_model(config, dtype)).kv.bytes_per_token(dtype)
 
 
 def plan(model: PreTrainedModel, gpu_memory_gib: float) -> MemoryPlan:

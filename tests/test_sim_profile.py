@@ -17,6 +17,7 @@ from harness.profiling.profiler import ShapeSpace, draw_shapes, shape_columns
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
+from qllm.memory_plan import kv_bytes_per_token
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
@@ -73,14 +74,15 @@ def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shape
     assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
 
 
-def test_a_model_shape_leaves_the_real_models_attention_as_it_was():
-    """ModelShape.of builds the model on the meta device with eager attention; a real model whose
-    config it read must keep its own (pass_fidelity timed eager attention for a while: 2.5x slower
-    on padded prompts than the sdpa the runs use)."""
+def test_reading_a_models_shape_leaves_the_real_models_attention_as_it_was():
+    """ModelShape.of and the memory plan's KV probe build the model on the meta device with eager
+    attention; a real model whose config they read must keep its own (pass_fidelity timed eager
+    attention for a while: 2.5x slower on padded prompts than the sdpa the runs use)."""
     model = RunResources(compose_config()).model
-    before = model.config._attn_implementation
     ModelShape.of(model.config)
-    assert model.config._attn_implementation == before == "sdpa"
+    assert model.config._attn_implementation == "sdpa"
+    kv_bytes_per_token(model.config, model.dtype)
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):

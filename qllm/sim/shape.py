@@ -8,18 +8,18 @@ executor would run; nothing is allocated and nothing is downloaded.
 
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from qllm.modeling.adapters import adapter_for
 from qllm.modeling.adapters.decoder import LayerParts
 from qllm.errors import ConfigurationError
+from qllm.modeling.models import eager_meta_model
 from qllm.modeling.moe import sums_in_expert_order
 
 
@@ -63,10 +63,7 @@ class ModelShape:
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> ModelShape:
-        # A copy: from_config sets the attention implementation on the config it is given, and a real
-        # model sharing that config would switch to eager attention (2.5x slower on padded prompts).
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")  # every family has eager
+        model = eager_meta_model(config)
         adapter = adapter_for(model)
         sparse = [parts for parts in adapter.parts if parts.moe is not None]
         if not sparse:
