@@ -6,12 +6,16 @@ BurstGPT, Mooncake, uniform; prompts up to 512 tokens, outputs up to 256), load 
 engine's capacity), LS share (0.1-0.5), batch limit (8/16/32), granularity (layer/expert), model
 and engine (qllm, fcfs_rtc, fcfs_cb, priority_cb). Before the workloads of a model, the model is
 profiled on this machine (`qllm-profile`, in this process); a workload's capacity is the simulated
-engine's throughput with every request arriving at once; then the workload runs twice on the real
-executor (their spread; `--real-runs` for more) and once simulated. Per workload, class and metric
-it reports the simulated value's signed error against the mean of the real runs, the real runs' own
-spread (max - min) / mean, and the floor: the median |error| that a simulator predicting the true
-mean exactly would still show against the mean of this many noisy runs (0.674 sigma / sqrt(runs),
-sigma estimated from the runs); then medians, p90s and signed medians per metric.
+engine's throughput with every request arriving at once; then the workloads run on the real
+executor in two sweeps (`--real-runs` for more), each sweep running every workload of the model
+once, and each runs once simulated. A workload's real runs are thus minutes apart, as the profile
+and a run are: the VM these numbers come from changes speed by up to 10 % from one minute to the
+next (docs/reproducing.md), and two runs back to back would hide that from their spread. Per
+workload, class and metric it reports the simulated value's signed error against the mean of the
+real runs, the real runs' own spread (max - min) / mean, and the floor: the median |error| that a
+simulator predicting the true mean exactly would still show against the mean of this many noisy
+runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
+medians per metric.
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -105,15 +109,20 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 profile_in_process(model, path, profile_overrides)
                 progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
+            traced = []
             for workload in (w for w in workloads if w.model == model):
                 workload = with_rate(workload, capacity_rps(workload, limits, sim))
-                trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
-                started = time.perf_counter()
-                reals = [run_summary(workload, trace, ["executor=real"]) for _ in range(real_runs)]
-                table = compare(workload, reals, run_summary(workload, trace, sim))
-                progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: "
-                         f"median |error| {100 * table['error'].abs().median():.1f} % "
-                         f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+                traced.append((workload, draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)))
+            reals = [[] for _ in traced]
+            for sweep in range(real_runs):  # a sweep runs each workload once: a workload's runs are minutes apart
+                for (workload, trace), runs in zip(traced, reals):
+                    started = time.perf_counter()
+                    runs.append(run_summary(workload, trace, ["executor=real"]))
+                    progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: real run {sweep + 1} of "
+                             f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+            for (workload, trace), runs in zip(traced, reals):
+                table = compare(workload, runs, run_summary(workload, trace, sim))
+                progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
                 tables.append(table)
                 done.append(workload)
     return done, pd.concat(tables, ignore_index=True)
