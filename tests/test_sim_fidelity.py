@@ -1,5 +1,6 @@
 """The fidelity suite: workloads drawn from a seed cover what the issue asks and repeat with the seed,
-and a small run of benchmarks/sim_fidelity.py measures real and simulated runs and writes its table."""
+and a small run of benchmarks/sim_fidelity.py measures real and simulated runs and writes its table;
+benchmarks/machine_drift.py times the same passes window after window."""
 
 from __future__ import annotations
 
@@ -99,3 +100,17 @@ def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, caps
     by_granularity = written.groupby("granularity")["predicted_s"].sum()
     assert by_granularity["expert"] > by_granularity["iteration"]
     assert "|error| median %" in capsys.readouterr().out
+
+
+def test_machine_drift_times_the_same_passes_window_after_window(tmp_path, capsys):
+    from benchmarks import machine_drift
+
+    out = tmp_path / "drift.csv"
+    windows = machine_drift.main(["--minutes", "0.02", "--window", "0.3", "--out", str(out)])
+    written = pd.read_csv(out)
+    assert len(written) == len(windows) >= 3 and (written["passes"] >= 1).all()
+    assert (written[["decode ms", "prefill ms"]] > 0).all().all() and written["start_s"].is_monotonic_increasing
+    stats = machine_drift.summary(written)
+    decode = written["decode ms"]
+    assert stats.loc["decode", "range %"] == pytest.approx(100 * (decode.max() - decode.min()) / decode.median())
+    assert "median |deviation| %" in capsys.readouterr().out
