@@ -9,8 +9,8 @@ profiled on this machine (`qllm-profile`, in this process); a workload's capacit
 engine's throughput with every request arriving at once; then the workloads run on the real
 executor in two sweeps (`--real-runs` for more), each sweep running every workload of the model
 once, and each runs once simulated. A workload's real runs are thus minutes apart, as the profile
-and a run are: the VM these numbers come from changes speed by up to 10 % from one minute to the
-next (docs/reproducing.md), and two runs back to back would hide that from their spread. Per
+and a run are: the VM these numbers come from changed speed by up to 20 % within a few minutes
+(benchmarks/machine_drift.py, docs/reproducing.md), which two runs back to back hide. Per
 workload, class and metric it reports the simulated value's signed error against the mean of the
 real runs, the real runs' own spread (max - min) / mean, and the floor: the median |error| that a
 simulator predicting the true mean exactly would still show against the mean of this many noisy
