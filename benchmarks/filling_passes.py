@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
+from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from harness.app import compose_config, run_engine
-from harness.engines import RunResources
-from harness.replay import requests_from_trace
-from harness.traces.workload import load_workload
+sys.path.insert(0, str(Path(__file__).parent))  # its sibling, whose paper-scale runs this one varies
+from paper_band import BASELINE, summaries  # noqa: E402
 
-BASELINE = "fcfs_rtc"
 VARIANTS = {  # name: (engine, overrides)
     "qllm": ("qllm", []),
     "qllm+top-up": ("qllm", ["engine.qllm.policy.be_prefill_top_up=true"]),
@@ -37,13 +36,7 @@ VARIANTS = {  # name: (engine, overrides)
 
 
 def summary(engine: str, overrides: list[str], hardware: str, num_requests: int, batch_limit: int, rate: float) -> pd.Series:
-    cfg = compose_config("experiment=paper_ttft_vs_rate", f"hardware={hardware}", f"engine=[{engine}]",
-                         f"trace.num_requests={num_requests}", f"trace.rate={rate}", "progress=false",
-                         f"engine.{engine}.policy.max_batch_size={batch_limit}", *overrides)  # fmt: skip
-    (name, engine_cfg), = cfg.engine.items()
-    requests = requests_from_trace(load_workload(cfg.trace))
-    table = run_engine(name, engine_cfg, RunResources(cfg), requests, cfg, {"run_id": name})["summary"]
-    rows = table.set_index("priority_class")
+    rows = summaries(hardware, num_requests, batch_limit, rate, (engine,), overrides).set_index("priority_class")
     return pd.Series({"throughput": rows.loc["all", "throughput_tok_s"], "LS TTFT": rows.loc["LS", "ttft_s_mean"]})
 
 

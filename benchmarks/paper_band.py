@@ -42,11 +42,14 @@ PAPER = {"LS TTFT lower, mean": "65.5x", "LS TTFT lower, max": "101.6x", "QLLM m
          "throughput, qllm / baseline, min": "not reduced"}  # fmt: skip
 
 
-def summaries(hardware: str, num_requests: int, batch_limit: int, rate: float, qllm: str = "qllm") -> pd.DataFrame:
-    engines = (qllm, BASELINE)
+def summaries(hardware: str, num_requests: int, batch_limit: int, rate: float, engines=("qllm", BASELINE),
+              overrides=()) -> pd.DataFrame:  # fmt: skip
+    """Each engine's summary rows on the first `num_requests` paper-scale requests arriving at `rate`,
+    every engine at batch limit `batch_limit` (and any further Hydra `overrides`)."""
     cfg = compose_config("experiment=paper_ttft_vs_rate", f"hardware={hardware}", f"engine=[{','.join(engines)}]",
                          f"trace.num_requests={num_requests}", f"trace.rate={rate}", "progress=false",
-                         *(f"engine.{engine}.policy.max_batch_size={batch_limit}" for engine in engines))  # fmt: skip
+                         *(f"engine.{engine}.policy.max_batch_size={batch_limit}" for engine in engines),
+                         *overrides)  # fmt: skip
     resources = RunResources(cfg)
     requests = requests_from_trace(load_workload(cfg.trace))
     params = {"run_id": f"{hardware}-{num_requests}-{batch_limit}-{rate}", "rate": rate}
@@ -85,7 +88,8 @@ def main() -> None:
     for hardware in args.hardware:
         for num_requests in args.requests:
             for batch_limit in args.batch:
-                summary = pd.concat([summaries(hardware, num_requests, batch_limit, rate, args.qllm) for rate in args.rates])
+                summary = pd.concat([summaries(hardware, num_requests, batch_limit, rate, (args.qllm, BASELINE))
+                                     for rate in args.rates])  # fmt: skip
                 rows.append({"cost model": hardware, "requests": num_requests, "batch": batch_limit,
                              **claims(summary, args.qllm)})  # fmt: skip
     table = pd.DataFrame(rows)
