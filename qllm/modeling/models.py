@@ -18,7 +18,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, P
 
 from qllm.errors import ConfigurationError
 from qllm.modeling.kernels import apply_cpu_kernels
-from qllm.modeling.nf4_model import build_nf4_model, quantize_experts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -68,12 +67,20 @@ def load_model(
             )
         except OSError as error:  # no such folder, and no hub to fetch it from
             raise ConfigurationError(f"model.pretrained {pretrained!r}: {error}") from error
-        model = model.to(device) if quant is None else quantize_experts(model)
+        if quant is None:
+            model = model.to(device)
+        else:
+            # bitsandbytes only for a 4-bit model: importing it logs a warning where its CPU kernels are missing
+            from qllm.modeling.nf4_model import quantize_experts
+
+            model = quantize_experts(model)
     else:
         if model_type is None:
             raise ConfigurationError("model: give either `pretrained` (hub id or path) or `model_type` with `config`")
         hf_config = architecture_config(model_type, config)
         if quant is not None:
+            from qllm.modeling.nf4_model import build_nf4_model  # bitsandbytes only for a 4-bit model
+
             model = build_nf4_model(hf_config, DTYPES[dtype], device, attn_implementation, seed)
             model.config.quantization_config = quant.to_dict()  # as a loaded checkpoint records it (qllm.sim.shape)
         else:
