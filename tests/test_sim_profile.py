@@ -162,3 +162,43 @@ def test_a_stage_fit_predicts_the_measured_sum_under_multiplicative_noise():
     x = np.stack([np.ones_like(rows), rows], axis=1)
     seconds = (2e-4 + 3e-5 * rows) * rng.lognormal(0.0, 0.3, rows.size)
     assert (x @ fit(x, seconds)).sum() == pytest.approx(seconds.sum(), rel=5e-3)
+
+
+TINY_PROFILE = ("model.config.num_hidden_layers=2", "shapes.num_shapes=12", "shapes.max_batch_size=4",
+                "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24")  # fmt: skip
+
+
+def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
+    """`part=i parts=n` measures every n-th drawn shape from i: the parts are disjoint and together
+    the shapes a one-part profile measures; merged, they make one profile of every sample."""
+    from harness.profiling.profile_app import profile_in_process
+    from qllm.sim.profiled import merge_profiles
+
+    def shapes_of(table):
+        drawn = table[table["stage"] == "pass_end"]  # one sample per drawn shape
+        return sorted(map(tuple, drawn[["phase", "batch_size", "query_len", "key_len", "real_tokens"]].to_numpy().tolist()))
+
+    paths = {name: tmp_path / f"{name}.parquet" for name in ("whole", "part0", "part1", "merged")}
+    profile_in_process("tiny_mixtral", paths["whole"], list(TINY_PROFILE))
+    for part in (0, 1):
+        profile_in_process("tiny_mixtral", paths[f"part{part}"], [*TINY_PROFILE, f"part={part}", "parts=2"])
+    merge_profiles([paths["part0"], paths["part1"]], paths["merged"])
+    (whole, _, _), (part0, _, about0), (part1, _, _), (merged, model, about) = (read_profile(paths[n]) for n in paths)
+    assert len(shapes_of(part0)) == len(shapes_of(part1)) == 6 and shapes_of(part0) != shapes_of(part1)
+    assert shapes_of(merged) == shapes_of(whole) == sorted(shapes_of(part0) + shapes_of(part1))
+    assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
+    assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
+    shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
+    assert ProfiledCostModel(str(paths["merged"]), shape).stage_costs(PassShape(2, 1, 12)).layer_s > 0
+    other = tmp_path / "other.parquet"
+    write_profile(part0, other, {**model, "hidden_size": 128}, about0)
+    with pytest.raises(ConfigurationError, match="other models or CPUs"):
+        merge_profiles([paths["part0"], other], tmp_path / "refused.parquet")
+
+
+def test_qllm_profile_refuses_a_part_outside_its_parts_in_one_line(tmp_path):
+    refused = run_cli(f"out={tmp_path / 'p.parquet'}", "part=2", "parts=2", module="harness.profiling.profile_app",
+                      expect_ok=False)  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "part=2 parts=2" in lines[0] and not (tmp_path / "p.parquet").exists()

@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from harness.engines import RunResources
 from harness.profiling.profiler import ShapeSpace, measure_engine, measure_stages
 from harness.traces.workload import PROJECT_ROOT
-from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.machine import cpu_name
+from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sim.profiled import write_profile
 from qllm.sim.shape import ModelShape
 
@@ -33,10 +34,12 @@ def engine_requests(cfg: DictConfig) -> list[Request]:
 
 
 def profile(cfg: DictConfig) -> pd.DataFrame:
+    if not 0 <= cfg.part < cfg.parts:
+        raise ConfigurationError(f"part={cfg.part} parts={cfg.parts}: parts are numbered 0 to parts - 1")
     torch.set_num_threads(cfg.torch_threads)
     resources = RunResources(cfg)
     space = ShapeSpace(**OmegaConf.to_container(cfg.shapes, resolve=True))
-    stages = measure_stages(resources.model, space, cfg.seed)
+    stages = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts)
     name, engine_cfg = next(iter(cfg.engine.items()))
     engine = measure_engine(lambda clock, events: resources.build_engine(engine_cfg, name, clock, events),
                             engine_requests(cfg.engine_run))  # fmt: skip
@@ -51,6 +54,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
         "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
+        "part": f"{cfg.part} of {cfg.parts}",
     }
     table = pd.concat([stages, engine], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
@@ -69,8 +73,14 @@ def profile_in_process(model: str, out: Path, overrides: list[str]) -> pd.DataFr
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="profile")
 def main(cfg: DictConfig) -> None:
-    profile(cfg)
+    with user_errors_reported("qllm-profile"):
+        profile(cfg)
+
+
+def cli() -> None:
+    """`qllm-profile`: a user's mistake ends in one line on stderr and exit status 2."""
+    report_user_errors(main, "qllm-profile")
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -94,8 +94,10 @@ def shape_columns(phase: str, lengths: list[int]) -> dict:
             "real_tokens": sum(lengths)}  # fmt: skip
 
 
-def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
-    """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from `space`."""
+def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts: int = 1) -> pd.DataFrame:
+    """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from
+    `space`: of the shapes `seed` draws, those at `part`, `part + parts`, ... (`parts` profiles measured
+    at different times, merged by qllm.sim.profiled.merge_profiles, cover the shapes one would)."""
     by_parts, whole = RealExecutor(model, "expert", 1), RealExecutor(model, "layer")
     if by_parts.num_layers < 2:
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
@@ -104,7 +106,7 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0) -> pd.DataFrame:
     if not any(sparse[1:]):
         raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
     generator = torch.Generator().manual_seed(seed)
-    shapes = draw_shapes(space, np.random.default_rng(seed))
+    shapes = draw_shapes(space, np.random.default_rng(seed))[part::parts]
     warm_up(by_parts, whole, shapes=shapes, generator=generator)
     samples, experts, blocks = [], [], []
     for phase, lengths in shapes:

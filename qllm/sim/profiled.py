@@ -57,10 +57,12 @@ OUTLIER = 3.0  # see `fit`
 PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
 
 
-def write_profile(table: pd.DataFrame, path: Path, model: ModelShape, about: dict) -> None:
+def write_profile(table: pd.DataFrame, path: Path, model: ModelShape | dict, about: dict) -> None:
+    """`model`: the shape measured on, or its dict as `read_profile` gives it."""
+    shape = model if isinstance(model, dict) else dataclasses.asdict(model)
     frame = table[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(dataclasses.asdict(model)).encode(),
+    metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(shape).encode(),
                 ABOUT_KEY: json.dumps(about).encode()}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(arrow.replace_schema_metadata(metadata), path)
@@ -74,6 +76,17 @@ def read_profile(path: Path) -> tuple[pd.DataFrame, dict, dict]:
         raise ConfigurationError(f"{path}: not a profile written by this version of qllm-profile; "
                                  f"measure one with `{PROFILE_COMMAND}`")  # fmt: skip
     return arrow.to_pandas(), json.loads(metadata[MODEL_KEY]), json.loads(metadata.get(ABOUT_KEY, b"{}"))
+
+
+def merge_profiles(paths: list[Path], out: Path) -> None:
+    """One profile of the samples of several (`qllm-profile part=i parts=n`, measured at different
+    times) of one model on one CPU; its `about` is the first's, with every part's."""
+    tables, models, abouts = zip(*(read_profile(path) for path in paths))
+    for path, model, about in zip(paths[1:], models[1:], abouts[1:]):
+        if model != models[0] or about.get("cpu") != abouts[0].get("cpu"):
+            raise ConfigurationError(f"profiles {paths[0]} and {path} were measured on other models or CPUs: not merged")
+    merged = pd.concat(tables, ignore_index=True)
+    write_profile(merged, out, models[0], {**abouts[0], "parts": list(abouts)})
 
 
 def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> np.ndarray:
