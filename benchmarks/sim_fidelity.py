@@ -4,13 +4,17 @@ Each workload (harness/traces/random_workloads.py) is a random choice of arrival
 with CV 2-4, or a real trace's timestamps), lengths (ShareGPT, Azure code and conversation,
 BurstGPT, Mooncake, uniform; prompts up to 512 tokens, outputs up to 256), load (0.3x-2x the
 engine's capacity), LS share (0.1-0.5), batch limit (8/16/32), granularity (layer/expert), model
-and engine (qllm, fcfs_rtc, fcfs_cb, priority_cb). Before the workloads of a model, the model is
-profiled on this machine (`qllm-profile`, in this process); a workload's capacity is the simulated
-engine's throughput with every request arriving at once; then the workloads run on the real
-executor in two sweeps (`--real-runs` for more), each sweep running every workload of the model
-once, and each runs once simulated. A workload's real runs are thus minutes apart, as the profile
-and a run are: the VM these numbers come from changed speed by up to 20 % within a few minutes
-(benchmarks/machine_drift.py, docs/reproducing.md), which two runs back to back hide. Per
+and engine (qllm, fcfs_rtc, fcfs_cb, priority_cb). The workloads of a model run on the real executor
+in two sweeps (`--real-runs` for more), each sweep running every workload of the model once, and
+each runs once simulated. A workload's real runs are thus minutes apart: the VM these numbers come
+from changed speed by up to 20 % within a few minutes (benchmarks/machine_drift.py,
+docs/reproducing.md), which two runs back to back hide. The model is profiled on this machine
+(`qllm-profile`, in this process) in parts, one before each sweep and one after the last
+(`--profile-parts`), merged into the profile the simulator reads: its samples span the minutes the
+real runs span, so the comparison measures the cost model rather than how far the machine moved
+between a profile and the runs (`--profile-parts 1`: the whole profile before the runs, as a user
+who profiles once would). A workload's capacity, which sets its load, is the simulated engine's
+throughput with every request arriving at once, priced by the first part. Per
 workload, class and metric it reports the simulated value's signed error against the mean of the
 real runs, the real runs' own spread (max - min) / mean, and the floor: the median |error| that a
 simulator predicting the true mean exactly would still show against the mean of this many noisy
@@ -40,6 +44,7 @@ import torch
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.profiling.profile_app import profile_in_process
+from qllm.sim.profiled import merge_profiles
 from harness.traces.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
@@ -95,19 +100,20 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
 
 
 def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
-              profiles: dict[str, Path] | None = None, real_runs: int = 2, progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+              profiles: dict[str, Path] | None = None, real_runs: int = 2, profile_parts: int | None = None,
+              progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
     """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
-    each (module docstring). `profiles`: a profile per model to use instead of measuring one."""
+    each (module docstring). `profiles`: a profile per model to use instead of measuring one.
+    `profile_parts`: the profile measured in this many parts, spread over the sweeps (module
+    docstring; default one before each sweep and one after the last)."""
     workloads = draw_workloads(seed, count, models, engines)
+    parts = real_runs + 1 if profile_parts is None else profile_parts
     tables, done = [], []
     with tempfile.TemporaryDirectory() as folder:
         for model in sorted({w.model for w in workloads}):
-            path = (profiles or {}).get(model)
-            if path is None:
-                path = Path(folder) / f"{model}.parquet"
-                started = time.perf_counter()
-                profile_in_process(model, path, profile_overrides)
-                progress(f"profiled {model} in {time.perf_counter() - started:.0f} s")
+            given = (profiles or {}).get(model)
+            profile = SpreadProfile(model, Path(folder), parts, real_runs + 1, profile_overrides, progress)
+            path = given or profile.measure(slot=0)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
             traced = []
             for workload in (w for w in workloads if w.model == model):
@@ -115,17 +121,43 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 traced.append((workload, draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)))
             reals = [[] for _ in traced]
             for sweep in range(real_runs):  # a sweep runs each workload once: a workload's runs are minutes apart
+                if given is None and sweep > 0:
+                    profile.measure(slot=sweep)
                 for (workload, trace), runs in zip(traced, reals):
                     started = time.perf_counter()
                     runs.append(run_summary(workload, trace, ["executor=real"]))
                     progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: real run {sweep + 1} of "
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+            sim[-1] = f"hardware.path={given or profile.measure(slot=real_runs)}"
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
                 tables.append(table)
                 done.append(workload)
     return done, pd.concat(tables, ignore_index=True)
+
+
+class SpreadProfile:
+    """A model's profile measured in `parts` parts (`qllm-profile part=i parts=n`) spread over `slots`
+    moments of the suite (before each sweep, after the last), so that its samples span the minutes the
+    real runs do; `measure(slot)` measures the parts due by then and gives the profile of all so far."""
+
+    def __init__(self, model: str, folder: Path, parts: int, slots: int, overrides: list[str], progress) -> None:
+        self.model, self.folder, self.parts, self.slots = model, folder, parts, slots
+        self.overrides, self.progress = overrides, progress
+        self.measured: list[Path] = []
+
+    def measure(self, slot: int) -> Path:
+        due = [part for part in range(self.parts) if part * self.slots // self.parts <= slot]
+        for part in due[len(self.measured):]:
+            path = self.folder / f"{self.model}.part{part}.parquet"
+            started = time.perf_counter()
+            profile_in_process(self.model, path, [f"part={part}", f"parts={self.parts}", *self.overrides])
+            self.progress(f"profiled {self.model}, part {part + 1} of {self.parts}, in {time.perf_counter() - started:.0f} s")
+            self.measured.append(path)
+        merged = self.folder / f"{self.model}.{len(self.measured)}.parquet"
+        merge_profiles(self.measured, merged)
+        return merged
 
 
 def per_metric(table: pd.DataFrame) -> pd.DataFrame:
@@ -162,12 +194,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--max-requests", type=int, default=Limits.max_requests)
     parser.add_argument("--profile", nargs=2, action="append", metavar=("MODEL", "PATH"), default=[],
                         help="use this profile for MODEL instead of measuring one (repeatable)")
+    parser.add_argument("--profile-parts", type=int, default=None,
+                        help="measure each profile in this many parts spread over the sweeps (default: real runs + 1, "
+                             "one before each sweep and one after the last; 1: the whole profile before the runs)")
     parser.add_argument("--profile-override", action="append", default=[],
                         help="a qllm-profile override for the profiles measured here, e.g. shapes.num_shapes=60 (repeatable)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
     if args.real_runs < 2:
         parser.error(f"--real-runs {args.real_runs}: at least 2 (their spread is part of the report)")
+    if args.profile_parts is not None and args.profile_parts < 1:
+        parser.error(f"--profile-parts {args.profile_parts}: at least 1")
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     print(f"seed {seed} (repeat with --seed {seed}); data: {SHARED_DATA if SHARED_DATA.is_dir() else 'shipped only'}")
     torch.set_num_threads(1)
@@ -175,7 +212,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     args.max_requests)  # fmt: skip
     profiles = {model: Path(path) for model, path in args.profile}
     workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles,
-                                 args.real_runs)
+                                 args.real_runs, args.profile_parts)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
     print("\nworkloads:")

@@ -77,9 +77,11 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
     np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
     printed = capsys.readouterr().out
-    runs = [line.split(":")[0].split()[0] + " " + line.split("real run ")[1].split()[0]
-            for line in printed.splitlines() if "real run" in line]  # fmt: skip
-    assert runs == ["#0 1", "#1 1", "#0 2", "#1 2", "#0 3", "#1 3"]  # sweeps: a workload's runs minutes apart
+    steps = [line.split(":")[0].split()[0] + " " + line.split("real run ")[1].split()[0] if "real run" in line
+             else "profile " + line.split("part ")[1].split()[0]
+             for line in printed.splitlines() if "real run" in line or line.startswith("profiled")]  # fmt: skip
+    # Sweeps: a workload's runs minutes apart; the profile in parts before each sweep and after the last.
+    assert steps == ["profile 1", "#0 1", "#1 1", "profile 2", "#0 2", "#1 2", "profile 3", "#0 3", "#1 3", "profile 4"]
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "floor median %" in printed
 
