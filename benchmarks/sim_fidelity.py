@@ -44,11 +44,11 @@ import torch
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.profiling.profile_app import profile_in_process
-from qllm.sim.profiled import merge_profiles
 from harness.traces.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limits, Workload, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
 from harness.traces.trace_schema import validate_trace
+from qllm.sim.profiled import merge_profiles
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
@@ -111,24 +111,22 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
     tables, done = [], []
     with tempfile.TemporaryDirectory() as folder:
         for model in sorted({w.model for w in workloads}):
-            given = (profiles or {}).get(model)
-            profile = SpreadProfile(model, Path(folder), parts, real_runs + 1, profile_overrides, progress)
-            path = given or profile.measure(slot=0)
-            sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
+            profile = SpreadProfile(model, Path(folder), parts, real_runs + 1, profile_overrides, progress,
+                                    given=(profiles or {}).get(model))  # fmt: skip
+            sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=0)}"]
             traced = []
             for workload in (w for w in workloads if w.model == model):
                 workload = with_rate(workload, capacity_rps(workload, limits, sim))
                 traced.append((workload, draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)))
             reals = [[] for _ in traced]
             for sweep in range(real_runs):  # a sweep runs each workload once: a workload's runs are minutes apart
-                if given is None and sweep > 0:
-                    profile.measure(slot=sweep)
+                profile.measure(slot=sweep)
                 for (workload, trace), runs in zip(traced, reals):
                     started = time.perf_counter()
                     runs.append(run_summary(workload, trace, ["executor=real"]))
                     progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: real run {sweep + 1} of "
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
-            sim[-1] = f"hardware.path={given or profile.measure(slot=real_runs)}"
+            sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=real_runs)}"]
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
@@ -140,24 +138,30 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
 class SpreadProfile:
     """A model's profile measured in `parts` parts (`qllm-profile part=i parts=n`) spread over `slots`
     moments of the suite (before each sweep, after the last), so that its samples span the minutes the
-    real runs do; `measure(slot)` measures the parts due by then and gives the profile of all so far."""
+    real runs do; `measure(slot)` measures the parts due by then and gives the profile of all so far
+    (or the `given` one, measured elsewhere)."""
 
-    def __init__(self, model: str, folder: Path, parts: int, slots: int, overrides: list[str], progress) -> None:
+    def __init__(self, model: str, folder: Path, parts: int, slots: int, overrides: list[str], progress,
+                 given: Path | None = None) -> None:  # fmt: skip
         self.model, self.folder, self.parts, self.slots = model, folder, parts, slots
         self.overrides, self.progress = overrides, progress
         self.measured: list[Path] = []
+        self.given, self.merged = given, None
 
     def measure(self, slot: int) -> Path:
-        due = [part for part in range(self.parts) if part * self.slots // self.parts <= slot]
-        for part in due[len(self.measured):]:
+        if self.given is not None:
+            return self.given
+        due = [part for part in range(self.parts) if part * self.slots // self.parts <= slot][len(self.measured):]
+        for part in due:
             path = self.folder / f"{self.model}.part{part}.parquet"
             started = time.perf_counter()
             profile_in_process(self.model, path, [f"part={part}", f"parts={self.parts}", *self.overrides])
             self.progress(f"profiled {self.model}, part {part + 1} of {self.parts}, in {time.perf_counter() - started:.0f} s")
             self.measured.append(path)
-        merged = self.folder / f"{self.model}.{len(self.measured)}.parquet"
-        merge_profiles(self.measured, merged)
-        return merged
+        if due:
+            self.merged = self.folder / f"{self.model}.{len(self.measured)}.parquet"
+            merge_profiles(self.measured, self.merged)
+        return self.merged
 
 
 def per_metric(table: pd.DataFrame) -> pd.DataFrame:

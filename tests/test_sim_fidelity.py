@@ -14,6 +14,10 @@ from harness.traces.random_workloads import (ENGINES, SHARED_DATA, Limits, avail
                                       requests_for, with_rate)  # fmt: skip
 
 
+TINY_PROFILE = ("shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24", "shapes.max_context_len=32",
+                "engine_run.num_requests=40")  # fmt: skip
+
+
 def test_workloads_repeat_with_their_seed_and_differ_across_seeds():
     assert draw_workloads(5, 12) == draw_workloads(5, 12)
     assert draw_workloads(5, 12) != draw_workloads(6, 12)
@@ -86,12 +90,22 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert "floor median %" in printed
 
 
+def test_a_given_profile_is_used_as_it_is(tmp_path, capsys):
+    profile = tmp_path / "tiny.parquet"
+    profile_in_process("tiny_mixtral", profile, list(TINY_PROFILE))
+    capsys.readouterr()
+    table = sim_fidelity.main(["--seed", "3", "--workloads", "1", "--models", "tiny_mixtral", "--engines", "fcfs_rtc",
+                               "--duration", "0.5", "--max-prompt-len", "24", "--max-output-len", "6", "--max-requests", "10",
+                               "--profile", "tiny_mixtral", str(profile)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert len(table) > 0 and "profiled" not in printed and "real run 2 of 2" in printed
+
+
 def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, capsys):
     from benchmarks import pass_fidelity
 
     profile = tmp_path / "tiny.parquet"
-    profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24",
-                                                 "shapes.max_context_len=32", "engine_run.num_requests=40"])  # fmt: skip
+    profile_in_process("tiny_mixtral", profile, list(TINY_PROFILE))
     out = tmp_path / "passes.csv"
     table = pass_fidelity.main(["--profile", str(profile), "--seed", "4", "--shapes", "5", "--repeats", "1", "--out", str(out)])
     written = pd.read_csv(out)
