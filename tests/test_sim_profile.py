@@ -10,14 +10,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profiling.profiler import ShapeSpace, draw_shapes, shape_columns
+from harness.profiling.profiler import WARM_STEPS, ShapeSpace, batch_for, draw_shapes, shape_columns
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
 from qllm.memory_plan import kv_bytes_per_token
+from qllm.real.executor import RealExecutor
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
@@ -83,6 +85,22 @@ def test_reading_a_models_shape_leaves_the_real_models_attention_as_it_was():
     assert model.config._attn_implementation == "sdpa"
     kv_bytes_per_token(model.config, model.dtype)
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("lengths, warm_steps", [([9, 6, 12], WARM_STEPS), ([9, 2, 12], 1)])
+def test_a_decode_shape_is_timed_after_steps_of_its_whole_batch(lengths, warm_steps):
+    """The profile times a decode step as a run meets it, after untimed steps of the same batch (a
+    step after other work runs slower), with exactly the shape's cached tokens; a row too short for
+    WARM_STEPS steps takes fewer, never a shorter prompt than one token."""
+    assert WARM_STEPS >= 3
+    executor = RealExecutor(RunResources(compose_config()).model, "layer")
+    passes = []
+    forward = executor.forward
+    executor.forward = lambda rows, *rest: passes.append(len(rows)) or forward(rows, *rest)
+    batch = batch_for(executor, "decode", lengths, torch.Generator().manual_seed(0))
+    assert [sequence.num_cached_tokens for sequence in batch] == lengths
+    assert [sequence.num_new_tokens for sequence in batch] == [1] * len(lengths)
+    assert passes[-warm_steps:] == [len(lengths)] * warm_steps and len(passes) == 1 + warm_steps  # one prefill of <= 4 rows
 
 
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):

@@ -44,6 +44,8 @@ from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
 from qllm.sim.profiled import fit_expert
 
+WARM_STEPS = 3  # untimed decode steps before a decode shape's timed one: later steps ran within 1 % of the 4th
+
 
 @dataclass(frozen=True)
 class ShapeSpace:
@@ -215,20 +217,22 @@ def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
 def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator) -> list[Sequence]:
     """A batch whose next pass has the shape: a prompt of `lengths[i]` tokens in row i (prefill), or
     one new token after `lengths[i]` cached ones (decode). A decode batch's caches are filled by
-    untimed passes: prefills (rows of like length together), then one decode step of the whole
-    batch, so the timed step follows another as in a run. Timed straight after the prefills, a
-    tiny model's step ran 10-20 % slower than in a run (its weights pushed out of the CPU's caches
-    by the prompts' activations), and the simulator inherited the difference."""
+    untimed passes: prefills (rows of like length together), then WARM_STEPS decode steps of the
+    whole batch (fewer where a row is too short), so the timed step follows steps of its batch as in
+    a run. A tiny model's steps slow down after other work (its weights pushed out of the CPU's
+    caches): timed straight after the prefills, a step ran 10-20 % slower than in a run, and after one
+    untimed step 2-6 % slower than the steps after it; the simulator inherited the difference."""
     vocab = executor.config.vocab_size
-    prompt_lengths = [n - 1 if phase == "decode" else n for n in lengths]  # the untimed step adds one
+    steps = min(WARM_STEPS, min(lengths) - 1) if phase == "decode" else 0
     batch = [
-        Sequence(Request(f"p{i}", 0.0, n, 3, "BE", DEFAULT_PRIORITY["BE"]),
-                 torch.randint(1, vocab, (n,), generator=generator).tolist(), executor.new_kv())
-        for i, n in enumerate(prompt_lengths)
+        Sequence(Request(f"p{i}", 0.0, n - steps, steps + 2, "BE", DEFAULT_PRIORITY["BE"]),
+                 torch.randint(1, vocab, (n - steps,), generator=generator).tolist(), executor.new_kv())
+        for i, n in enumerate(lengths)
     ]  # fmt: skip
     if phase == "decode":
         by_length = sorted(batch, key=lambda sequence: sequence.request.prompt_len)
-        for rows in [by_length[start : start + 4] for start in range(0, len(by_length), 4)] + [batch]:
+        prefills = [by_length[start : start + 4] for start in range(0, len(by_length), 4)]
+        for rows in prefills + [batch] * steps:
             for sequence, token in zip(rows, run_to_completion(executor.forward(rows))):
                 sequence.output_ids.append(token)
     return batch
