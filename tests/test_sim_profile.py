@@ -76,6 +76,26 @@ def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shape
     assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
 
 
+def test_the_pass_end_follows_a_step_in_its_cost_over_rows(tmp_path, tiny_shape):
+    """The LM head's GEMM changes kernels with its row count, so the end of a pass steps with the rows
+    (measured: 3 rows 0.86 ms, 4 rows 1.47 ms); a line through the step priced 1 row 1.3-1.5x. The fit
+    follows the step, between the measured row counts and past the last."""
+
+    def lm_head_s(rows):
+        return np.where(rows < 4, 4e-4 + 1.5e-4 * rows, 1.3e-3 + 8e-5 * rows)
+
+    table = synthetic_table(tiny_shape)
+    end = table["stage"] == "pass_end"
+    table.loc[end, "seconds"] = lm_head_s(table.loc[end, "batch_size"].to_numpy(float)) + 2e-7 * table.loc[end, "real_tokens"]
+    path = tmp_path / "profile.parquet"
+    write_profile(table, path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    for rows in (1, 2, 3, 4, 5, 8, 13, 40):
+        for shape in (PassShape(rows, 1, 200), PassShape(rows, 50, 50)):
+            expected = float(lm_head_s(np.array(rows, float))) + 2e-7 * shape.num_real_tokens
+            assert costs.stage_costs(shape).pass_end_s == pytest.approx(expected, rel=0.05), shape
+
+
 def test_reading_a_models_shape_leaves_the_real_models_attention_as_it_was():
     """ModelShape.of and the memory plan's KV probe build the model on the meta device with eager
     attention; a real model whose config they read must keep its own (pass_fidelity timed eager

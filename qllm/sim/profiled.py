@@ -23,7 +23,10 @@ that measured them). Each stage's time is a non-negative linear model of the pas
 gathered, the longest row's keys (work per block of a block table), the routed experts expected
 to run), fitted per phase by least squares on the relative
 error, so it predicts shapes between and beyond the measured ones from what drives the cost
-rather than by interpolating a grid. A routed expert's time is linear in the tokens it received.
+rather than by interpolating a grid. The pass's end is the exception in one feature: its cost
+steps with the rows (the LM head's GEMM changes kernels with its row count), so its constant and
+rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
+linear in the tokens it received.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area"
 # The engine's own work between quanta scales with the sequences and tokens it handles, never with a
 # pass's attention (its run records no keys): those stages are fitted on these features only.
 ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_overhead": ("constant", "rows", "real_tokens")}
+# The end of a pass (final norm, LM head, next tokens) does not grow linearly with its rows: the LM head's
+# GEMM changes kernels with its row count (tiny_mixtral on the EPYC: 3 rows 0.86 ms, 4 rows 1.47 ms, 8
+# rows 1.87 ms). A line through such steps priced a 1-row prefill's end 1.3-1.5x and a 4-8-row one
+# 0.73x; so its constant and rows feature give way to a piecewise-linear function of the rows, with
+# knots at these row counts (those the profile measured).
+ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+ROWS_STEP = "pass_end"
 MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile was measured on
 ABOUT_KEY = b"qllm.about"  # Parquet metadata: how and where it was measured
 OUTLIER = 3.0  # see `fit`
@@ -97,6 +107,19 @@ def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> 
     columns = (np.ones_like(batch_size), batch_size, batch_size * query_len, real_tokens,
                batch_size * query_len * key_len, batch_size * key_len, key_len, experts_run)  # fmt: skip
     return np.stack(np.broadcast_arrays(*columns), axis=-1)
+
+
+def row_basis(knots: np.ndarray, batch_size) -> np.ndarray:
+    """[..., knots] piecewise-linear functions of the rows, each 1 at its knot and 0 at the others, so
+    that a combination is the line through its coefficients at the knots; past the last knot the last
+    segment goes on straight (one knot: proportional to the rows)."""
+    rows = np.asarray(batch_size, dtype=float)
+    if len(knots) == 1:
+        return (rows / knots[0])[..., None]
+    basis = np.stack([np.interp(rows, knots, np.eye(len(knots))[j]) for j in range(len(knots))], axis=-1)
+    past, t = rows > knots[-1], (rows - knots[-2]) / (knots[-1] - knots[-2])
+    basis[..., -1], basis[..., -2] = np.where(past, t, basis[..., -1]), np.where(past, 1 - t, basis[..., -2])
+    return basis
 
 
 def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -147,12 +170,12 @@ class ProfiledCostModel:
                 f"one here with `{PROFILE_COMMAND}`, or set hardware.allow_foreign_profile=true to use it anyway"
             )  # fmt: skip
         self.model = model
-        self.coefficients = {}  # (stage, phase) -> [FEATURES]
+        steps = table.loc[table["stage"] == ROWS_STEP, "batch_size"]
+        self.knots = np.array([k for k in ROW_KNOTS if k <= max(steps.max() if len(steps) else 1, 1)], dtype=float)
+        self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, ...)`'s columns
         for (stage, phase), rows in table[table["stage"] != "expert"].groupby(["stage", "phase"]):
             x = features(model, rows["batch_size"], rows["query_len"], rows["key_len"], rows["real_tokens"])
-            used = np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))
-            self.coefficients[stage, phase] = np.zeros(len(FEATURES))
-            self.coefficients[stage, phase][used] = fit(x[:, used], rows["seconds"].to_numpy(float))
+            self.coefficients[stage, phase] = fit(self.design(stage, x, rows["batch_size"]), rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
         missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
         experts = table[table["stage"] == "expert"]
@@ -160,10 +183,18 @@ class ProfiledCostModel:
             raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
         self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
 
+    def design(self, stage: str, x: np.ndarray, batch_size) -> np.ndarray:
+        """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
+        (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and rows."""
+        if stage == ROWS_STEP:
+            return np.concatenate([row_basis(self.knots, batch_size), x[..., ~np.isin(FEATURES, ("constant", "rows"))]], axis=-1)
+        return x[..., np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))]
+
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
         x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
-        seconds = {stage: float(x @ c) for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}
+        seconds = {stage: float(self.design(stage, x, shape.batch_size) @ c)
+                   for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # fmt: skip
         return StageCosts(
             pass_start_s=seconds["pass_start"],
             attention_s=seconds["attention"],
