@@ -44,7 +44,7 @@ from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
 from qllm.sim.profiled import fit_expert
 
-WARM_STEPS = 3  # untimed decode steps before a decode shape's timed one: later steps ran within 1 % of the 4th
+WARM_STEPS = 3  # untimed decode steps before a decode shape's timed one (the 2nd step ran 1-6 % over the 4th-9th)
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ def batch_for(executor: RealExecutor, phase: str, lengths: list[int], generator)
     whole batch (fewer where a row is too short), so the timed step follows steps of its batch as in
     a run. A tiny model's steps slow down after other work (its weights pushed out of the CPU's
     caches): timed straight after the prefills, a step ran 10-20 % slower than in a run, and after one
-    untimed step 2-6 % slower than the steps after it; the simulator inherited the difference."""
+    untimed step 1-6 % slower than the steps after it; the simulator inherited the difference."""
     vocab = executor.config.vocab_size
     steps = min(WARM_STEPS, min(lengths) - 1) if phase == "decode" else 0
     batch = [
