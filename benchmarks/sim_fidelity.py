@@ -19,7 +19,8 @@ workload, class and metric it reports the simulated value's signed error against
 real runs, the real runs' own spread (max - min) / mean, and the floor: the median |error| that a
 simulator predicting the true mean exactly would still show against the mean of this many noisy
 runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
-medians per metric.
+medians per metric, and each model's signed medians (one sign on all of a model's workloads is its
+profile's level: the machine's speed in the minutes the profile was measured).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -183,6 +184,14 @@ def per_metric(table: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
+def per_model(table: pd.DataFrame) -> pd.DataFrame:
+    """The signed median per model and metric, over its workloads (class `all`). A model's workloads
+    share its profile: one sign on all of them is the profile's level (the machine's speed in the
+    minutes it was measured) more than the cost model's shape."""
+    whole = table[table["class"] == "all"]
+    return (100 * whole.groupby(["model", "metric"], sort=False)["error"].median()).unstack("metric")
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
@@ -228,6 +237,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())
+    print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
+    print(per_model(table).round(1).to_string())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.assign(seed=seed).to_csv(args.out, index=False)

@@ -87,7 +87,19 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     # Sweeps: a workload's runs minutes apart; the profile in parts before each sweep and after the last.
     assert steps == ["profile 1", "#0 1", "#1 1", "profile 2", "#0 2", "#1 2", "profile 3", "#0 3", "#1 3", "profile 4"]
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
-    assert "floor median %" in printed
+    assert "floor median %" in printed and "signed median % per model" in printed
+
+
+def test_the_per_model_signed_median_shows_a_profiles_level():
+    """Each model's signed median per metric over its workloads' `all` rows: a model whose every
+    workload is over (its profile measured in a slow minute) stands apart from one that is under."""
+    rows = [{"workload": w, "model": model, "class": cls, "metric": metric, "error": error + 0.01 * w}
+            for model, error in (("slow_profile", 0.10), ("fast_profile", -0.05))
+            for w in range(3) for cls in ("LS", "all") for metric in ("TPOT mean", "throughput")]  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.loc[table["class"] == "LS", "error"] = 0.5  # a class's own rows do not enter
+    got = sim_fidelity.per_model(table)
+    assert got.loc["slow_profile", "TPOT mean"] == pytest.approx(11.0) and got.loc["fast_profile", "throughput"] == pytest.approx(-4.0)
 
 
 def test_a_given_profile_is_used_as_it_is(tmp_path, capsys):
