@@ -76,15 +76,19 @@ def test_each_stage_fit_recovers_its_costs_between_and_beyond_the_measured_shape
     assert costs.expert_s(np.array([0, 1, 1000])) == pytest.approx([0, 2.03e-4, 3.2e-3], rel=0.02)
 
 
-def test_the_pass_end_follows_a_step_in_its_cost_over_rows(tmp_path, tiny_shape):
+@pytest.mark.parametrize("prefill_rows", [None, 7])
+def test_the_pass_end_follows_a_step_in_its_cost_over_rows(tmp_path, tiny_shape, prefill_rows):
     """The LM head's GEMM changes kernels with its row count, so the end of a pass steps with the rows
     (measured: 3 rows 0.86 ms, 4 rows 1.47 ms); a line through the step priced 1 row 1.3-1.5x. The fit
-    follows the step, between the measured row counts and past the last."""
+    follows the step, between the measured row counts and past the last, also where one phase was
+    measured on fewer rows than the other (`prefill_rows`)."""
 
     def lm_head_s(rows):
         return np.where(rows < 4, 4e-4 + 1.5e-4 * rows, 1.3e-3 + 8e-5 * rows)
 
     table = synthetic_table(tiny_shape)
+    if prefill_rows is not None:
+        table = table[(table["phase"] != "prefill") | (table["batch_size"] <= prefill_rows)]
     end = table["stage"] == "pass_end"
     table.loc[end, "seconds"] = lm_head_s(table.loc[end, "batch_size"].to_numpy(float)) + 2e-7 * table.loc[end, "real_tokens"]
     path = tmp_path / "profile.parquet"

@@ -58,7 +58,8 @@ ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_over
 # GEMM changes kernels with its row count (tiny_mixtral on the EPYC: 3 rows 0.86 ms, 4 rows 1.47 ms, 8
 # rows 1.87 ms). A line through such steps priced a 1-row prefill's end 1.3-1.5x and a 4-8-row one
 # 0.73x; so its constant and rows feature give way to a piecewise-linear function of the rows, with
-# knots at these row counts (those the profile measured).
+# knots at those of these row counts the profile measured in the pass's phase (a knot without samples
+# of its own would be priced at nothing, and a phase's prices past its measured rows with it).
 ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 ROWS_STEP = "pass_end"
 MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile was measured on
@@ -170,12 +171,14 @@ class ProfiledCostModel:
                 f"one here with `{PROFILE_COMMAND}`, or set hardware.allow_foreign_profile=true to use it anyway"
             )  # fmt: skip
         self.model = model
-        steps = table.loc[table["stage"] == ROWS_STEP, "batch_size"]
-        self.knots = np.array([k for k in ROW_KNOTS if k <= max(steps.max() if len(steps) else 1, 1)], dtype=float)
-        self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, ...)`'s columns
+        self.knots = {}  # phase -> ROWS_STEP's row knots
+        self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
         for (stage, phase), rows in table[table["stage"] != "expert"].groupby(["stage", "phase"]):
+            if stage == ROWS_STEP:
+                measured = set(rows["batch_size"])
+                self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
             x = features(model, rows["batch_size"], rows["query_len"], rows["key_len"], rows["real_tokens"])
-            self.coefficients[stage, phase] = fit(self.design(stage, x, rows["batch_size"]), rows["seconds"].to_numpy(float))
+            self.coefficients[stage, phase] = fit(self.design(stage, phase, x, rows["batch_size"]), rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
         missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
         experts = table[table["stage"] == "expert"]
@@ -183,17 +186,18 @@ class ProfiledCostModel:
             raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
         self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
 
-    def design(self, stage: str, x: np.ndarray, batch_size) -> np.ndarray:
+    def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
         (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and rows."""
         if stage == ROWS_STEP:
-            return np.concatenate([row_basis(self.knots, batch_size), x[..., ~np.isin(FEATURES, ("constant", "rows"))]], axis=-1)
+            rest = x[..., ~np.isin(FEATURES, ("constant", "rows"))]
+            return np.concatenate([row_basis(self.knots[phase], batch_size), rest], axis=-1)
         return x[..., np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))]
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
         x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
-        seconds = {stage: float(self.design(stage, x, shape.batch_size) @ c)
+        seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c)
                    for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # fmt: skip
         return StageCosts(
             pass_start_s=seconds["pass_start"],
