@@ -40,7 +40,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder, progress
     """
     clock = recorder.clock
     pending = sorted(requests, key=lambda r: r.arrival_s)
-    clock.expect_arrivals(r.arrival_s for r in pending)
+    clock.start_replay(r.arrival_s for r in pending)  # arrivals count from here
     next_index = 0
     with tqdm(total=len(pending), desc=f"replay {engine.name}", unit="req", disable=not progress) as bar:
         while next_index < len(pending) or not engine.idle():

@@ -2,7 +2,7 @@
 
 `WallClock` times a served engine. A run's clock is named by the executor config
 (conf/executor/*.yaml, `clock`): the real executor runs in wall time (`RealClock`, which a replay
-can also sleep on); the simulator advances a `VirtualClock`, which the replay, the recorder and the
+restarts and can also sleep on); the simulator advances a `VirtualClock`, which the replay, the recorder and the
 engine read as well, so a simulated run never sleeps.
 """
 
@@ -36,15 +36,18 @@ class WallClock:
 
 
 class RealClock(WallClock):
-    """Wall-clock time, zero at construction, that a replay can also sleep on."""
+    """Wall-clock time, zero at construction and again when a replay starts, that a replay can also sleep on."""
 
     def sleep_until(self, t_s: float) -> None:
         delay = t_s - self.now()
         if delay > 0:
             time.sleep(delay)
 
-    def expect_arrivals(self, arrival_s: Iterable[float]) -> None:
-        """Wall time passes by itself: nothing to prepare."""
+    def start_replay(self, arrival_s: Iterable[float]) -> None:
+        """Time zero is now: a trace's arrival times count from the replay's start, not from the
+        engine's construction (building one takes milliseconds, in which requests would arrive
+        unseen and then join its first batch together, as they never do on a simulated run)."""
+        self._start = self._read()
 
 
 class VirtualClock:
@@ -67,8 +70,9 @@ class VirtualClock:
     def sleep_until(self, t_s: float) -> None:
         self._now = max(self._now, t_s)
 
-    def expect_arrivals(self, arrival_s: Iterable[float]) -> None:
-        """The replay's arrival times, so that `next_arrival_s` can say when the next one is due."""
+    def start_replay(self, arrival_s: Iterable[float]) -> None:
+        """The replay's arrival times, so that `next_arrival_s` can say when the next one is due.
+        Time is zero already: a virtual clock moves only once the replay runs."""
         self._arrivals = np.sort(np.fromiter(arrival_s, dtype=float))
 
     def next_arrival_s(self) -> float:

@@ -92,7 +92,7 @@ class StepClock:
     def sleep_until(self, t_s: float) -> None:
         self.t = max(self.t, t_s)
 
-    def expect_arrivals(self, arrival_s) -> None:
+    def start_replay(self, arrival_s) -> None:
         """Steps pass one by one: nothing to prepare."""
 
 

@@ -1,11 +1,16 @@
-"""The wall clock waits for the GPU on a CUDA device, and only there (qllm/clock.py)."""
+"""The wall clock waits for the GPU on a CUDA device, and only there, and a real run's time starts
+with its replay (qllm/clock.py)."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from hydra.utils import instantiate
 
-from harness.app import compose_config
+from harness.app import compose_config, run_engine
+from harness.engines import RunResources
+from qllm.request import Request
 
 
 def test_the_real_clock_waits_for_the_gpu_on_cuda_only(monkeypatch):
@@ -17,3 +22,23 @@ def test_the_real_clock_waits_for_the_gpu_on_cuda_only(monkeypatch):
     cuda_clock = instantiate(compose_config("model.device=cuda").clock)  # the run's clock, as the harness builds it
     cuda_clock.now()
     assert synchronized == ["cuda", "cuda"]  # at its zero, and at each reading
+
+
+def test_a_real_runs_arrivals_count_from_the_replays_start_not_the_engines_construction(monkeypatch):
+    cfg = compose_config("engine=[fcfs_rtc]", "executor=real", "progress=false")
+    resources = RunResources(cfg)
+    build = resources.build_engine
+
+    def slow_build(*args, **kwargs):  # an engine that takes 100 ms to build: longer than B arrives after A
+        engine = build(*args, **kwargs)
+        time.sleep(0.1)
+        return engine
+
+    monkeypatch.setattr(resources, "build_engine", slow_build)
+    requests = [Request(request_id="A", arrival_s=0.0, prompt_len=8, output_len=100, priority_class="BE", priority=1),
+                Request(request_id="B", arrival_s=0.03, prompt_len=8, output_len=2, priority_class="BE", priority=1)]  # fmt: skip
+    (name, engine_cfg), = cfg.engine.items()
+    table = run_engine(name, engine_cfg, resources, requests, cfg, {"run_id": "0"})["requests"].set_index("request_id")
+    # A runs alone (run to completion) from time zero; B, arriving while it runs, waits for its batch's end.
+    assert table.loc["A", "ttft_s"] < 0.03
+    assert table.loc["B", "first_token_s"] > table.loc["A", "finish_s"]
