@@ -28,6 +28,7 @@ from tests.helpers import engine_config
 COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.4, shared_expert_s=0.5,
                    dense_mlp_s=0.6, layer_s=3.0, pass_end_s=7.0, checkpoint_s=0.01, pass_overhead_s=0.02)  # fmt: skip
 EXPERT_S = 0.1  # per routed expert, plus 0.001 s per token it received
+IDLE_S_PER_S = 0.25  # a pass after the engine idled starts later by this share of the time idle
 
 
 class KnownCosts:
@@ -41,6 +42,9 @@ class KnownCosts:
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return np.where(tokens > 0, EXPERT_S + 0.001 * tokens, 0.0)
+
+    def idle_s(self, gap_s: float) -> float:
+        return IDLE_S_PER_S * gap_s
 
 
 class FixedRouting:
@@ -189,6 +193,21 @@ def test_the_clock_advances_by_the_cost_models_stages():
     assert [c for c, _ in times] == [c for c, _ in expected]
     assert np.allclose([s for _, s in times], [s for _, s in expected], rtol=0, atol=1e-12)
     assert clock.now() == pytest.approx(t + COSTS.pass_end_s)
+
+
+def test_a_pass_after_the_engine_idled_starts_late_by_the_cost_models_idle_delay():
+    """On known costs: the run's first pass and one straight after it start at once; one after the
+    engine has idled for 40 s starts the cost model's idle_s(40 s) late (10 s)."""
+    _, config = family_model("mixtral")
+    clock = VirtualClock()
+    sim = SimExecutor(config, clock, KnownCosts, "layer")
+    ends = []
+    for idle_s in (0.0, 0.0, 40.0):
+        clock.sleep_until(clock.now() + idle_s)
+        run_to_completion(sim.forward(batch_of(sim)))
+        ends.append(clock.now())
+    pass_s = ends[0]
+    assert ends == pytest.approx([pass_s, 2 * pass_s, 3 * pass_s + 40.0 + IDLE_S_PER_S * 40.0], abs=1e-9)
 
 
 class RoutingPerPass:

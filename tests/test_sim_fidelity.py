@@ -15,7 +15,7 @@ from harness.traces.random_workloads import (ENGINES, SHARED_DATA, Limits, avail
 
 
 TINY_PROFILE = ("shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24", "shapes.max_context_len=32",
-                "engine_run.num_requests=40")  # fmt: skip
+                "engine_run.num_requests=40", "idle_run.repeats=1")  # fmt: skip
 
 
 def test_workloads_repeat_with_their_seed_and_differ_across_seeds():

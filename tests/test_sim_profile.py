@@ -5,6 +5,7 @@ or another CPU is refused, and `qllm-profile` measures every stage of the real e
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profiling.profiler import WARM_STEPS, ShapeSpace, batch_for, draw_shapes, shape_columns
+from harness.profiling.profiler import WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_idle, shape_columns
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
@@ -40,6 +41,13 @@ def stage_cost(model: ModelShape, stage: str, batch_size, query_len, key_len, re
     return features(model, batch_size, query_len, key_len, real_tokens) @ (costs * (STAGES.index(stage) + 1))
 
 
+def idle_rows(delays: dict[float, list[float]]) -> pd.DataFrame:
+    """`idle` samples: for each gap probed, the delays measured after it."""
+    gaps = [(gap, seconds) for gap, samples in delays.items() for seconds in samples]
+    return pd.DataFrame([{"stage": "idle", **shape_columns("prefill", [16]), "tokens": 0.0, "idle_s": gap,
+                          "seconds": seconds} for gap, seconds in gaps])  # fmt: skip
+
+
 def synthetic_table(model: ModelShape, spikes: float = 0.0, seed: int = 0) -> pd.DataFrame:
     """Samples on shapes drawn as qllm-profile draws them, timed by TRUE_COSTS; `spikes`: the share of
     samples taken 10x longer (the core busy with something else)."""
@@ -52,7 +60,7 @@ def synthetic_table(model: ModelShape, spikes: float = 0.0, seed: int = 0) -> pd
     tokens = rng.integers(1, 400, 200).astype(float)
     experts = pd.DataFrame({"stage": "expert", "phase": "any", "batch_size": 0, "query_len": 0, "key_len": 0,
                             "real_tokens": 0, "tokens": tokens, "seconds": 2e-4 + 3e-6 * tokens})  # fmt: skip
-    table = pd.concat([table, experts], ignore_index=True)
+    table = pd.concat([table, experts, idle_rows({0.001: [2e-4], 0.1: [1e-3]})], ignore_index=True)
     spiked = rng.random(len(table)) < spikes
     table.loc[spiked, "seconds"] *= 10
     return table
@@ -127,6 +135,53 @@ def test_a_decode_shape_is_timed_after_steps_of_its_whole_batch(lengths, warm_st
     assert passes[-warm_steps:] == [len(lengths)] * warm_steps and len(passes) == 1 + warm_steps  # one prefill of <= 4 rows
 
 
+def test_the_idle_delay_follows_the_medians_measured_at_each_gap(tmp_path, tiny_shape):
+    """Between the gaps probed, the median delays interpolated in the log of the gap (a spike in one
+    sample moves nothing); below the shortest, in proportion to the gap; past the longest, flat; a
+    median below zero (noise around no delay) is no delay."""
+    table = synthetic_table(tiny_shape)
+    probed = {0.001: [2e-4, 3e-4, 1e-4], 0.01: [1.2e-3, 1e-3, 5e-2], 0.1: [-1e-4, -2e-4, 1e-4]}
+    table = pd.concat([table[table["stage"] != "idle"], idle_rows(probed)], ignore_index=True)
+    path = tmp_path / "profile.parquet"
+    write_profile(table, path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    expected = {0.0: 0.0, 0.0005: 1e-4, 0.001: 2e-4, np.sqrt(0.001 * 0.01): 7e-4, 0.01: 1.2e-3, 0.1: 0.0, 5.0: 0.0}
+    for gap, delay in expected.items():
+        assert costs.idle_s(gap) == pytest.approx(delay, abs=1e-12), gap
+
+
+def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():
+    """Per probe: a request after WARM_TOKENS steps of another (the reference), then the same request
+    arriving after the engine idled for the probe's gap; one row each, with its gap and prompt."""
+    cfg = compose_config("engine=[qllm]", "executor=real")
+    resources = RunResources(cfg)
+    (name, engine_cfg), = cfg.engine.items()
+    recorders = []
+
+    def build(clock, recorder):
+        recorders.append(recorder)
+        return resources.build_engine(engine_cfg, name, clock, recorder)
+
+    gaps, prompts = [0.02, 0.001], [5, 9]
+    table = measure_idle(build, gaps, prompts)
+    assert table[["idle_s", "real_tokens"]].values.tolist() == [[0.02, 5], [0.001, 9]]
+    assert (table["stage"] == "idle").all() and np.isfinite(table["seconds"]).all()
+    recorder = recorders[0]
+    runs = [(request, list(quanta)) for request, quanta in itertools.groupby(recorder.quanta, lambda q: q.request_ids[0])]
+    assert [request for request, _ in runs] == ["warm0", "busy0", "idle0", "warm1", "busy1", "idle1"]
+    assert len(recorder.requests["warm0"].token_s) == WARM_TOKENS
+    idle_starts = [quanta[0].t_start_s for request, quanta in runs if request.startswith("idle")]  # on its replay's clock
+    assert idle_starts[0] >= gaps[0] and idle_starts[1] >= gaps[1]
+
+
+def test_a_profile_without_idle_probes_is_refused(tmp_path, tiny_shape):
+    table = synthetic_table(tiny_shape)
+    path = tmp_path / "profile.parquet"
+    write_profile(table[table["stage"] != "idle"], path, tiny_shape, HERE)
+    with pytest.raises(ConfigurationError, match=r"lacks stages \['idle'\].*qllm-profile"):
+        ProfiledCostModel(str(path), tiny_shape)
+
+
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
     """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
     contexts costs the engine what a short one does."""
@@ -179,11 +234,12 @@ def test_the_shipped_profile_says_which_machine_made_it(tiny_shape):
 def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     out = tmp_path / "tiny.parquet"
     run_cli("model.config.num_hidden_layers=2", f"out={out}", "shapes.num_shapes=12", "shapes.max_batch_size=4",
-            "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24",
+            "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1",
             module="harness.profiling.profile_app")  # fmt: skip
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
+    assert sorted(table.loc[table["stage"] == "idle", "idle_s"]) == [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
     assert (timed["seconds"] > 0).all() and model["num_layers"] == 2  # (router and combine are differences of two
     # timed quanta: noise can make one negative; the fit weighs them as typical samples)
@@ -207,7 +263,7 @@ def test_a_stage_fit_predicts_the_measured_sum_under_multiplicative_noise():
 
 
 TINY_PROFILE = ("model.config.num_hidden_layers=2", "shapes.num_shapes=12", "shapes.max_batch_size=4",
-                "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24")  # fmt: skip
+                "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1")  # fmt: skip
 
 
 def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):

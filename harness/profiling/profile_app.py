@@ -16,7 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.engines import RunResources
-from harness.profiling.profiler import ShapeSpace, measure_engine, measure_stages
+import numpy as np
+
+from harness.profiling.profiler import ShapeSpace, measure_engine, measure_idle, measure_stages
 from harness.traces.workload import PROJECT_ROOT
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.machine import cpu_name
@@ -33,6 +35,13 @@ def engine_requests(cfg: DictConfig) -> list[Request]:
     ]
 
 
+def idle_probes(cfg: DictConfig, seed: int) -> tuple[list[float], list[int]]:
+    """Each gap `repeats` times, in an order drawn from `seed`, with prompt lengths drawn up to `max_prompt_len`."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.permutation(np.repeat(np.asarray(cfg.gaps_s, dtype=float), cfg.repeats))
+    return [float(g) for g in gaps], [int(n) for n in rng.integers(1, cfg.max_prompt_len + 1, len(gaps))]
+
+
 def profile(cfg: DictConfig) -> pd.DataFrame:
     if not 0 <= cfg.part < cfg.parts:
         raise ConfigurationError(f"part={cfg.part} parts={cfg.parts}: parts are numbered 0 to parts - 1")
@@ -41,8 +50,12 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     space = ShapeSpace(**OmegaConf.to_container(cfg.shapes, resolve=True))
     stages = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts)
     name, engine_cfg = next(iter(cfg.engine.items()))
-    engine = measure_engine(lambda clock, events: resources.build_engine(engine_cfg, name, clock, events),
-                            engine_requests(cfg.engine_run))  # fmt: skip
+
+    def build(clock, events):
+        return resources.build_engine(engine_cfg, name, clock, events)
+
+    engine = measure_engine(build, engine_requests(cfg.engine_run))
+    idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed + cfg.part))
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),
@@ -56,7 +69,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
         "part": f"{cfg.part} of {cfg.parts}",
     }
-    table = pd.concat([stages, engine], ignore_index=True)
+    table = pd.concat([stages, engine, idle], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
     write_profile(table, out, ModelShape.of(resources.model.config), about)
     print(f"{len(table)} rows -> {out}")

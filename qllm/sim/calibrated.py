@@ -46,3 +46,6 @@ class CalibratedCostModel:
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return self.scale * self.base.expert_s(tokens)
+
+    def idle_s(self, gap_s: float) -> float:
+        return self.scale * self.base.idle_s(gap_s)

@@ -63,3 +63,7 @@ class CostModel(Protocol):
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         """Seconds each routed expert takes on the tokens it received (any array shape; 0 tokens: 0 s,
         the expert does not run)."""
+
+    def idle_s(self, gap_s: float) -> float:
+        """How much later a pass ends when the engine had been idle for `gap_s` seconds before it than
+        when it follows another pass straight away (caches gone cold, the host waking up)."""

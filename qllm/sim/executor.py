@@ -10,6 +10,9 @@ past every checkpoint before the replay's next arrival and stops at the first on
 its end), in one step, so an idle checkpoint costs nothing. The engine sees the same checkpoints
 at the same times either way (tests/test_sim_executor.py).
 
+A pass that starts after the engine has idled (the replay waited for an arrival) starts that much
+later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold).
+
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
 KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
 each checkpoint the pass reports (`SimPassState`) the bytes the real pass would hold there,
@@ -82,6 +85,7 @@ class SimExecutor:
         self.expert_costs = ExpertCostTable(self.costs)
         self._costs_by_shape: dict[PassShape, StageCosts] = {}
         self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
+        self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
@@ -210,6 +214,9 @@ def simulated_pass(
     waiting: list[SimRows] = []  # rows sent to the pass, until its next layer boundary
     merged_after = -1  # the layer at whose end they join
     is_handed_over = False  # a catch-up pass's rows leave in flight
+    idle_s = clock.now() - executor.busy_until_s
+    if idle_s > 0:  # the engine waited for an arrival: it wakes up slower (CostModel.idle_s)
+        clock.advance_to(clock.now() + executor.costs.idle_s(idle_s))
     try:
         origin_s = clock.now()  # when the pass would have started, had it never been set aside
         next_index = 0
@@ -233,6 +240,7 @@ def simulated_pass(
             if waiting and checkpoint.layer > merged_after:  # past the boundary: they are row groups of the pass
                 groups, waiting = groups + waiting, []
             state.stop_at(checkpoint.layer, kind, plan, groups, waiting)  # what the real pass would hold here
+            executor.busy_until_s = clock.now()
             rows = yield checkpoint
             if rows is not None:  # they join after this layer: its end, then the merged pass's layers
                 waiting, merged_after = waiting + list(rows.groups), checkpoint.layer  # the pass's now (or released)
@@ -242,6 +250,7 @@ def simulated_pass(
                 plan = executor.merged_plan(plan, groups + waiting, checkpoint.layer)
             del rows
         clock.advance_to(origin_s + plan.total_s)
+        executor.busy_until_s = clock.now()
         groups, waiting = groups + waiting, []
         if num_layers < executor.num_layers:
             is_handed_over = True

@@ -6,13 +6,14 @@ sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
-| stage | one of STAGES (what `StageCosts` names), or `expert` |
+| stage | one of STAGES (what `StageCosts` names), `expert` or `idle` |
 | phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
 | query_len | new tokens per row, padded to the longest |
 | key_len | cached plus new tokens, padded to the longest |
 | real_tokens | new tokens, padding left out |
 | tokens | `expert` rows: tokens the expert received (else 0) |
+| idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
 | seconds | the sample |
 
 The table's metadata names the model it was measured on (its `ModelShape`) and the machine
@@ -26,7 +27,9 @@ error, so it predicts shapes between and beyond the measured ones from what driv
 rather than by interpolating a grid. The pass's end is the exception in one feature: its cost
 steps with the rows (the LM head's GEMM changes kernels with its row count), so its constant and
 rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
-linear in the tokens it received.
+linear in the tokens it received. A pass after the engine has been idle ends later than the same pass
+straight after another, by a delay that grows with the time idle (`idle_s`: the median measured
+delay at each gap the profile probed, interpolated in the log of the gap).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from qllm.sim.shape import ModelShape
 STAGES = ("pass_start", "whole_pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end",
           "checkpoint", "pass_overhead")  # fmt: skip
 PHASES = ("prefill", "decode")
-COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens", "tokens", "seconds")
+COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens", "tokens", "idle_s", "seconds")
 FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area", "keys", "longest", "experts_run")
 # The engine's own work between quanta scales with the sequences and tokens it handles, never with a
 # pass's attention (its run records no keys): those stages are fitted on these features only.
@@ -71,7 +74,7 @@ PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
 def write_profile(table: pd.DataFrame, path: Path, model: ModelShape | dict, about: dict) -> None:
     """`model`: the shape measured on, or its dict as `read_profile` gives it."""
     shape = model if isinstance(model, dict) else dataclasses.asdict(model)
-    frame = table[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
+    frame = table.assign(idle_s=table["idle_s"].fillna(0.0) if "idle_s" in table else 0.0)[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(shape).encode(),
                 ABOUT_KEY: json.dumps(about).encode()}  # fmt: skip
@@ -173,7 +176,7 @@ class ProfiledCostModel:
         self.model = model
         self.knots = {}  # phase -> ROWS_STEP's row knots
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
-        for (stage, phase), rows in table[table["stage"] != "expert"].groupby(["stage", "phase"]):
+        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
@@ -181,10 +184,13 @@ class ProfiledCostModel:
             self.coefficients[stage, phase] = fit(self.design(stage, phase, x, rows["batch_size"]), rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
         missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
-        experts = table[table["stage"] == "expert"]
-        if missing or experts.empty:
-            raise ConfigurationError(f"profile {path} lacks stages {missing or ['expert']}: measure it again with qllm-profile")
+        experts, idle = table[table["stage"] == "expert"], table[table["stage"] == "idle"]
+        missing += [stage for stage, rows in (("expert", experts), ("idle", idle)) if rows.empty]
+        if missing:
+            raise ConfigurationError(f"profile {path} lacks stages {missing}: measure it again with qllm-profile")
         self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
+        delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
+        self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
 
     def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
@@ -216,6 +222,14 @@ class ProfiledCostModel:
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         seconds = self.expert_coefficients[0] + self.expert_coefficients[1] * tokens
         return np.where(tokens > 0, seconds, 0.0)
+
+    def idle_s(self, gap_s: float) -> float:
+        """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
+        proportion to it (none after no idle time); past the longest, the longest's."""
+        gaps, delays = self.idle_gaps, self.idle_delays
+        if gap_s < gaps[0]:
+            return float(delays[0] * max(gap_s, 0.0) / gaps[0])
+        return float(np.interp(np.log(gap_s), np.log(gaps), delays))
 
 
 def resolve(path: str) -> Path:
