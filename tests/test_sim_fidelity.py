@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import sim_fidelity
 from harness.profiling.profile_app import profile_in_process
+from qllm.sim.profiled import read_profile, write_profile
 from harness.traces.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
 
@@ -111,6 +112,22 @@ def test_a_given_profile_is_used_as_it_is(tmp_path, capsys):
                                "--profile", "tiny_mixtral", str(profile)])  # fmt: skip
     printed = capsys.readouterr().out
     assert len(table) > 0 and "profiled" not in printed and "real run 2 of 2" in printed
+
+
+def test_wake_up_prices_lone_requests_with_and_without_the_idle_delay(tmp_path, capsys):
+    from benchmarks import wake_up
+
+    profile = tmp_path / "tiny.parquet"
+    profile_in_process("tiny_mixtral", profile, list(TINY_PROFILE))
+    samples, model, about = read_profile(profile)
+    idle = samples["stage"] == "idle"
+    write_profile(samples.assign(seconds=samples["seconds"].where(~idle, 0.05)), profile, model, about)  # 50 ms to wake
+    table = wake_up.main(["--profile", str(profile), "--engines", "fcfs_cb", "--gaps", "0.2", "--requests", "3"])
+    row = table.iloc[0]
+    assert row["sim_ms"] == pytest.approx(row["sim_without_delay_ms"] + 50, abs=0.5)  # each request arrives at an idle engine
+    real_ms = (row["real_1_ms"] + row["real_2_ms"]) / 2
+    assert row["error_%"] == pytest.approx(100 * (row["sim_ms"] / real_ms - 1)) and 0 < real_ms < 1000
+    assert "sim_without_delay_ms" in capsys.readouterr().out
 
 
 def test_pass_fidelity_times_held_out_shapes_at_every_granularity(tmp_path, capsys):
