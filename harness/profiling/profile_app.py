@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pandas as pd
 import torch
 import transformers
@@ -16,8 +17,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.engines import RunResources
-import numpy as np
-
 from harness.profiling.profiler import ShapeSpace, measure_engine, measure_idle, measure_stages
 from harness.traces.workload import PROJECT_ROOT
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported

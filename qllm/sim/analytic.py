@@ -80,7 +80,7 @@ class AnalyticCostModel:
         return np.array([self._expert_s(float(rows)) for rows in np.ravel(tokens)]).reshape(np.shape(tokens))
 
     def idle_s(self, gap_s: float) -> float:
-        """None: the datasheet rates price a device kept busy; what waking it costs is not modelled."""
+        """Nothing: the datasheet rates price a device kept busy; what waking it costs is not modelled."""
         return 0.0
 
     def _expert_s(self, rows: float) -> float:
