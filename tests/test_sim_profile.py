@@ -1,6 +1,7 @@
 """The profiled cost model: a profile round-trips, each stage's fit recovers the costs that made the
 samples (between and beyond the measured shapes, through noise spikes), a profile of another model
-or another CPU is refused, and `qllm-profile` measures every stage of the real executor."""
+or another CPU is refused, the idle delay follows the probes' medians, and `qllm-profile` measures every
+stage of the real executor and probes its engine after idle gaps."""
 
 from __future__ import annotations
 
