@@ -40,9 +40,9 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder, progress
     """
     clock = recorder.clock
     pending = sorted(requests, key=lambda r: r.arrival_s)
-    clock.start_replay(r.arrival_s for r in pending)  # arrivals count from here
     next_index = 0
     with tqdm(total=len(pending), desc=f"replay {engine.name}", unit="req", disable=not progress) as bar:
+        clock.start_replay(r.arrival_s for r in pending)  # arrivals count from here: the bar's set-up is not the engine's
         while next_index < len(pending) or not engine.idle():
             while next_index < len(pending) and pending[next_index].arrival_s <= clock.now():
                 engine.submit(pending[next_index])

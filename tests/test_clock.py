@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from hydra.utils import instantiate
+from tqdm.auto import tqdm
 
+import harness.replay
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from qllm.request import Request
@@ -24,17 +27,31 @@ def test_the_real_clock_waits_for_the_gpu_on_cuda_only(monkeypatch):
     assert synchronized == ["cuda", "cuda"]  # at its zero, and at each reading
 
 
-def test_a_real_runs_arrivals_count_from_the_replays_start_not_the_engines_construction(monkeypatch):
+class SlowBar(tqdm):
+    """The harness's progress bar, 100 ms slow to set up (a process's first one took 0.5 ms)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("slow", ["engine", "progress_bar"])
+def test_a_real_runs_arrivals_count_from_the_replays_start_not_its_set_up(monkeypatch, slow):
+    """What comes before the replay's loop (building the engine, its progress bar) takes 100 ms here:
+    longer than B arrives after A. Counted on the run's clock, A and B would start together."""
     cfg = compose_config("engine=[fcfs_rtc]", "executor=real", "progress=false")
     resources = RunResources(cfg)
     build = resources.build_engine
 
-    def slow_build(*args, **kwargs):  # an engine that takes 100 ms to build: longer than B arrives after A
+    def slow_build(*args, **kwargs):
         engine = build(*args, **kwargs)
         time.sleep(0.1)
         return engine
 
-    monkeypatch.setattr(resources, "build_engine", slow_build)
+    if slow == "engine":
+        monkeypatch.setattr(resources, "build_engine", slow_build)
+    else:
+        monkeypatch.setattr(harness.replay, "tqdm", SlowBar)
     requests = [Request(request_id="A", arrival_s=0.0, prompt_len=8, output_len=100, priority_class="BE", priority=1),
                 Request(request_id="B", arrival_s=0.03, prompt_len=8, output_len=2, priority_class="BE", priority=1)]  # fmt: skip
     (name, engine_cfg), = cfg.engine.items()
