@@ -74,7 +74,8 @@ PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
 def write_profile(table: pd.DataFrame, path: Path, model: ModelShape | dict, about: dict) -> None:
     """`model`: the shape measured on, or its dict as `read_profile` gives it."""
     shape = model if isinstance(model, dict) else dataclasses.asdict(model)
-    frame = table.assign(idle_s=table["idle_s"].fillna(0.0) if "idle_s" in table else 0.0)[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
+    idle_s = table["idle_s"].fillna(0.0) if "idle_s" in table else 0.0  # only `idle` rows have a gap
+    frame = table.assign(idle_s=idle_s)[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(shape).encode(),
                 ABOUT_KEY: json.dumps(about).encode()}  # fmt: skip
