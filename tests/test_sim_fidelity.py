@@ -10,9 +10,9 @@ import pytest
 
 from benchmarks import sim_fidelity
 from harness.profiling.profile_app import profile_in_process
-from qllm.sim.profiled import read_profile, write_profile
 from harness.traces.random_workloads import (ENGINES, SHARED_DATA, Limits, available_sources, draw_trace, draw_workloads,
                                       requests_for, with_rate)  # fmt: skip
+from qllm.sim.profiled import read_profile, write_profile
 
 
 TINY_PROFILE = ("shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24", "shapes.max_context_len=32",
