@@ -44,7 +44,7 @@ from qllm.executor import ATTENTION, ForwardPass, run_to_completion
 from qllm.real.executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
-from qllm.sim.profiled import fit_expert
+from qllm.sim.profiled import fit_expert, piecewise
 
 WARM_TOKENS = 16  # steps an engine runs straight through before an idle probe's reference (measure_idle)
 WARM_STEPS = 3  # untimed decode steps before a decode shape's timed one (the 2nd step ran 1-6 % over the 4th-9th)
@@ -203,10 +203,10 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
 
 def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
     """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
-    constant, per_token = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
+    knots, seconds = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
 
     def expert_s(received):
-        return 0.0 if received is None else constant + per_token * received
+        return float(piecewise(knots, seconds, received)) if received else 0.0  # None: no expert; 0: none ran
 
     shape_keys = ("phase", "batch_size", "query_len", "key_len", "real_tokens")
     samples = []

@@ -27,7 +27,8 @@ error, so it predicts shapes between and beyond the measured ones from what driv
 rather than by interpolating a grid. The pass's end is the exception in one feature: its cost
 steps with the rows (the LM head's GEMM changes kernels with its row count), so its constant and
 rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
-linear in the tokens it received. A pass after the engine has been idle ends later than the same pass
+piecewise linear in the tokens it received, for the same reason (its GEMMs change kernels with their
+rows). A pass after the engine has been idle ends later than the same pass
 straight after another, by a delay that grows with the time idle (`idle_s`: the median measured
 delay at each gap the profile probed, interpolated in the log of the gap).
 """
@@ -64,6 +65,11 @@ ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_over
 # knots at those of these row counts the profile measured in the pass's phase (a knot without samples
 # of its own would be priced at nothing, and a phase's prices past its measured rows with it).
 ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+# A routed expert's time steps with its tokens as the LM head's with its rows (small_mixtral on the EPYC:
+# 1 token 0.44 ms, 2 tokens 0.49 ms, 3-6 tokens 0.43-0.45 ms; a line through them priced 3-6 tokens
+# 1.10-1.15x, where a decode step's experts mostly are), so it is piecewise linear too, with knots at
+# those of these token counts that some sample reaches without reaching the next one.
+TOKEN_KNOTS = tuple(sorted({2**k for k in range(15)} | {3 * 2**k for k in range(14)}))
 ROWS_STEP = "pass_end"
 MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile was measured on
 ABOUT_KEY = b"qllm.about"  # Parquet metadata: how and where it was measured
@@ -117,7 +123,8 @@ def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> 
 def row_basis(knots: np.ndarray, batch_size) -> np.ndarray:
     """[..., knots] piecewise-linear functions of the rows, each 1 at its knot and 0 at the others, so
     that a combination is the line through its coefficients at the knots; past the last knot the last
-    segment goes on straight (one knot: proportional to the rows)."""
+    segment goes on straight, below the first the first knot's value holds (one knot: proportional to
+    the rows)."""
     rows = np.asarray(batch_size, dtype=float)
     if len(knots) == 1:
         return (rows / knots[0])[..., None]
@@ -144,9 +151,17 @@ def fit(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return coefficients * (total / predicted) if total > 0 and predicted > 0 else coefficients
 
 
-def fit_expert(tokens: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-    """A routed expert's (seconds to run at all, seconds per token it received)."""
-    return fit(np.stack([np.ones_like(tokens), tokens], axis=1), seconds)
+def fit_expert(tokens: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A routed expert's time as a piecewise-linear function of the tokens it received: its knots
+    (TOKEN_KNOTS) and its seconds at each (`piecewise` prices it)."""
+    bins = np.searchsorted(TOKEN_KNOTS, tokens, side="right") - 1  # the knot at or below each sample
+    knots = np.array(TOKEN_KNOTS, dtype=float)[np.unique(bins[bins >= 0])]
+    return knots, fit(row_basis(knots, tokens), seconds)
+
+
+def piecewise(knots: np.ndarray, values: np.ndarray, x) -> np.ndarray:
+    """The line through (knots, values), going on straight past the last knot: `row_basis(knots, x) @ values`."""
+    return row_basis(knots, x) @ values
 
 
 def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -189,7 +204,7 @@ class ProfiledCostModel:
         missing += [stage for stage, rows in (("expert", experts), ("idle", idle)) if rows.empty]
         if missing:
             raise ConfigurationError(f"profile {path} lacks stages {missing}: measure it again with qllm-profile")
-        self.expert_coefficients = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
+        self.expert_knots, self.expert_seconds = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
         delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
         self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
 
@@ -221,8 +236,7 @@ class ProfiledCostModel:
         )
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
-        seconds = self.expert_coefficients[0] + self.expert_coefficients[1] * tokens
-        return np.where(tokens > 0, seconds, 0.0)
+        return np.where(tokens > 0, piecewise(self.expert_knots, self.expert_seconds, tokens), 0.0)
 
     def idle_s(self, gap_s: float) -> float:
         """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
