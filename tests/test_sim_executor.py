@@ -4,6 +4,8 @@ checkpoints changes no schedule; KV and suspended state accounted."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,7 +22,7 @@ from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
-from qllm.sim.cost_model import StageCosts
+from qllm.sim.cost_model import PassShape, StageCosts
 from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
 from qllm.sim.routing import UniformRouting
 from tests.helpers import engine_config
@@ -362,20 +364,33 @@ def test_a_catch_up_costs_its_layers_and_the_merged_pass_a_mixed_passs_remaining
     assert clock.now() == pytest.approx(expected[-1] + COSTS.checkpoint_s + COSTS.pass_end_s)
 
 
-def test_a_mixed_pass_costs_each_row_groups_attention_and_one_moe_half_per_layer():
-    """Layer granularity on known costs: a pass of decode rows and a prompt row (mixed_batches) runs
-    two attention halves per layer, one per row group, and the MoE half once on their packed tokens."""
+class RowCosts(KnownCosts):
+    """KnownCosts, but the pass's end and the engine's own work cost in proportion to the pass's rows."""
+
+    def stage_costs(self, shape) -> StageCosts:
+        rows = shape.batch_size
+        return dataclasses.replace(COSTS, pass_end_s=COSTS.pass_end_s * rows, checkpoint_s=COSTS.checkpoint_s * rows,
+                                   pass_overhead_s=COSTS.pass_overhead_s * rows)  # fmt: skip
+
+
+@pytest.mark.parametrize("cost_model", [KnownCosts, RowCosts])
+def test_a_mixed_pass_costs_each_row_groups_attention_and_one_moe_half_per_layer(cost_model):
+    """Layer granularity: a pass of two decode rows and a prompt row (mixed_batches) sets up each row
+    group (two pass starts) and runs two attention halves per layer, one per group, and the MoE half
+    once on their packed tokens; its end (the LM head) and the engine's own work are one pass's over
+    all three rows (RowCosts: a third of that if priced on the prompt's group alone)."""
     _, config = family_model("mixtral")
     clock = VirtualClock()
-    sim = SimExecutor(config, clock, KnownCosts, "layer")
+    sim = SimExecutor(config, clock, cost_model, "layer")
     sequences = batch_of(sim)
     prefill(sim, sequences[::2])
     start = clock.now()
     checkpoints, tokens = drive(sim.forward(sequences))
     assert checkpoints == [Checkpoint(layer=layer) for layer in range(3)] and len(tokens) == 3
+    costs = cost_model(sim.model).stage_costs(PassShape(3, 1, 9))
     layer_s = COSTS.layer_s + COSTS.attention_s  # two attention halves, one MoE half
-    assert clock.now() - start == pytest.approx(COSTS.pass_overhead_s + COSTS.pass_start_s + 3 * layer_s +
-                                                3 * COSTS.checkpoint_s + COSTS.pass_end_s)  # fmt: skip
+    assert clock.now() - start == pytest.approx(costs.pass_overhead_s + 2 * COSTS.pass_start_s + 3 * layer_s +
+                                                3 * costs.checkpoint_s + costs.pass_end_s)  # fmt: skip
     assert [s.kv.num_tokens for s in sequences] == [6, 9, 3]  # each row's KV committed
 
 
