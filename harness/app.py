@@ -20,6 +20,7 @@ from harness.results.metrics import requests_table, summary_table, timeline_tabl
 from harness.recorder import Recorder
 from harness.results.repeats import PER_REPEAT_TABLE, aggregate_repeats, tag_repeat, trace_for_repeat
 from harness.replay import replay, requests_from_trace
+from harness import sweep_dirs  # noqa: F401  (registers the sweep points' folder names, conf/config.yaml)
 from harness.results.run_dir import is_complete, mark_complete, write_config, write_manifest, write_tables
 from harness.traces.workload import PROJECT_ROOT, load_workload
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from harness.results import gather
 from harness.results.run_dir import is_complete
+from harness.sweep_dirs import point_dirname
 from harness.traces.workload import PROJECT_ROOT
 from harness.app import CONF_DIR, compose_config
 from tests.helpers import TINY_SWEEP, run_cli
@@ -179,3 +180,28 @@ def test_sweep_axis_is_the_swept_parameter_and_a_replay_is_plotted_against_its_l
     assert gather.sweep_axis(runs.assign(time_scale=[0.5, 1.0])) == "offered_rps"
     assert gather.sweep_axis(runs.assign(rate=[2.0, 4.0], time_scale=[0.5, 1.0])) == "rate"
     assert gather.focus_run(runs.assign(rate=[4.0, 2.0]), "rate") == "a"  # the most loaded point
+
+
+def test_a_sweep_point_is_named_by_its_overrides_and_shortened_past_what_a_folder_name_takes():
+    short = "trace.rate=20"
+    assert point_dirname(short) == short
+    long = ",".join(f"engine.{name}.policy.max_batch_size=32" for name in ("qllm", "qllm_prototype", "fcfs_rtc",
+                                                                           "fcfs_cb", "priority_cb"))  # fmt: skip
+    named = [point_dirname(f"{long},trace.rate={rate}") for rate in (1, 2)]
+    assert named[0] == point_dirname(f"{long},trace.rate=1")  # deterministic: a rerun finds the point
+    assert named[0] != named[1] and all(len(name.encode()) <= 200 and name.startswith(long[:100]) for name in named)
+
+
+@pytest.mark.slow
+def test_a_sweep_with_many_overrides_runs_and_is_gathered(tmp_path):
+    """Five engines' batch limits named in a sweep made a point's folder name longer than a file system
+    takes (255 bytes): every point failed to start."""
+    sweep = tmp_path / "sweep"
+    limits = [f"engine.{name}.policy.max_batch_size=2" for name in ("qllm", "fcfs_rtc")]
+    limits += [f"engine.{name}.policy.max_batch_tokens=2048" for name in ("qllm", "fcfs_rtc")]
+    limits += [f"engine.{name}.catch_up_merge=false" for name in ("qllm",)]
+    run_cli("-m", *TINY_SWEEP, *limits, "trace.rate=20,40", f"hydra.sweep.dir={sweep}",
+            "hydra.callbacks.gather.figures=false")  # fmt: skip
+    jobs = gather.find_complete_runs(sweep)
+    assert len(jobs) == 2 and all(len(job.name.encode()) <= 200 for job in jobs)
+    assert sorted(pd.read_parquet(sweep / "sweep_summary.parquet")["rate"].unique()) == [20, 40]
