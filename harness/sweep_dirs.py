@@ -7,7 +7,7 @@ import hashlib
 
 from omegaconf import OmegaConf
 
-MAX_NAME_BYTES = 200  # file systems take 255 bytes per folder name; room left for what tools append
+MAX_NAME_BYTES = 255  # what file systems take in one folder name (ext4, XFS, APFS, NTFS)
 DIGEST_CHARS = 12
 
 

@@ -185,11 +185,11 @@ def test_sweep_axis_is_the_swept_parameter_and_a_replay_is_plotted_against_its_l
 def test_a_sweep_point_is_named_by_its_overrides_and_shortened_past_what_a_folder_name_takes():
     short = "trace.rate=20"
     assert point_dirname(short) == short
-    long = ",".join(f"engine.{name}.policy.max_batch_size=32" for name in ("qllm", "qllm_prototype", "fcfs_rtc",
-                                                                           "fcfs_cb", "priority_cb"))  # fmt: skip
+    engines = ("qllm", "qllm_prototype", "fcfs_rtc", "fcfs_cb", "priority_cb")
+    long = ",".join(f"engine.{name}.policy.{key}" for name in engines for key in ("max_batch_size=32", "max_batch_tokens=4096"))
     named = [point_dirname(f"{long},trace.rate={rate}") for rate in (1, 2)]
     assert named[0] == point_dirname(f"{long},trace.rate=1")  # deterministic: a rerun finds the point
-    assert named[0] != named[1] and all(len(name.encode()) <= 200 and name.startswith(long[:100]) for name in named)
+    assert named[0] != named[1] and all(len(name.encode()) == 255 and name.startswith(long[:200]) for name in named)
 
 
 @pytest.mark.slow
@@ -203,5 +203,5 @@ def test_a_sweep_with_many_overrides_runs_and_is_gathered(tmp_path):
     run_cli("-m", *TINY_SWEEP, *limits, "trace.rate=20,40", f"hydra.sweep.dir={sweep}",
             "hydra.callbacks.gather.figures=false")  # fmt: skip
     jobs = gather.find_complete_runs(sweep)
-    assert len(jobs) == 2 and all(len(job.name.encode()) <= 200 for job in jobs)
+    assert len(jobs) == 2 and all(len(job.name.encode()) <= 255 for job in jobs)
     assert sorted(pd.read_parquet(sweep / "sweep_summary.parquet")["rate"].unique()) == [20, 40]
