@@ -1,12 +1,12 @@
 """At the paper's scale, SIMULATED: what each way of filling the passes that run anyway does to
 QLLM's throughput against the FCFS run-to-completion baseline, and to its LS TTFT.
 
-Variants: one-phase `qllm` (the paper's mode), BE prompts topping up an LS prefill pass
-(`policy.be_prefill_top_up`), mixed batches (`qllm_mixed`: BE prompts ride in the decode pass),
-mixed batches with catch-up merge, and `fcfs_cb` with and without mixed batches for reference. Each
-replays the first `--requests` of the paper-scale ShareGPT trace (as benchmarks/paper_band.py) on
-the simulated Mixtral-8x7B NF4 at each rate and batch limit, and prints throughput / the baseline's
-and the mean LS TTFT, per rate.
+Variants: `qllm_one_phase` (the paper's mode: a BE prompt runs in a prefill pass of its own), BE
+prompts topping up an LS prefill pass (`policy.be_prefill_top_up`), `qllm` (mixed batches: BE
+prompts ride in the decode pass), `qllm` with catch-up merge, and `fcfs_cb` with and without
+mixed batches for reference. Each replays the first `--requests` of the paper-scale ShareGPT trace
+(as benchmarks/paper_band.py) on the simulated Mixtral-8x7B NF4 at each rate and batch limit, and
+prints throughput / the baseline's and the mean LS TTFT, per rate.
 
     python benchmarks/filling_passes.py                                   # ideal A100, batch 16 and 32
     python benchmarks/filling_passes.py --hardware paper_calibrated --batch 16
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # its sibling, whose paper-scale
 from paper_band import BASELINE, summaries  # noqa: E402
 
 VARIANTS = {  # name: (engine, overrides)
+    "qllm_one_phase": ("qllm_one_phase", []),
+    "qllm_one_phase+top-up": ("qllm_one_phase", ["engine.qllm_one_phase.policy.be_prefill_top_up=true"]),
     "qllm": ("qllm", []),
-    "qllm+top-up": ("qllm", ["engine.qllm.policy.be_prefill_top_up=true"]),
-    "qllm_mixed": ("qllm_mixed", []),
-    "qllm_mixed+merge": ("qllm_mixed", ["engine.qllm_mixed.catch_up_merge=true"]),
+    "qllm+merge": ("qllm", ["engine.qllm.catch_up_merge=true"]),
     "fcfs_cb": ("fcfs_cb", []),
     "fcfs_cb+mixed": ("fcfs_cb", ["engine.fcfs_cb.policy.mixed_batches=true"]),
 }

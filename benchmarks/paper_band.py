@@ -20,7 +20,7 @@ reduced.
 
     python benchmarks/paper_band.py                                # the comparable workload: 256 requests, batch 32
     python benchmarks/paper_band.py --requests 128 256 512 2000 --batch 16 32   # the growth table
-    python benchmarks/paper_band.py --batch 16 32 --qllm qllm_mixed             # QLLM with mixed batches
+    python benchmarks/paper_band.py --batch 16 32 --qllm qllm_one_phase         # QLLM in the paper's mode
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32], help="batch limits (B)")
     parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 3, 4, 5, 6, 7, 8])
     parser.add_argument("--hardware", nargs="+", default=list(HARDWARE))
-    parser.add_argument("--qllm", default="qllm", help="the QLLM engine compared with the baseline (e.g. qllm_mixed)")
+    parser.add_argument("--qllm", default="qllm", help="the QLLM engine compared with the baseline (e.g. qllm_one_phase)")
     args = parser.parse_args()
     started = time.perf_counter()
     rows = []

@@ -91,12 +91,13 @@ def test_an_aborted_request_leaves_with_its_kv_and_the_others_finish_token_exact
 
 def test_a_dissolved_batch_redoes_its_pass_from_where_its_kv_was(config, resources, tiny_model):
     """r1 shared r0's prefill batch when r0 was aborted after its first layer: r1's prompt pass
-    runs again over every layer (the closed pass committed nothing)."""
+    runs again over every layer (the closed pass committed nothing), in a pass of its own or riding
+    in a decode pass (mixed batches)."""
     recorder, requests, _, _ = run_with_abort(
         config, resources, "qllm", "r0", is_mid_pass, granularity="layer", policy__max_batch_size=2
     )
     prefill_layers = [q.layer for q in recorder.quanta
-                      if q.kind == "prefill" and "r1" in q.request_ids and q.layer is not None]  # fmt: skip
+                      if q.kind in ("prefill", "mixed") and "r1" in q.request_ids and q.layer is not None]  # fmt: skip
     num_layers = tiny_model.config.num_hidden_layers
     assert prefill_layers[0] == 0 and sorted(prefill_layers[1:]) == list(range(num_layers))
 

@@ -146,7 +146,7 @@ PREEMPTING_TRACE = [(10, 4, "BE", 0), (9, 4, "BE", 0), (5, 3, "LS", 1.5), (8, 5,
 SHIPPED = {
     "qllm": ("layer", True, False), "qllm_expert": ("expert", True, False), "qllm_iteration": ("iteration", False, False),
     "qllm_aging": ("layer", True, False), "qllm_prototype": ("layer", True, False),
-    "qllm_slo_slack": ("layer", True, False), "qllm_mixed": ("layer", True, False),
+    "qllm_slo_slack": ("layer", True, False), "qllm_one_phase": ("layer", True, False),
     "priority_cb": ("iteration", False, True), "fcfs_rtc": ("iteration", False, False),
     "fcfs_cb": ("iteration", False, False),
 }  # fmt: skip

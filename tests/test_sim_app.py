@@ -60,4 +60,4 @@ def test_the_filling_passes_benchmark_sets_each_variant_against_the_baseline(cap
     assert set(ratio.index.get_level_values("variant")) == {"fcfs_rtc", *filling_passes.VARIANTS}
     assert ratio.xs("fcfs_rtc", level="variant").eq(1.0).all() and (ratio > 0.5).all()
     printed = capsys.readouterr().out
-    assert "SIMULATED" in printed and "qllm_mixed+merge" in printed and "lowest over the rates" in printed
+    assert "SIMULATED" in printed and "qllm+merge" in printed and "lowest over the rates" in printed

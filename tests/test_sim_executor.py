@@ -460,7 +460,8 @@ def test_skipping_idle_checkpoints_changes_no_schedule(engine, granularity, merg
     config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit",
                             f"engine=[{engine}]", "slo.LS.ttft_s=0.15")  # tight: slo_slack preempts too  # fmt: skip
     requests = mixed_requests(60, seed=3)
-    overrides = {"granularity": granularity, "catch_up_merge": merge, **({"policy__mixed_batches": True} if mixed else {})}
+    mixing = {} if engine == "fcfs_rtc" else {"policy__mixed_batches": mixed}  # the others' policies take it
+    overrides = {"granularity": granularity, "catch_up_merge": merge, **mixing}
     skipped, skipped_timeline = sim_run(config, engine, requests, False, monkeypatch, **overrides)
     stepped, stepped_timeline = sim_run(config, engine, requests, True, monkeypatch, **overrides)
     columns = ["first_scheduled_s", "first_token_s", "finish_s", "preemptions", "generated_len"]
@@ -507,8 +508,8 @@ def test_kv_and_suspended_state_are_accounted(monkeypatch, merge):
     config = compose_config("executor=sim", "hardware=a100_80gb", "model=mixtral_8x7b_4bit", "engine=[qllm]")
     requests = mixed_requests(40, seed=5)
     table, timeline = sim_run(config, "qllm", requests, False, monkeypatch, granularity="expert",
-                              memory_budget_mb=budget_mb, catch_up_merge=merge)  # fmt: skip
-    assert ((timeline["kind"] == "mixed").any()) == merge
+                              memory_budget_mb=budget_mb, catch_up_merge=merge, policy__mixed_batches=False)  # fmt: skip
+    assert ((timeline["kind"] == "mixed").any()) == merge  # one phase per pass: only a merge mixes
     ends = timeline.dropna(subset=["kv_allocated_bytes"])
     assert (ends["kv_allocated_bytes"] > 0).any() and (ends["suspended_bytes"] > 0).any()
     assert (ends["kv_reserved_bytes"] + ends["suspended_bytes"] <= budget_mb * 2**20).all()
