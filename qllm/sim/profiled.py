@@ -160,8 +160,8 @@ def fit_expert(tokens: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def piecewise(knots: np.ndarray, values: np.ndarray, x) -> np.ndarray:
-    """The line through (knots, values), going on straight past the last knot: `row_basis(knots, x) @ values`
-    without building the basis (the simulator prices every expert of every pass with it)."""
+    """The line through (knots, values), going on straight past the last knot and flat below the first:
+    `row_basis(knots, x) @ values` without building the basis (the simulator prices every expert with it)."""
     x = np.asarray(x, dtype=float)
     if len(knots) == 1:
         return x * (values[0] / knots[0])
