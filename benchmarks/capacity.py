@@ -4,10 +4,10 @@ The shipped trace offers several times what one core serves, so throughput (gene
 makespan) is each engine's capacity. Every engine replays the same requests on the same model
 (default `model=small_mixtral`: vLLM's CPU attention needs a head dimension of 32 or more), at
 each batch limit of `--batch-sizes` (every engine alike: `max_batch_size`, vLLM's
-`--max-num-seqs`): `qllm` as configured (one phase per batch, the paper's mode), then `qllm`,
-`fcfs_cb` and `priority_cb` with mixed batches (prompts ride in the decode pass), and
-`hf_generate`. Each table gives throughput, its share of the offered load, LS and BE TTFT, and
-throughput as a multiple of `hf_generate`'s and of each server's.
+`--max-num-seqs`): `qllm` with one phase per batch (the paper's mode, `qllm_one_phase`), then
+`qllm` (its default), `fcfs_cb` and `priority_cb` with mixed batches (prompts ride in the decode
+pass), and `hf_generate`. Each table gives throughput, its share of the offered load, LS and BE
+TTFT, and throughput as a multiple of `hf_generate`'s and of each server's.
 
 Servers (vLLM, or any OpenAI-compatible one) join the table of their batch limit with
 `--server NAME,BATCH,URL`, replayed through the `openai_http` engine (issue 11) when this
@@ -30,7 +30,10 @@ from harness.engines import RunResources
 from harness.replay import requests_from_trace
 from harness.traces.workload import load_workload
 
-VARIANTS = (("qllm", False), ("qllm", True), ("fcfs_cb", True), ("priority_cb", True), ("hf_generate", False))
+VARIANTS = {  # label: (engine, mixed batches)
+    "qllm_one_phase": ("qllm", False), "qllm": ("qllm", True), "fcfs_cb+mixed": ("fcfs_cb", True),
+    "priority_cb+mixed": ("priority_cb", True), "hf_generate": ("hf_generate", False),
+}
 HTTP_ENGINE = "openai_http"  # conf/engine/openai_http.yaml: the HTTP client engine
 
 
@@ -98,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = args.overrides if any(o.startswith("model=") for o in args.overrides) else ["model=small_mixtral",
                                                                                            *args.overrides]  # fmt: skip
-    engines = sorted({name for name, _ in VARIANTS})
+    engines = sorted({name for name, _ in VARIANTS.values()})
     cfg = compose_config(f"engine=[{','.join(engines)}]", "progress=false", *overrides)
     requests = requests_from_trace(load_workload(cfg.trace))
     offered = offered_tok_s(requests)
@@ -107,9 +110,9 @@ def main() -> None:
     resources = RunResources(cfg)
     for batch_size in args.batch_sizes:
         results = {}
-        for name, mixed in VARIANTS:
+        for label, (name, mixed) in VARIANTS.items():
             engine_cfg = variant_config(cfg.engine[name], batch_size, mixed)
-            results[f"{name}+mixed" if mixed else name] = measure(name, engine_cfg, resources, requests, cfg)
+            results[label] = measure(name, engine_cfg, resources, requests, cfg)
         for server_name, server_batch_size, url in args.server:
             if server_batch_size == batch_size and (server := measure_server(url, overrides, requests)) is not None:
                 results[f"server {server_name}"] = server
