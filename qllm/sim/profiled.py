@@ -160,13 +160,8 @@ def fit_expert(tokens: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def piecewise(knots: np.ndarray, values: np.ndarray, x) -> np.ndarray:
-    """The line through (knots, values), going on straight past the last knot and flat below the first:
-    `row_basis(knots, x) @ values` without building the basis (the simulator prices every expert with it)."""
-    x = np.asarray(x, dtype=float)
-    if len(knots) == 1:
-        return x * (values[0] / knots[0])
-    slope = (values[-1] - values[-2]) / (knots[-1] - knots[-2])
-    return np.where(x > knots[-1], values[-1] + slope * (x - knots[-1]), np.interp(x, knots, values))
+    """The line through (knots, values), going on straight past the last knot and flat below the first."""
+    return row_basis(knots, x) @ values
 
 
 def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
