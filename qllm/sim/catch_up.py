@@ -13,13 +13,14 @@ tokens, as the real executor runs them; qllm.real.row_groups).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from qllm.executor import Checkpoint
 from qllm.kv import SequenceKV
-from qllm.sim.cost_model import CostModel, PassShape, StageCosts
+from qllm.sim.cost_model import PassShape, StageCosts
 
 
 @dataclass(frozen=True)
@@ -104,20 +105,22 @@ class MergedPlan:
         return self.before.received(layer) if layer <= self.layer else self.after.received(layer)
 
 
-def row_group_costs(cost_model: CostModel, shapes: list[PassShape]) -> StageCosts:
+def row_group_costs(stage_costs: Callable[[PassShape], StageCosts], shapes: list[PassShape]) -> StageCosts:
     """A pass whose rows attend in groups of `shapes` and whose MLP half runs once on their packed real
     tokens, as the real executor runs it (qllm.real.row_groups): each group sets itself up (embeddings,
     masks, rotary: its own pass start) and attends on its own, and with more than one group every
     layer runs in halves (no layer called whole); the MLP half is that of the group with the most
     real tokens fed all of them (the experts read once for all); the pass's end (the LM head) and
     the engine's own work are those of one pass over every row. Pricing those as one group's
-    priced a decode batch with a prompt in it 17-29 % under what it takes (tiny_mixtral)."""
-    groups = [cost_model.stage_costs(shape) for shape in shapes]
+    priced a decode batch with a prompt in it 17-29 % under what it takes (tiny_mixtral).
+    `stage_costs`: a cost model's, or the simulated executor's cache of it (a batch's decode rows
+    recur from step to step)."""
+    groups = [stage_costs(shape) for shape in shapes]
     widest = max(shapes, key=lambda shape: shape.num_real_tokens)
     rows, tokens = sum(shape.batch_size for shape in shapes), sum(shape.num_real_tokens for shape in shapes)
-    packed = cost_model.stage_costs(dataclasses.replace(widest, real_tokens=tokens))
-    every_row = cost_model.stage_costs(PassShape(rows, 1, max(shape.key_len for shape in shapes), rows))
-    engine = cost_model.stage_costs(dataclasses.replace(widest, batch_size=rows, real_tokens=tokens))
+    packed = stage_costs(dataclasses.replace(widest, real_tokens=tokens))
+    every_row = stage_costs(PassShape(rows, 1, max(shape.key_len for shape in shapes), rows))
+    engine = stage_costs(dataclasses.replace(widest, batch_size=rows, real_tokens=tokens))
     attention_s = sum(group.attention_s for group in groups)
     moe_s = max(packed.layer_s - packed.attention_s, 0.0)  # a whole MoE layer less its attention half
     return dataclasses.replace(

@@ -130,7 +130,7 @@ class SimExecutor:
         if len(groups) == 1:
             return self.plan(groups[0].shape)
         shapes = [group.shape for group in groups]
-        costs = row_group_costs(self.costs, shapes)
+        costs = row_group_costs(self._stage_costs, shapes)
         if self.granularity == "expert":
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
             return ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
