@@ -132,6 +132,30 @@ def test_a_routed_experts_time_follows_a_step_in_its_cost_over_tokens(tmp_path, 
 
 
 
+@pytest.mark.parametrize("stage", ["attention", "layer"])
+def test_attention_that_outgrows_the_caches_is_priced_on_its_bend(tmp_path, tiny_shape, stage):
+    """Eager attention materializes its scores, and past the caches each unit of area costs more
+    (tiny_gpt_oss: one 400-token prompt 10 ms, five 82 ms); a line through such samples priced its
+    prefills +22-27 %. The fit of a stage that holds an attention (its half, or a layer called whole)
+    follows the bend in both phases; a linear cost stays linear (the first test)."""
+
+    def bent_s(shape):
+        area = shape.batch_size * shape.query_len * shape.key_len
+        return float(stage_cost(tiny_shape, stage, shape.batch_size, shape.query_len, shape.key_len,
+                                shape.num_real_tokens)) + 3e-8 * max(area - 150_000, 0)  # fmt: skip
+
+    table = synthetic_table(tiny_shape)
+    bent = table["stage"] == stage
+    table.loc[bent, "seconds"] = [bent_s(PassShape(r.batch_size, r.query_len, r.key_len, r.real_tokens))
+                                  for r in table[bent].itertuples()]  # fmt: skip
+    path = tmp_path / "profile.parquet"
+    write_profile(table, path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    for shape in (PassShape(1, 400, 400), PassShape(5, 400, 400), PassShape(2, 50, 50), PassShape(8, 200, 200),
+                  PassShape(16, 1, 500), PassShape(4, 512, 512)):  # fmt: skip
+        assert getattr(costs.stage_costs(shape), f"{stage}_s") == pytest.approx(bent_s(shape), rel=0.08), shape
+
+
 def test_reading_a_models_shape_leaves_the_real_models_attention_as_it_was():
     """ModelShape.of and the memory plan's KV probe build the model on the meta device with eager
     attention; a real model whose config they read must keep its own (pass_fidelity timed eager

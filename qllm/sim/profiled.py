@@ -28,7 +28,8 @@ rather than by interpolating a grid. The pass's end is the exception in one feat
 steps with the rows (the LM head's GEMM changes kernels with its row count), so its constant and
 rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
 piecewise linear in the tokens it received, for the same reason (its GEMMs change kernels with their
-rows). A pass after the engine has been idle ends later than the same pass
+rows). A stage that holds an attention may cost more per unit of area as the area grows (eager
+attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the engine has been idle ends later than the same pass
 straight after another, by a delay that grows with the time idle (`idle_s`: the median measured
 delay at each gap the profile probed, interpolated in the log of the gap).
 """
@@ -71,6 +72,12 @@ ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 # those of these token counts that some sample reaches without reaching the next one.
 TOKEN_KNOTS = tuple(sorted({2**k for k in range(15)} | {3 * 2**k for k in range(14)}))
 ROWS_STEP = "pass_end"
+# Attention that materializes its query x key scores (eager: gpt-oss's sinks, flint) costs more per unit of
+# area once the scores outgrow the caches (tiny_gpt_oss on the EPYC: one 400-token prompt 10 ms, five
+# 82 ms, not 50; a line priced its prefills +22-27 %). The cost of the stages that hold an attention may
+# bend upwards in the area: hinges max(0, area - knot) at these quantiles of the areas the profile
+# sampled, with non-negative weights (zero where the cost is linear, as a fused kernel's is).
+AREA_STAGES, AREA_QUANTILES = ("attention", "layer"), tuple(np.linspace(0.1, 0.9, 9))
 MODEL_KEY = b"qllm.model_shape"  # Parquet metadata: the ModelShape the profile was measured on
 ABOUT_KEY = b"qllm.about"  # Parquet metadata: how and where it was measured
 OUTLIER = 3.0  # see `fit`
@@ -191,12 +198,15 @@ class ProfiledCostModel:
             )  # fmt: skip
         self.model = model
         self.knots = {}  # phase -> ROWS_STEP's row knots
+        self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
         for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
             x = features(model, rows["batch_size"], rows["query_len"], rows["key_len"], rows["real_tokens"])
+            if stage in AREA_STAGES:
+                self.area_knots[stage, phase] = np.unique(np.quantile(x[:, FEATURES.index("attention_area")], AREA_QUANTILES))
             self.coefficients[stage, phase] = fit(self.design(stage, phase, x, rows["batch_size"]), rows["seconds"].to_numpy(float))
         needed = [s for s in STAGES if s != "dense_mlp" or not all(model.sparse_layers)]
         missing = sorted({f"{stage}/{phase}" for stage in needed for phase in PHASES} - {"/".join(k) for k in self.coefficients})
@@ -210,10 +220,14 @@ class ProfiledCostModel:
 
     def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
-        (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and rows."""
+        (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and
+        rows; a stage that holds an attention adds hinges in its area (AREA_STAGES)."""
         if stage == ROWS_STEP:
             rest = x[..., ~np.isin(FEATURES, ("constant", "rows"))]
             return np.concatenate([row_basis(self.knots[phase], batch_size), rest], axis=-1)
+        if stage in AREA_STAGES:
+            area = x[..., FEATURES.index("attention_area"), None]
+            return np.concatenate([x, np.maximum(area - self.area_knots[stage, phase], 0.0)], axis=-1)
         return x[..., np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))]
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
