@@ -16,7 +16,6 @@ The profile must come from this machine (`taskset -c 1 qllm-profile` writes the 
 from __future__ import annotations
 
 import argparse
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -25,7 +24,6 @@ import torch
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from qllm.request import Request
-from qllm.sim.profiled import ProfiledCostModel
 
 
 def lone_requests(gap_s: float, count: int) -> list[Request]:
@@ -56,8 +54,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for gap in args.gaps:
             runs = [mean_ttft_s(engine, real, gap, args.requests) for _ in range(2)]
             with_delay = mean_ttft_s(engine, sim, gap, args.requests)
-            with mock.patch.object(ProfiledCostModel, "idle_s", lambda self, gap_s: 0.0):
-                without = mean_ttft_s(engine, sim, gap, args.requests)
+            without = mean_ttft_s(engine, [*sim, "hardware.wake_up_delay=false"], gap, args.requests)
             mean = np.mean(runs)
             rows.append({"engine": engine, "gap_s": gap, "real_1_ms": 1e3 * runs[0], "real_2_ms": 1e3 * runs[1],
                          "sim_ms": 1e3 * with_delay, "sim_without_delay_ms": 1e3 * without,

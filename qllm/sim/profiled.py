@@ -181,7 +181,8 @@ def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 
 class ProfiledCostModel:
-    def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False) -> None:
+    def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False,
+                 wake_up_delay: bool = True) -> None:  # fmt: skip
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         differ = sorted(k for k, v in this_model.items() if k in measured_on and measured_on[k] != v)
@@ -196,7 +197,7 @@ class ProfiledCostModel:
                 f"profile {path} was measured on another CPU ({measured_cpu!r}; this one is {this_cpu!r}): measure "
                 f"one here with `{PROFILE_COMMAND}`, or set hardware.allow_foreign_profile=true to use it anyway"
             )  # fmt: skip
-        self.model = model
+        self.model, self.wake_up_delay = model, wake_up_delay
         self.knots = {}  # phase -> ROWS_STEP's row knots
         self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
@@ -254,8 +255,11 @@ class ProfiledCostModel:
 
     def idle_s(self, gap_s: float) -> float:
         """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
-        proportion to it (none after no idle time); past the longest, the longest's."""
+        proportion to it (none after no idle time); past the longest, the longest's. None at all
+        without `wake_up_delay` (to see what the delay is worth: benchmarks/wake_up.py)."""
         gaps, delays = self.idle_gaps, self.idle_delays
+        if not self.wake_up_delay:
+            return 0.0
         if gap_s < gaps[0]:
             return float(delays[0] * max(gap_s, 0.0) / gaps[0])
         return float(np.interp(np.log(gap_s), np.log(gaps), delays))
