@@ -29,9 +29,10 @@ steps with the rows (the LM head's GEMM changes kernels with its row count), so 
 rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
 piecewise linear in the tokens it received, for the same reason (its GEMMs change kernels with their
 rows). A stage that holds an attention may cost more per unit of area as the area grows (eager
-attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the engine has been idle ends later than the same pass
-straight after another, by a delay that grows with the time idle (`idle_s`: the median measured
-delay at each gap the profile probed, interpolated in the log of the gap).
+attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the
+engine has been idle ends later than the same pass straight after another, by a delay that grows
+with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
+interpolated in the log of the gap).
 """
 
 from __future__ import annotations
