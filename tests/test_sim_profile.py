@@ -16,7 +16,8 @@ import torch
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profiling.profiler import WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_idle, shape_columns
+from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_idle, shape_columns,
+                                       shapes_of_part)  # fmt: skip
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
@@ -315,8 +316,9 @@ TINY_PROFILE = ("model.config.num_hidden_layers=2", "shapes.num_shapes=12", "sha
 
 
 def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
-    """`part=i parts=n` measures every n-th drawn shape from i: the parts are disjoint and together
-    the shapes a one-part profile measures; merged, they make one profile of every sample."""
+    """`part=i parts=n` measures every n-th drawn shape of each phase from i, and every n-th idle probe:
+    the parts are disjoint, each holds both phases, and together they are the shapes and probes a
+    one-part profile measures; merged, they make one profile of every sample."""
     from harness.profiling.profile_app import profile_in_process
     from qllm.sim.profiled import merge_profiles
 
@@ -330,8 +332,15 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
         profile_in_process("tiny_mixtral", paths[f"part{part}"], [*TINY_PROFILE, f"part={part}", "parts=2"])
     merge_profiles([paths["part0"], paths["part1"]], paths["merged"])
     (whole, _, _), (part0, _, about0), (part1, _, _), (merged, model, about) = (read_profile(paths[n]) for n in paths)
-    assert len(shapes_of(part0)) == len(shapes_of(part1)) == 6 and shapes_of(part0) != shapes_of(part1)
+    assert len(shapes_of(part0)) + len(shapes_of(part1)) == 12 and shapes_of(part0) != shapes_of(part1)
     assert shapes_of(merged) == shapes_of(whole) == sorted(shapes_of(part0) + shapes_of(part1))
+    assert {shape[0] for shape in shapes_of(part0)} == {shape[0] for shape in shapes_of(part1)} == {"prefill", "decode"}
+
+    def probes_of(table):
+        return sorted(table.loc[table["stage"] == "idle", "idle_s"])
+
+    assert probes_of(merged) == probes_of(whole) == sorted(probes_of(part0) + probes_of(part1)) and len(probes_of(whole)) == 6
+    assert len(probes_of(part0)) == len(probes_of(part1)) == 3
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
@@ -340,6 +349,15 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     write_profile(part0, other, {**model, "hidden_size": 128}, about0)
     with pytest.raises(ConfigurationError, match="other models or CPUs"):
         merge_profiles([paths["part0"], other], tmp_path / "refused.parquet")
+
+
+def test_each_part_of_a_profile_holds_shapes_of_both_phases():
+    """Every third shape from the first would give the first part prompts only; split by phase,
+    each part holds its share of both, and the parts together hold every shape once."""
+    drawn = [(phase, [n]) for n, phase in enumerate(["prefill", "decode", "decode"] * 4)]
+    parts = [shapes_of_part(drawn, part, 3) for part in range(3)]
+    assert all({phase for phase, _ in shapes} == {"prefill", "decode"} for shapes in parts)
+    assert sorted(shape for shapes in parts for shape in shapes) == sorted(drawn)
 
 
 def test_qllm_profile_refuses_a_part_outside_its_parts_in_one_line(tmp_path):

@@ -34,11 +34,13 @@ def engine_requests(cfg: DictConfig) -> list[Request]:
     ]
 
 
-def idle_probes(cfg: DictConfig, seed: int) -> tuple[list[float], list[int]]:
-    """Each gap `repeats` times, in an order drawn from `seed`, with prompt lengths drawn up to `max_prompt_len`."""
+def idle_probes(cfg: DictConfig, seed: int, part: int = 0, parts: int = 1) -> tuple[list[float], list[int]]:
+    """Each gap `repeats` times, in an order drawn from `seed`, with prompt lengths drawn up to
+    `max_prompt_len`; of those, the probes at `part`, `part + parts`, ... (a part measures its share)."""
     rng = np.random.default_rng(seed)
     gaps = rng.permutation(np.repeat(np.asarray(cfg.gaps_s, dtype=float), cfg.repeats))
-    return [float(g) for g in gaps], [int(n) for n in rng.integers(1, cfg.max_prompt_len + 1, len(gaps))]
+    lengths = rng.integers(1, cfg.max_prompt_len + 1, len(gaps))
+    return [float(g) for g in gaps[part::parts]], [int(n) for n in lengths[part::parts]]
 
 
 def profile(cfg: DictConfig) -> pd.DataFrame:
@@ -54,7 +56,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         return resources.build_engine(engine_cfg, name, clock, events)
 
     engine = measure_engine(build, engine_requests(cfg.engine_run))
-    idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed + cfg.part))
+    idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed, cfg.part, cfg.parts))
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),

@@ -101,8 +101,9 @@ def shape_columns(phase: str, lengths: list[int]) -> dict:
 
 def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts: int = 1) -> pd.DataFrame:
     """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from
-    `space`: of the shapes `seed` draws, those at `part`, `part + parts`, ... (`parts` profiles measured
-    at different times, merged by qllm.sim.profiled.merge_profiles, cover the shapes one would)."""
+    `space`: those of the shapes `seed` draws that fall to `part` of `parts` (`shapes_of_part`; `parts`
+    profiles measured at different times, merged by qllm.sim.profiled.merge_profiles, cover the shapes
+    one would)."""
     by_parts, whole = RealExecutor(model, "expert", 1), RealExecutor(model, "layer")
     if by_parts.num_layers < 2:
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
@@ -111,7 +112,7 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts
     if not any(sparse[1:]):
         raise ValueError("profiling needs an MoE layer after the first (layer 0 shares its quantum with the pass's start)")
     generator = torch.Generator().manual_seed(seed)
-    shapes = draw_shapes(space, np.random.default_rng(seed))[part::parts]
+    shapes = shapes_of_part(draw_shapes(space, np.random.default_rng(seed)), part, parts)
     warm_up(by_parts, whole, shapes=shapes, generator=generator)
     samples, experts, blocks = [], [], []
     for phase, lengths in shapes:
@@ -128,6 +129,13 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts
     expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
     return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+
+
+def shapes_of_part(shapes: list[tuple[str, list[int]]], part: int, parts: int) -> list[tuple[str, list[int]]]:
+    """Of each phase's shapes, those at `part`, `part + parts`, ...: split by phase, every part holds both
+    phases while each has `parts` shapes, and so prices passes of both on its own (the first part alone
+    prices a run's capacity in benchmarks/sim_fidelity.py)."""
+    return [shape for phase in ("prefill", "decode") for shape in [s for s in shapes if s[0] == phase][part::parts]]
 
 
 def warm_up(*executors: RealExecutor, shapes: list[tuple[str, list[int]]], generator) -> None:
@@ -203,6 +211,8 @@ def split_expert_pass(quanta: list, num_experts: int) -> dict:
 
 def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
     """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
+    if not blocks:  # a part of a profile that drew none of its shapes
+        return []
     knots, seconds = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
 
     def expert_s(received):
