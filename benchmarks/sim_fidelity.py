@@ -9,10 +9,10 @@ in two sweeps (`--real-runs` for more), each sweep running every workload of the
 each runs once simulated. A workload's real runs are thus minutes apart: the VM these numbers come
 from changed speed by up to 20 % within a few minutes (benchmarks/machine_drift.py,
 docs/reproducing.md), which two runs back to back hide. The model is profiled on this machine
-(`qllm-profile`, in this process) in parts, one before each of its real runs and one after the
-last (`--profile-parts`), merged into the profile the simulator reads: its samples span the minutes
-the real runs span, as closely as they are spaced, so the comparison measures the cost model rather
-than how far the machine moved between a profile and the runs (`--profile-parts 1`: the whole profile before the runs, as a user
+(`qllm-profile`, in this process) in parts, one before each sweep and one after the last
+(`--profile-parts`), merged into the profile the simulator reads: its samples span the minutes the
+real runs span, so the comparison measures the cost model rather than how far the machine moved
+between a profile and the runs (`--profile-parts 1`: the whole profile before the runs, as a user
 who profiles once would). A workload's capacity, which sets its load, is the simulated engine's
 throughput with every request arriving at once, priced by the first part. Per
 workload, class and metric it reports the simulated value's signed error against the mean of the
@@ -105,15 +105,14 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
               progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
     """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
     each (module docstring). `profiles`: a profile per model to use instead of measuring one.
-    `profile_parts`: the profile measured in this many parts, spread over the real runs (module
-    docstring; default one before each real run and one after the last)."""
+    `profile_parts`: the profile measured in this many parts, spread over the sweeps (module
+    docstring; default one before each sweep and one after the last)."""
     workloads = draw_workloads(seed, count, models, engines)
+    parts = real_runs + 1 if profile_parts is None else profile_parts
     tables, done = [], []
     with tempfile.TemporaryDirectory() as folder:
         for model in sorted({w.model for w in workloads}):
-            slots = real_runs * sum(w.model == model for w in workloads) + 1  # before each real run, after the last
-            parts = slots if profile_parts is None else profile_parts
-            profile = SpreadProfile(model, Path(folder), parts, slots, profile_overrides, progress,
+            profile = SpreadProfile(model, Path(folder), parts, real_runs + 1, profile_overrides, progress,
                                     given=(profiles or {}).get(model))  # fmt: skip
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=0)}"]
             traced = []
@@ -122,13 +121,13 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 traced.append((workload, draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)))
             reals = [[] for _ in traced]
             for sweep in range(real_runs):  # a sweep runs each workload once: a workload's runs are minutes apart
-                for index, ((workload, trace), runs) in enumerate(zip(traced, reals)):
-                    profile.measure(slot=sweep * len(traced) + index)
+                profile.measure(slot=sweep)
+                for (workload, trace), runs in zip(traced, reals):
                     started = time.perf_counter()
                     runs.append(run_summary(workload, trace, ["executor=real"]))
                     progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: real run {sweep + 1} of "
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
-            sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=slots - 1)}"]
+            sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=real_runs)}"]
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
@@ -209,8 +208,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--profile", nargs=2, action="append", metavar=("MODEL", "PATH"), default=[],
                         help="use this profile for MODEL instead of measuring one (repeatable)")
     parser.add_argument("--profile-parts", type=int, default=None,
-                        help="measure each profile in this many parts spread over the real runs (default: one before "
-                             "each real run of the model and one after the last; 1: the whole profile before the runs)")
+                        help="measure each profile in this many parts spread over the sweeps (default: real runs + 1, "
+                             "one before each sweep and one after the last; 1: the whole profile before the runs)")
     parser.add_argument("--profile-override", action="append", default=[],
                         help="a qllm-profile override for the profiles measured here, e.g. shapes.num_shapes=60 (repeatable)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
