@@ -258,9 +258,9 @@ class ProfiledCostModel:
         """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
         proportion to it (none after no idle time); past the longest, the longest's. None at all
         without `wake_up_delay` (to see what the delay is worth: benchmarks/wake_up.py)."""
-        gaps, delays = self.idle_gaps, self.idle_delays
         if not self.wake_up_delay:
             return 0.0
+        gaps, delays = self.idle_gaps, self.idle_delays
         if gap_s < gaps[0]:
             return float(delays[0] * max(gap_s, 0.0) / gaps[0])
         return float(np.interp(np.log(gap_s), np.log(gaps), delays))
