@@ -360,6 +360,15 @@ def test_each_part_of_a_profile_holds_shapes_of_both_phases():
     assert sorted(shape for shapes in parts for shape in shapes) == sorted(drawn)
 
 
+def test_a_part_that_draws_no_shape_measures_the_engine_only(tmp_path):
+    """With more parts than shapes of either phase, a part holds none: it still measures the engine's
+    own work (and its share of the idle probes, here none), rather than failing on an empty fit."""
+    from harness.profiling.profile_app import profile_in_process
+
+    table = profile_in_process("tiny_mixtral", tmp_path / "p.parquet", [*TINY_PROFILE, "part=11", "parts=12"])
+    assert set(table["stage"]) == {"checkpoint", "pass_overhead"}
+
+
 def test_qllm_profile_refuses_a_part_outside_its_parts_in_one_line(tmp_path):
     refused = run_cli(f"out={tmp_path / 'p.parquet'}", "part=2", "parts=2", module="harness.profiling.profile_app",
                       expect_ok=False)  # fmt: skip
