@@ -48,6 +48,9 @@ class KnownCosts:
     def idle_s(self, gap_s: float) -> float:
         return IDLE_S_PER_S * gap_s
 
+    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+        return 0.0
+
 
 class FixedRouting:
     """The routing a real pass had: tokens per expert per MoE layer."""

@@ -3,6 +3,7 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.engines import RunResources
-from harness.profiling.profiler import ShapeSpace, measure_engine, measure_idle, measure_stages
+from harness.profiling.profiler import (ShapeSpace, draw_shapes, measure_after_prompts, measure_engine, measure_idle,
+                                        measure_stages)  # fmt: skip
 from harness.traces.workload import PROJECT_ROOT
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.machine import cpu_name
@@ -43,6 +45,18 @@ def idle_probes(cfg: DictConfig, seed: int, part: int = 0, parts: int = 1) -> tu
     return [float(g) for g in gaps[part::parts]], [int(n) for n in lengths[part::parts]]
 
 
+def after_prompts_probes(cfg: DictConfig, space: ShapeSpace, seed: int, part: int = 0,
+                         parts: int = 1) -> list[tuple[int, list[int]]]:  # fmt: skip
+    """(prompt tokens, a decode batch's contexts) per probe: each of `cfg.tokens` (up to the space's
+    prompt tokens per pass) `repeats` times, in an order drawn from `seed`, each beside a decode shape
+    drawn from `space`; of those, the probes at `part`, `part + parts`, ... (a part measures its share)."""
+    rng = np.random.default_rng([seed, 1])  # apart from the shapes' and the idle probes' draws
+    tokens = [min(int(n), space.max_batch_tokens) for n in cfg.tokens]
+    tokens = rng.permutation(np.repeat(np.unique(tokens), cfg.repeats))
+    decodes = draw_shapes(dataclasses.replace(space, num_shapes=len(tokens), decode_share=1.0), rng)
+    return [(int(n), lengths) for n, (_, lengths) in zip(tokens, decodes)][part::parts]
+
+
 def profile(cfg: DictConfig) -> pd.DataFrame:
     if not 0 <= cfg.part < cfg.parts:
         raise ConfigurationError(f"part={cfg.part} parts={cfg.parts}: parts are numbered 0 to parts - 1")
@@ -57,6 +71,9 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
 
     engine = measure_engine(build, engine_requests(cfg.engine_run))
     idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed, cfg.part, cfg.parts))
+    probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
+    after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
+                                          torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),
@@ -70,7 +87,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
         "part": f"{cfg.part} of {cfg.parts}",
     }
-    table = pd.concat([stages, engine, idle], ignore_index=True)
+    table = pd.concat([stages, engine, idle, after_prompts], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
     write_profile(table, out, ModelShape.of(resources.model.config), about)
     print(f"{len(table)} rows -> {out}")

@@ -25,7 +25,10 @@ The engine's own work is measured on a real run of `QLLMEngine`: the gaps betwee
 checkpoint (`checkpoint`) and between passes (`pass_overhead`), with the shape of the quantum after
 the gap. And what waking up costs it (`idle`): a request's first token comes later when it arrives at
 an engine that has been idle than at one that has just run, by as much as a tiny model's whole
-prefill on this VM (`measure_idle`). Every sample is kept; the cost model fits them.
+prefill on this VM (`measure_idle`). And what prompts cost the decode steps after them
+(`after_prompts`): a tiny model's decode step right after a prompt of some thousand tokens ran 1.5-1.8x
+its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
+Every sample is kept; the cost model fits them.
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ from qllm.sequence import Sequence
 from qllm.sim.profiled import fit_expert, piecewise
 
 WARM_TOKENS = 16  # steps an engine runs straight through before an idle probe's reference (measure_idle)
-WARM_STEPS = 3  # untimed decode steps before a decode shape's timed one (the 2nd step ran 1-6 % over the 4th-9th)
+# Untimed decode steps before a decode shape's timed one. The prefills that fill a batch's caches slow the
+# steps after them (`measure_after_prompts`): after three, a step still ran 4-10 % over the steady one on
+# the Xeon VM (tiny_gpt_oss, tiny_olmoe, prompts of 400 tokens in 8 rows); after eight, within 2 %.
+WARM_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,40 @@ def measure_idle(build_engine, gaps_s: list[float], prompt_lens: list[int]) -> p
             ttft[name] = recorder.requests[request.request_id].token_s[0] - arrival_s
         samples.append({"stage": "idle", **shape_columns("prefill", [prompt_len]), "idle_s": gap,
                         "seconds": ttft["idle"] - ttft["busy"]})  # fmt: skip
+    return pd.DataFrame(samples)
+
+
+def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt_len: int, steps: int,
+                          generator) -> pd.DataFrame:
+    """Profile rows `after_prompts`, one per probe (prompt tokens, a decode batch's contexts): the batch
+    decodes `steps` steps straight through (its steady step: their median), then a prefill of that many
+    prompt tokens runs (rows of up to `max_prompt_len`), then the batch decodes `steps` more; `seconds` is
+    how much longer those took than `steps` steady ones, `tokens` the prompt tokens. The prompts' work
+    pushes the decode's weights and caches out of the CPU's caches (and the steps after refill them)."""
+    executor = RealExecutor(model, "iteration")
+
+    def step_s(batch: list[Sequence]) -> float:
+        start = time.perf_counter()
+        tokens = run_to_completion(executor.forward(batch))
+        seconds = time.perf_counter() - start
+        for sequence, token in zip(batch, tokens):
+            sequence.output_ids.append(token)
+        return seconds
+
+    samples = []
+    for prompt_tokens, contexts in probes:
+        rows = -(-prompt_tokens // max_prompt_len)
+        prompts = [len(chunk) for chunk in np.array_split(np.ones(prompt_tokens), rows)]
+        batch = batch_for(executor, "decode", contexts, generator)
+        try:
+            steady = float(np.median([step_s(batch) for _ in range(steps)]))
+            timed_quanta_of(executor, batch_for(executor, "prefill", prompts, generator))
+            after = sum(step_s(batch) for _ in range(steps))
+        finally:
+            for sequence in batch:
+                sequence.kv.free()
+        samples.append({"stage": "after_prompts", **shape_columns("decode", contexts), "tokens": float(prompt_tokens),
+                        "seconds": after - steps * steady})  # fmt: skip
     return pd.DataFrame(samples)
 
 

@@ -83,6 +83,10 @@ class AnalyticCostModel:
         """Nothing: the datasheet rates price a device kept busy; what waking it costs is not modelled."""
         return 0.0
 
+    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+        """Nothing: the datasheet rates price each pass on its own."""
+        return 0.0
+
     def _expert_s(self, rows: float) -> float:
         """One routed expert run on `rows` tokens (0: it does not run)."""
         if rows <= 0:

@@ -30,6 +30,11 @@ class PassShape:
         return self.batch_size * self.query_len
 
     @property
+    def is_decode(self) -> bool:
+        """One new token per row after a cached context (else a prompt, or a prompt's first token)."""
+        return self.query_len == 1 and self.key_len > 1
+
+    @property
     def num_real_tokens(self) -> int:
         """Tokens the MLP half of a layer runs on: the real executor packs them (qllm.real.row_groups)."""
         return self.num_tokens if self.real_tokens is None else self.real_tokens
@@ -67,3 +72,8 @@ class CostModel(Protocol):
     def idle_s(self, gap_s: float) -> float:
         """How much later a pass ends when the engine had been idle for `gap_s` seconds before it than
         when it follows another pass straight away (caches gone cold, the host waking up)."""
+
+    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+        """How much later a decode pass of `decode_s` seconds ends when the pass before it fed
+        `prompt_tokens` prompt tokens than when it follows decode passes (the prompts' work pushed the
+        decode's weights out of the caches)."""

@@ -11,7 +11,9 @@ its end), in one step, so an idle checkpoint costs nothing. The engine sees the 
 at the same times either way (tests/test_sim_executor.py).
 
 A pass that starts after the engine has idled (the replay waited for an arrival) starts that much
-later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold).
+later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold); so
+does a decode pass after one that fed prompts (`CostModel.after_prompts_s`: the prompts' work pushed
+the decode's weights out of the caches).
 
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
 KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
@@ -86,6 +88,7 @@ class SimExecutor:
         self._costs_by_shape: dict[PassShape, StageCosts] = {}
         self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
         self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
+        self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any, if no decode pass followed it
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
@@ -120,6 +123,13 @@ class SimExecutor:
         shape = PassShape(len(batch), max(num_new_tokens), key_len, sum(num_new_tokens))
         table_width = self.kv_pool.blocks_for(key_len)  # the cache's block tables
         return SimRows(tuple(s.kv for s in batch), num_new_tokens, shape, len(batch) * table_width)
+
+    def after_prompts_s(self, groups: list[SimRows], plan) -> float:
+        """What a pass starting now over `groups` adds for the prompts a pass before it fed (none
+        but to the first decode pass after them); a pass that feeds prompts is the one it remembers."""
+        prompt_tokens = sum(group.shape.num_real_tokens for group in groups if not group.shape.is_decode)
+        before, self.prompt_tokens_before = self.prompt_tokens_before, prompt_tokens
+        return self.costs.after_prompts_s(before, plan.total_s) if before and not prompt_tokens else 0.0
 
     def merged_plan(self, before, groups: list[SimRows], layer: int) -> MergedPlan:
         """The plan of a pass whose rows were `before`'s until the end of `layer` and are `groups` after it."""
@@ -217,6 +227,7 @@ def simulated_pass(
     idle_s = clock.now() - executor.busy_until_s
     if idle_s > 0:  # the engine waited for an arrival: it wakes up slower (CostModel.idle_s)
         clock.advance_to(clock.now() + executor.costs.idle_s(idle_s))
+    clock.advance_to(clock.now() + executor.after_prompts_s(groups, plan))
     try:
         origin_s = clock.now()  # when the pass would have started, had it never been set aside
         next_index = 0

@@ -6,13 +6,13 @@ sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
-| stage | one of STAGES (what `StageCosts` names), `expert` or `idle` |
+| stage | one of STAGES (what `StageCosts` names), `expert`, `idle` or `after_prompts` |
 | phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
 | query_len | new tokens per row, padded to the longest |
 | key_len | cached plus new tokens, padded to the longest |
 | real_tokens | new tokens, padding left out |
-| tokens | `expert` rows: tokens the expert received (else 0) |
+| tokens | `expert` rows: tokens the expert received; `after_prompts` rows: the prompt tokens fed (else 0) |
 | idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
 | seconds | the sample |
 
@@ -32,7 +32,10 @@ rows). A stage that holds an attention may cost more per unit of area as the are
 attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the
 engine has been idle ends later than the same pass straight after another, by a delay that grows
 with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
-interpolated in the log of the gap).
+interpolated in the log of the gap). Likewise the decode steps after a pass that fed prompts run
+slower until the decode's weights are back in the CPU's caches: the first decode pass after it ends
+later by a share of its own time that grows with the prompt tokens (`after_prompts_s`: the median
+measured share at each prompt size probed; a profile measured before these probes prices none).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from scipy.optimize import nnls
 from qllm.errors import ConfigurationError
 from qllm.machine import cpu_name
 from qllm.sim.cost_model import PassShape, StageCosts
+from qllm.sim.plan import WholeLayerPlan
 from qllm.sim.shape import ModelShape
 
 STAGES = ("pass_start", "whole_pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end",
@@ -183,7 +187,7 @@ def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 class ProfiledCostModel:
     def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False,
-                 wake_up_delay: bool = True) -> None:  # fmt: skip
+                 wake_up_delay: bool = True, after_prompts_delay: bool = True) -> None:  # fmt: skip
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         differ = sorted(k for k, v in this_model.items() if k in measured_on and measured_on[k] != v)
@@ -198,11 +202,11 @@ class ProfiledCostModel:
                 f"profile {path} was measured on another CPU ({measured_cpu!r}; this one is {this_cpu!r}): measure "
                 f"one here with `{PROFILE_COMMAND}`, or set hardware.allow_foreign_profile=true to use it anyway"
             )  # fmt: skip
-        self.model, self.wake_up_delay = model, wake_up_delay
+        self.model, self.wake_up_delay, self.after_prompts_delay = model, wake_up_delay, after_prompts_delay
         self.knots = {}  # phase -> ROWS_STEP's row knots
         self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
-        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle"])].groupby(["stage", "phase"]):
+        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle", "after_prompts"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
@@ -219,6 +223,22 @@ class ProfiledCostModel:
         self.expert_knots, self.expert_seconds = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
         delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
         self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
+        self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
+
+    def _after_prompts_shares(self, probes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt sizes probed, and at each the median of the probes' delays over their decode
+        step's price (a share: the refill grows with what the step reads)."""
+        if probes.empty:
+            return np.ones(1), np.zeros(1)
+        steps_s = [self.decode_pass_s(PassShape(int(p.batch_size), 1, int(p.key_len), int(p.real_tokens)))
+                   for p in probes.itertuples()]  # fmt: skip
+        shares = (probes["seconds"] / np.asarray(steps_s)).groupby(probes["tokens"]).median()
+        return shares.index.to_numpy(float), np.maximum(shares.to_numpy(float), 0.0)
+
+    def decode_pass_s(self, shape: PassShape) -> float:
+        """A pass of `shape` calling every layer whole, as the probes time it: no engine work around it."""
+        costs = self.stage_costs(shape)
+        return WholeLayerPlan.of(self.model, costs, "iteration").total_s - costs.pass_overhead_s
 
     def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
@@ -233,7 +253,7 @@ class ProfiledCostModel:
         return x[..., np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))]
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
-        phase = "decode" if shape.query_len == 1 and shape.key_len > 1 else "prefill"
+        phase = "decode" if shape.is_decode else "prefill"
         x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
         seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c)
                    for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # fmt: skip
@@ -260,10 +280,21 @@ class ProfiledCostModel:
         without `wake_up_delay` (to see what the delay is worth: benchmarks/wake_up.py)."""
         if not self.wake_up_delay:
             return 0.0
-        gaps, delays = self.idle_gaps, self.idle_delays
-        if gap_s < gaps[0]:
-            return float(delays[0] * max(gap_s, 0.0) / gaps[0])
-        return float(np.interp(np.log(gap_s), np.log(gaps), delays))
+        return log_interpolated(gap_s, self.idle_gaps, self.idle_delays)
+
+    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+        """The measured shares interpolated in the log of the prompt tokens (in proportion to them below
+        the fewest probed, the most's past them), of `decode_s`. None without `after_prompts_delay`."""
+        if not self.after_prompts_delay:
+            return 0.0
+        return decode_s * log_interpolated(prompt_tokens, self.prompt_tokens, self.after_prompts_shares)
+
+
+def log_interpolated(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
+    """ys at x, interpolated in log(x); below xs[0] in proportion to x (nothing at 0), past xs[-1] ys[-1]."""
+    if x < xs[0]:
+        return float(ys[0] * max(x, 0.0) / xs[0])
+    return float(np.interp(np.log(x), np.log(xs), ys))
 
 
 def resolve(path: str) -> Path:
