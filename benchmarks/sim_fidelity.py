@@ -102,11 +102,12 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
 
 def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
               profiles: dict[str, Path] | None = None, real_runs: int = 2, profile_parts: int | None = None,
-              progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+              compared: list[str] = (), progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
     """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
     each (module docstring). `profiles`: a profile per model to use instead of measuring one.
     `profile_parts`: the profile measured in this many parts, spread over the sweeps (module
-    docstring; default one before each sweep and one after the last)."""
+    docstring; default one before each sweep and one after the last). `compared`: overrides of a
+    second simulated run of each, against the same real runs (columns `sim_compared`, `error_compared`)."""
     workloads = draw_workloads(seed, count, models, engines)
     parts = real_runs + 1 if profile_parts is None else profile_parts
     tables, done = [], []
@@ -130,6 +131,10 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=real_runs)}"]
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
+                if compared:
+                    other = compare(workload, runs, run_summary(workload, trace, [*sim, *compared]))
+                    table = table.merge(other[["class", "metric", "sim", "error"]], on=["class", "metric"],
+                                        suffixes=("", "_compared"))  # fmt: skip
                 progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
                 tables.append(table)
                 done.append(workload)
@@ -212,6 +217,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                              "one before each sweep and one after the last; 1: the whole profile before the runs)")
     parser.add_argument("--profile-override", action="append", default=[],
                         help="a qllm-profile override for the profiles measured here, e.g. shapes.num_shapes=60 (repeatable)")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="OVERRIDE",
+                        help="simulate each workload again with these overrides, against the same real runs, and report "
+                             "both, e.g. --compare hardware.after_prompts_delay=false")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
     if args.real_runs < 2:
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     args.max_requests)  # fmt: skip
     profiles = {model: Path(path) for model, path in args.profile}
     workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles,
-                                 args.real_runs, args.profile_parts)
+                                 args.real_runs, args.profile_parts, args.compare)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
     print("\nworkloads:")
@@ -237,6 +245,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())
+    if args.compare:
+        print(f"\nseed {seed}: the same real runs simulated with {' '.join(args.compare)}")
+        print(per_metric(table.assign(error=table["error_compared"])).round(1).to_string())
     print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
     print(per_model(table).round(1).to_string())
     if args.out:
