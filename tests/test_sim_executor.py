@@ -24,6 +24,7 @@ from qllm.scheduler import Scheduler
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import PassShape, StageCosts
 from qllm.sim.executor import PLACEHOLDER_TOKEN, SimExecutor
+from qllm.sim.plan import WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from tests.helpers import engine_config
 
@@ -31,6 +32,7 @@ COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.
                    dense_mlp_s=0.6, layer_s=3.0, pass_end_s=7.0, checkpoint_s=0.01, pass_overhead_s=0.02)  # fmt: skip
 EXPERT_S = 0.1  # per routed expert, plus 0.001 s per token it received
 IDLE_S_PER_S = 0.25  # a pass after the engine idled starts later by this share of the time idle
+AFTER_PROMPTS_S_PER_TOKEN = 0.05  # PromptsCostMore: a decode pass after prompts ends later by this per prompt token
 
 
 class KnownCosts:
@@ -213,6 +215,40 @@ def test_a_pass_after_the_engine_idled_starts_late_by_the_cost_models_idle_delay
         ends.append(clock.now())
     pass_s = ends[0]
     assert ends == pytest.approx([pass_s, 2 * pass_s, 3 * pass_s + 40.0 + IDLE_S_PER_S * 40.0], abs=1e-9)
+
+
+class PromptsCostMore(KnownCosts):
+    """KnownCosts, and a decode pass after prompts ends AFTER_PROMPTS_S_PER_TOKEN later per prompt token."""
+
+    asked: list[tuple[int, float]] = []  # (prompt tokens, the decode pass's seconds) per delay priced
+
+    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+        self.asked.append((prompt_tokens, decode_s))
+        return AFTER_PROMPTS_S_PER_TOKEN * prompt_tokens
+
+
+def test_the_first_decode_pass_after_prompts_starts_late_by_the_cost_models_delay():
+    """On known costs: a decode pass straight after a prefill ends late by the cost model's
+    after_prompts_s(the prompt tokens, the pass's own time); the decode pass after it and a prefill do
+    not; a mixed pass (decode rows beside a prompt) is remembered as a prefill is."""
+    _, config = family_model("mixtral")
+    clock = VirtualClock()
+    sim = SimExecutor(config, clock, PromptsCostMore, "layer")
+    PromptsCostMore.asked = []
+    first, late = batch_of(sim), batch_of(sim)[:1]
+
+    def pass_s(batch: list[Sequence]) -> float:
+        start = clock.now()
+        prefill(sim, batch)  # every row's token appended: its next pass decodes
+        return clock.now() - start
+
+    plain_s = WholeLayerPlan.of(sim.model, COSTS, "layer").total_s  # any shape: every stage a constant
+    delay_s = AFTER_PROMPTS_S_PER_TOKEN * sum(PROMPTS)
+    assert [pass_s(first), pass_s(first), pass_s(first)] == pytest.approx([plain_s, plain_s + delay_s, plain_s])
+    assert PromptsCostMore.asked == [(sum(PROMPTS), pytest.approx(plain_s))]
+    pass_s(first + late)  # mixed: 3 decode rows beside a prompt of PROMPTS[0] tokens, after a decode pass
+    assert len(PromptsCostMore.asked) == 1
+    assert [pass_s(first + late), pass_s(first + late)] == pytest.approx([plain_s + AFTER_PROMPTS_S_PER_TOKEN * PROMPTS[0], plain_s])
 
 
 class RoutingPerPass:

@@ -16,8 +16,8 @@ import torch
 
 from harness.app import compose_config
 from harness.engines import RunResources
-from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_idle, shape_columns,
-                                       shapes_of_part)  # fmt: skip
+from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
+                                       measure_idle, shape_columns, shapes_of_part)  # fmt: skip
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
@@ -168,7 +168,7 @@ def test_reading_a_models_shape_leaves_the_real_models_attention_as_it_was():
     assert model.config._attn_implementation == "sdpa"
 
 
-@pytest.mark.parametrize("lengths, warm_steps", [([9, 6, 12], WARM_STEPS), ([9, 2, 12], 1)])
+@pytest.mark.parametrize("lengths, warm_steps", [([12, 10, 14], WARM_STEPS), ([9, 2, 12], 1)])
 def test_a_decode_shape_is_timed_after_steps_of_its_whole_batch(lengths, warm_steps):
     """The profile times a decode step as a run meets it, after untimed steps of the same batch (a
     step after other work runs slower), with exactly the shape's cached tokens; a row too short for
@@ -197,6 +197,49 @@ def test_the_idle_delay_follows_the_medians_measured_at_each_gap(tmp_path, tiny_
     expected = {0.0: 0.0, 0.0005: 1e-4, 0.001: 2e-4, np.sqrt(0.001 * 0.01): 7e-4, 0.01: 1.2e-3, 0.1: 0.0, 5.0: 0.0}
     for gap, delay in expected.items():
         assert costs.idle_s(gap) == pytest.approx(delay, abs=1e-12), gap
+
+
+def test_the_after_prompts_delay_is_the_probes_median_share_of_the_decode_pass(tmp_path, tiny_shape):
+    """Per prompt size probed, the median over its probes of each delay over its own decode step's
+    price (a spike in one sample moves nothing, a median below zero is no delay); between sizes
+    interpolated in the log of the prompt tokens, below the fewest in proportion to them, past the most
+    flat; of the decode pass it delays. A profile without probes prices none, and so does a model
+    without `after_prompts_delay`."""
+    table = synthetic_table(tiny_shape)
+    path = tmp_path / "profile.parquet"
+    write_profile(table, path, tiny_shape, HERE)
+    without = ProfiledCostModel(str(path), tiny_shape)
+    assert without.after_prompts_s(1024, 0.02) == 0.0
+    probed = {64: [0.1, 0.2, 0.15], 1024: [0.8, 1.0, 30.0], 2048: [-0.1, -0.05, 0.02]}
+    contexts = [[40, 30], [300], [12, 12, 12, 700]]  # decode steps of other prices: a share of each
+    rows = []
+    for tokens, shares in probed.items():
+        for share, lengths in zip(shares, contexts):
+            step = shape_columns("decode", lengths)
+            step_s = without.decode_pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
+            rows.append({"stage": "after_prompts", **step, "tokens": float(tokens), "seconds": share * step_s})
+    write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    expected = {0: 0.0, 32: 0.075, 64: 0.15, 256: 0.575, 1024: 1.0, 2048: 0.0, 9000: 0.0}
+    for tokens, share in expected.items():
+        assert costs.after_prompts_s(tokens, 0.02) == pytest.approx(share * 0.02, abs=1e-12), tokens
+    assert ProfiledCostModel(str(path), tiny_shape, after_prompts_delay=False).after_prompts_s(1024, 0.02) == 0.0
+
+
+def test_an_after_prompts_probe_times_steady_steps_then_the_steps_after_a_prefill(monkeypatch):
+    """Per probe: the decode batch (its caches filled, WARM_STEPS steps), `steps` steady steps, a
+    prefill of the probe's prompt tokens in rows of at most max_prompt_len, `steps` more; one row each,
+    with the decode batch's shape and the prompt tokens."""
+    model = RunResources(compose_config()).model
+    passes = []
+    forward = RealExecutor.forward
+    monkeypatch.setattr(RealExecutor, "forward", lambda self, rows, *rest: passes.append(len(rows)) or forward(self, rows, *rest))
+    table = measure_after_prompts(model, [(40, [9, 12]), (3, [5])], 16, 2, torch.Generator().manual_seed(0))
+    assert (table["stage"] == "after_prompts").all() and np.isfinite(table["seconds"]).all()
+    assert table[["tokens", "batch_size", "key_len", "query_len"]].values.tolist() == [[40, 2, 13, 1], [3, 1, 6, 1]]
+    first = passes[: 1 + WARM_STEPS + 5]  # the batch's prefill and warm steps, 2 steady, the prompts, 2 after
+    assert first == [2] * (1 + WARM_STEPS) + [2, 2, 3, 2, 2]
+    assert passes[len(first):] == [1] * (1 + 4) + [1, 1, 1, 1, 1]  # 4 warm steps: its row holds 4 cached tokens
 
 
 def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():
@@ -284,11 +327,12 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     out = tmp_path / "tiny.parquet"
     run_cli("model.config.num_hidden_layers=2", f"out={out}", "shapes.num_shapes=12", "shapes.max_batch_size=4",
             "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1",
-            module="harness.profiling.profile_app")  # fmt: skip
+            "after_prompts_run.repeats=1", "shapes.max_batch_tokens=512", module="harness.profiling.profile_app")  # fmt: skip
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
     assert sorted(table.loc[table["stage"] == "idle", "idle_s"]) == [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
+    assert sorted(table.loc[table["stage"] == "after_prompts", "tokens"]) == [16, 64, 256, 512]  # at most a pass's, each size once
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
     assert (timed["seconds"] > 0).all() and model["num_layers"] == 2  # (router and combine are differences of two
     # timed quanta: noise can make one negative; the fit weighs them as typical samples)
@@ -312,7 +356,8 @@ def test_a_stage_fit_predicts_the_measured_sum_under_multiplicative_noise():
 
 
 TINY_PROFILE = ("model.config.num_hidden_layers=2", "shapes.num_shapes=12", "shapes.max_batch_size=4",
-                "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1")  # fmt: skip
+                "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1",
+                "after_prompts_run.repeats=1")  # fmt: skip
 
 
 def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
@@ -341,6 +386,8 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
 
     assert probes_of(merged) == probes_of(whole) == sorted(probes_of(part0) + probes_of(part1)) and len(probes_of(whole)) == 6
     assert len(probes_of(part0)) == len(probes_of(part1)) == 3
+    after = [sorted(t.loc[t["stage"] == "after_prompts", "tokens"]) for t in (whole, part0, part1, merged)]
+    assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 and after[1] and after[2]
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
