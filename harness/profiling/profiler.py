@@ -300,7 +300,7 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
     samples = []
     for prompt_tokens, contexts in probes:
         rows = -(-prompt_tokens // max_prompt_len)
-        prompts = [len(chunk) for chunk in np.array_split(np.ones(prompt_tokens), rows)]
+        prompts = [prompt_tokens // rows + (row < prompt_tokens % rows) for row in range(rows)]  # as even as can be
         batch = batch_for(executor, "decode", contexts, generator)
         try:
             steady = float(np.median([step_s(batch) for _ in range(steps)]))
