@@ -32,7 +32,7 @@ COSTS = StageCosts(pass_start_s=1.0, attention_s=2.0, router_s=0.3, combine_s=0.
                    dense_mlp_s=0.6, layer_s=3.0, pass_end_s=7.0, checkpoint_s=0.01, pass_overhead_s=0.02)  # fmt: skip
 EXPERT_S = 0.1  # per routed expert, plus 0.001 s per token it received
 IDLE_S_PER_S = 0.25  # a pass after the engine idled starts later by this share of the time idle
-AFTER_PROMPTS_S_PER_TOKEN = 0.05  # PromptsCostMore: a decode pass after prompts ends later by this per prompt token
+AFTER_PROMPTS_S_PER_TOKEN = 0.05  # PromptsCostMore: the first decode pass after prompts ends later by this per prompt token
 
 
 class KnownCosts:
@@ -50,7 +50,7 @@ class KnownCosts:
     def idle_s(self, gap_s: float) -> float:
         return IDLE_S_PER_S * gap_s
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         return 0.0
 
 
@@ -218,19 +218,20 @@ def test_a_pass_after_the_engine_idled_starts_late_by_the_cost_models_idle_delay
 
 
 class PromptsCostMore(KnownCosts):
-    """KnownCosts, and a decode pass after prompts ends AFTER_PROMPTS_S_PER_TOKEN later per prompt token."""
+    """KnownCosts, and the k-th decode pass after prompts ends AFTER_PROMPTS_S_PER_TOKEN / k later per
+    prompt token, for k = 1 and 2."""
 
-    asked: list[tuple[int, float]] = []  # (prompt tokens, the decode pass's seconds) per delay priced
+    asked: list[tuple[int, int, float]] = []  # (prompt tokens, step after, the decode pass's seconds) per delay priced
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
-        self.asked.append((prompt_tokens, decode_s))
-        return AFTER_PROMPTS_S_PER_TOKEN * prompt_tokens
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
+        self.asked.append((prompt_tokens, step_after, decode_s))
+        return AFTER_PROMPTS_S_PER_TOKEN * prompt_tokens / step_after if step_after <= 2 else 0.0
 
 
-def test_the_first_decode_pass_after_prompts_starts_late_by_the_cost_models_delay():
-    """On known costs: a decode pass straight after a prefill ends late by the cost model's
-    after_prompts_s(the prompt tokens, the pass's own time); the decode pass after it and a prefill do
-    not; a mixed pass (decode rows beside a prompt) is remembered as a prefill is."""
+def test_the_decode_passes_after_prompts_start_late_by_the_cost_models_delay():
+    """On known costs: the k-th decode pass after a prefill ends late by the cost model's
+    after_prompts_s(the prompt tokens, k, the pass's own time); a prefill does not, and it starts the
+    count again; a mixed pass (decode rows beside a prompt) counts as a prefill."""
     _, config = family_model("mixtral")
     clock = VirtualClock()
     sim = SimExecutor(config, clock, PromptsCostMore, "layer")
@@ -244,11 +245,12 @@ def test_the_first_decode_pass_after_prompts_starts_late_by_the_cost_models_dela
 
     plain_s = WholeLayerPlan.of(sim.model, COSTS, "layer").total_s  # any shape: every stage a constant
     delay_s = AFTER_PROMPTS_S_PER_TOKEN * sum(PROMPTS)
-    assert [pass_s(first), pass_s(first), pass_s(first)] == pytest.approx([plain_s, plain_s + delay_s, plain_s])
-    assert PromptsCostMore.asked == [(sum(PROMPTS), pytest.approx(plain_s))]
-    pass_s(first + late)  # mixed: 3 decode rows beside a prompt of PROMPTS[0] tokens, after a decode pass
-    assert len(PromptsCostMore.asked) == 1
-    assert [pass_s(first + late), pass_s(first + late)] == pytest.approx([plain_s + AFTER_PROMPTS_S_PER_TOKEN * PROMPTS[0], plain_s])
+    assert [pass_s(first) for _ in range(4)] == pytest.approx([plain_s, plain_s + delay_s, plain_s + delay_s / 2, plain_s])
+    assert PromptsCostMore.asked == [(sum(PROMPTS), k, pytest.approx(plain_s)) for k in (1, 2, 3)]
+    pass_s(first + late)  # mixed: 3 decode rows beside a prompt of PROMPTS[0] tokens
+    assert len(PromptsCostMore.asked) == 3
+    delay_s = AFTER_PROMPTS_S_PER_TOKEN * PROMPTS[0]
+    assert [pass_s(first + late), pass_s(first + late)] == pytest.approx([plain_s + delay_s, plain_s + delay_s / 2])
 
 
 class RoutingPerPass:

@@ -200,43 +200,53 @@ def test_the_idle_delay_follows_the_medians_measured_at_each_gap(tmp_path, tiny_
 
 
 def test_the_after_prompts_delay_is_the_probes_median_share_of_the_decode_pass(tmp_path, tiny_shape):
-    """Per prompt size probed, the median over its probes of each delay over its own decode step's
-    price (a spike in one sample moves nothing, a median below zero is no delay); between sizes
-    interpolated in the log of the prompt tokens, below the fewest in proportion to them, past the most
-    flat; of the decode pass it delays. A profile without probes prices none, and so does a model
+    """Per prompt size probed and step after the prompts, the median over its probes of each delay
+    over its own decode step's price (a spike in one sample moves nothing, a median below zero is no
+    delay, and no step's share exceeds the one before's); between sizes interpolated in the log of
+    the prompt tokens, below the fewest in proportion to them, past the most flat; of the decode pass
+    it delays; none past the steps probed. A profile without probes prices none, and so does a model
     without `after_prompts_delay`."""
     table = synthetic_table(tiny_shape)
     path = tmp_path / "profile.parquet"
     write_profile(table, path, tiny_shape, HERE)
     without = ProfiledCostModel(str(path), tiny_shape)
-    assert without.after_prompts_s(1024, 0.02) == 0.0
-    probed = {64: [0.1, 0.2, 0.15], 1024: [0.8, 1.0, 30.0], 2048: [-0.1, -0.05, 0.02]}
+    assert without.after_prompts_s(1024, 1, 0.02) == 0.0
+    probed = {  # prompt tokens -> per probe, its shares at steps 1, 2, 3 after the prompts
+        64: [[0.1, 0.0, 0.05], [0.2, 0.05, 0.0], [0.15, -0.05, 0.3]],
+        1024: [[0.8, 0.4, 0.1], [1.0, 0.5, 0.2], [30.0, 0.3, 0.1]],
+        2048: [[-0.1, 0.0, 0.0], [-0.05, 0.0, 0.0], [0.02, 0.0, 0.0]],
+    }
     contexts = [[40, 30], [300], [12, 12, 12, 700]]  # decode steps of other prices: a share of each
     rows = []
-    for tokens, shares in probed.items():
-        for share, lengths in zip(shares, contexts):
+    for tokens, probes in probed.items():
+        for shares, lengths in zip(probes, contexts):
             step = shape_columns("decode", lengths)
             step_s = without.decode_pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
-            rows.append({"stage": "after_prompts", **step, "tokens": float(tokens), "seconds": share * step_s})
+            rows += [{"stage": "after_prompts", **step, "tokens": float(tokens), "step_after": k, "seconds": share * step_s}
+                     for k, share in enumerate(shares, start=1)]  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
     costs = ProfiledCostModel(str(path), tiny_shape)
-    expected = {0: 0.0, 32: 0.075, 64: 0.15, 256: 0.575, 1024: 1.0, 2048: 0.0, 9000: 0.0}
-    for tokens, share in expected.items():
-        assert costs.after_prompts_s(tokens, 0.02) == pytest.approx(share * 0.02, abs=1e-12), tokens
-    assert ProfiledCostModel(str(path), tiny_shape, after_prompts_delay=False).after_prompts_s(1024, 0.02) == 0.0
+    expected = {  # (prompt tokens, step after) -> share
+        (0, 1): 0.0, (32, 1): 0.075, (64, 1): 0.15, (256, 1): 0.575, (1024, 1): 1.0, (2048, 1): 0.0, (9000, 1): 0.0,
+        (64, 2): 0.0, (64, 3): 0.0, (1024, 2): 0.4, (256, 2): 0.2, (1024, 3): 0.1, (1024, 4): 0.0, (1024, 0): 0.0,
+    }  # fmt: skip
+    for (tokens, step), share in expected.items():
+        assert costs.after_prompts_s(tokens, step, 0.02) == pytest.approx(share * 0.02, abs=1e-12), (tokens, step)
+    assert ProfiledCostModel(str(path), tiny_shape, after_prompts_delay=False).after_prompts_s(1024, 1, 0.02) == 0.0
 
 
 def test_an_after_prompts_probe_times_steady_steps_then_the_steps_after_a_prefill(monkeypatch):
     """Per probe: the decode batch (its caches filled, WARM_STEPS steps), `steps` steady steps, a
-    prefill of the probe's prompt tokens in rows of at most max_prompt_len, `steps` more; one row each,
-    with the decode batch's shape and the prompt tokens."""
+    prefill of the probe's prompt tokens in rows of at most max_prompt_len, `steps` more; a row for
+    each of those, with the decode batch's shape, the prompt tokens and the step's number."""
     model = RunResources(compose_config()).model
     passes = []
     forward = RealExecutor.forward
     monkeypatch.setattr(RealExecutor, "forward", lambda self, rows, *rest: passes.append(len(rows)) or forward(self, rows, *rest))
     table = measure_after_prompts(model, [(40, [9, 12]), (3, [5])], 16, 2, torch.Generator().manual_seed(0))
     assert (table["stage"] == "after_prompts").all() and np.isfinite(table["seconds"]).all()
-    assert table[["tokens", "batch_size", "key_len", "query_len"]].values.tolist() == [[40, 2, 13, 1], [3, 1, 6, 1]]
+    assert table[["tokens", "step_after", "batch_size", "key_len", "query_len"]].values.tolist() == \
+        [[40, 1, 2, 13, 1], [40, 2, 2, 13, 1], [3, 1, 1, 6, 1], [3, 2, 1, 6, 1]]  # fmt: skip
     first = passes[: 1 + WARM_STEPS + 5]  # the batch's prefill and warm steps, 2 steady, the prompts, 2 after
     assert first == [2] * (1 + WARM_STEPS) + [2, 2, 3, 2, 2]
     assert passes[len(first):] == [1] * (1 + 4) + [1, 1, 1, 1, 1]  # 4 warm steps: its row holds 4 cached tokens
@@ -332,7 +342,9 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
     assert sorted(table.loc[table["stage"] == "idle", "idle_s"]) == [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
-    assert sorted(table.loc[table["stage"] == "after_prompts", "tokens"]) == [16, 64, 256, 512]  # at most a pass's, each size once
+    after = table[table["stage"] == "after_prompts"]  # each size once (at most a pass's tokens), 8 steps after each
+    assert sorted(after["tokens"].unique()) == [16, 64, 256, 512] and len(after) == 4 * 8
+    assert sorted(after["step_after"].unique()) == list(range(1, 9))
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
     assert (timed["seconds"] > 0).all() and model["num_layers"] == 2  # (router and combine are differences of two
     # timed quanta: noise can make one negative; the fit weighs them as typical samples)
@@ -387,7 +399,7 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert probes_of(merged) == probes_of(whole) == sorted(probes_of(part0) + probes_of(part1)) and len(probes_of(whole)) == 6
     assert len(probes_of(part0)) == len(probes_of(part1)) == 3
     after = [sorted(t.loc[t["stage"] == "after_prompts", "tokens"]) for t in (whole, part0, part1, merged)]
-    assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 and after[1] and after[2]
+    assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)

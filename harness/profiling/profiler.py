@@ -282,11 +282,12 @@ def measure_idle(build_engine, gaps_s: list[float], prompt_lens: list[int]) -> p
 
 def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt_len: int, steps: int,
                           generator) -> pd.DataFrame:
-    """Profile rows `after_prompts`, one per probe (prompt tokens, a decode batch's contexts): the batch
-    decodes `steps` steps straight through (its steady step: their median), then a prefill of that many
-    prompt tokens runs (rows of up to `max_prompt_len`), then the batch decodes `steps` more; `seconds` is
-    how much longer those took than `steps` steady ones, `tokens` the prompt tokens. The prompts' work
-    pushes the decode's weights and caches out of the CPU's caches (and the steps after refill them)."""
+    """Profile rows `after_prompts`, `steps` per probe (prompt tokens, a decode batch's contexts): the
+    batch decodes `steps` steps straight through (its steady step: their median), then a prefill of
+    that many prompt tokens runs (rows of up to `max_prompt_len`), then the batch decodes `steps` more;
+    per step after the prompts (`step_after`, from 1), `seconds` is how much longer it took than the
+    steady step, `tokens` the prompt tokens. The prompts' work pushes the decode's weights out of the
+    CPU's caches, and the steps after refill them."""
     executor = RealExecutor(model, "iteration")
 
     def step_s(batch: list[Sequence]) -> float:
@@ -305,12 +306,12 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
         try:
             steady = float(np.median([step_s(batch) for _ in range(steps)]))
             timed_quanta_of(executor, batch_for(executor, "prefill", prompts, generator))
-            after = sum(step_s(batch) for _ in range(steps))
+            after = [step_s(batch) for _ in range(steps)]
         finally:
             for sequence in batch:
                 sequence.kv.free()
-        samples.append({"stage": "after_prompts", **shape_columns("decode", contexts), "tokens": float(prompt_tokens),
-                        "seconds": after - steps * steady})  # fmt: skip
+        samples += [{"stage": "after_prompts", **shape_columns("decode", contexts), "tokens": float(prompt_tokens),
+                     "step_after": step, "seconds": seconds - steady} for step, seconds in enumerate(after, start=1)]  # fmt: skip
     return pd.DataFrame(samples)
 
 

@@ -83,7 +83,7 @@ class AnalyticCostModel:
         """Nothing: the datasheet rates price a device kept busy; what waking it costs is not modelled."""
         return 0.0
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         """Nothing: the datasheet rates price each pass on its own."""
         return 0.0
 

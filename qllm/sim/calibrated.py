@@ -50,5 +50,5 @@ class CalibratedCostModel:
     def idle_s(self, gap_s: float) -> float:
         return self.scale * self.base.idle_s(gap_s)
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
-        return self.base.after_prompts_s(prompt_tokens, decode_s)  # a share of `decode_s`, already scaled
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
+        return self.base.after_prompts_s(prompt_tokens, step_after, decode_s)  # a share of `decode_s`, already scaled

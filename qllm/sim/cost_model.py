@@ -73,7 +73,7 @@ class CostModel(Protocol):
         """How much later a pass ends when the engine had been idle for `gap_s` seconds before it than
         when it follows another pass straight away (caches gone cold, the host waking up)."""
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
-        """How much later a decode pass of `decode_s` seconds ends when the pass before it fed
-        `prompt_tokens` prompt tokens than when it follows decode passes (the prompts' work pushed the
-        decode's weights out of the caches)."""
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
+        """How much later a decode pass of `decode_s` seconds ends when it is the `step_after`-th (from 1)
+        after a pass that fed `prompt_tokens` prompt tokens than when it follows decode passes only (the
+        prompts' work pushed the decode's weights out of the caches)."""

@@ -12,8 +12,8 @@ at the same times either way (tests/test_sim_executor.py).
 
 A pass that starts after the engine has idled (the replay waited for an arrival) starts that much
 later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold); so
-does a decode pass after one that fed prompts (`CostModel.after_prompts_s`: the prompts' work pushed
-the decode's weights out of the caches).
+do the decode passes after one that fed prompts (`CostModel.after_prompts_s`: the prompts' work pushed
+the decode's weights out of the caches, and the steps after it refill them).
 
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
 KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
@@ -88,7 +88,8 @@ class SimExecutor:
         self._costs_by_shape: dict[PassShape, StageCosts] = {}
         self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
         self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
-        self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any, if no decode pass followed it
+        self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
+        self.decode_passes_after = 0  # decode passes started since
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
@@ -125,11 +126,15 @@ class SimExecutor:
         return SimRows(tuple(s.kv for s in batch), num_new_tokens, shape, len(batch) * table_width)
 
     def after_prompts_s(self, groups: list[SimRows], plan) -> float:
-        """What a pass starting now over `groups` adds for the prompts a pass before it fed (none
-        but to the first decode pass after them); a pass that feeds prompts is the one it remembers."""
+        """What a pass starting now over `groups` adds for the prompts the last pass that fed any fed,
+        as the how-manieth decode pass after it (a pass that feeds prompts adds nothing)."""
         prompt_tokens = sum(group.shape.num_real_tokens for group in groups if not group.shape.is_decode)
-        before, self.prompt_tokens_before = self.prompt_tokens_before, prompt_tokens
-        return self.costs.after_prompts_s(before, plan.total_s) if before and not prompt_tokens else 0.0
+        if prompt_tokens:
+            self.prompt_tokens_before, self.decode_passes_after = prompt_tokens, 0
+            return 0.0
+        self.decode_passes_after += 1
+        before, step = self.prompt_tokens_before, self.decode_passes_after
+        return self.costs.after_prompts_s(before, step, plan.total_s) if before else 0.0
 
     def merged_plan(self, before, groups: list[SimRows], layer: int) -> MergedPlan:
         """The plan of a pass whose rows were `before`'s until the end of `layer` and are `groups` after it."""

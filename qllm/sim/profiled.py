@@ -14,6 +14,7 @@ sample to a profile table (Parquet), one row per sample:
 | real_tokens | new tokens, padding left out |
 | tokens | `expert` rows: tokens the expert received; `after_prompts` rows: the prompt tokens fed (else 0) |
 | idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
+| step_after | `after_prompts` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
 | seconds | the sample |
 
 The table's metadata names the model it was measured on (its `ModelShape`) and the machine
@@ -33,9 +34,10 @@ attention's scores outgrow the caches): its fit adds convex hinges in the area. 
 engine has been idle ends later than the same pass straight after another, by a delay that grows
 with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
 interpolated in the log of the gap). Likewise the decode steps after a pass that fed prompts run
-slower until the decode's weights are back in the CPU's caches: the first decode pass after it ends
-later by a share of its own time that grows with the prompt tokens (`after_prompts_s`: the median
-measured share at each prompt size probed; a profile measured before these probes prices none).
+slower until the decode's weights are back in the CPU's caches: the k-th decode pass after it ends
+later by a share of its own time that grows with the prompt tokens and shrinks with k
+(`after_prompts_s`: the median measured share at each prompt size probed and each k; a profile
+measured before these probes prices none).
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ from qllm.sim.shape import ModelShape
 STAGES = ("pass_start", "whole_pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end",
           "checkpoint", "pass_overhead")  # fmt: skip
 PHASES = ("prefill", "decode")
-COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens", "tokens", "idle_s", "seconds")
+COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens", "tokens", "idle_s", "step_after",
+           "seconds")  # fmt: skip
+ADDED_COLUMNS = ("step_after",)  # 0 in a profile written before them
 FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area", "keys", "longest", "experts_run")
 # The engine's own work between quanta scales with the sequences and tokens it handles, never with a
 # pass's attention (its run records no keys): those stages are fitted on these features only.
@@ -92,8 +96,8 @@ PROFILE_COMMAND = "qllm-profile model=<the run's model> out=<path>"
 def write_profile(table: pd.DataFrame, path: Path, model: ModelShape | dict, about: dict) -> None:
     """`model`: the shape measured on, or its dict as `read_profile` gives it."""
     shape = model if isinstance(model, dict) else dataclasses.asdict(model)
-    idle_s = table["idle_s"].fillna(0.0) if "idle_s" in table else 0.0  # only `idle` rows have a gap
-    frame = table.assign(idle_s=idle_s)[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
+    only = {column: table[column].fillna(0) if column in table else 0 for column in ("idle_s", "step_after")}  # some stages' own
+    frame = table.assign(**only)[list(COLUMNS)].sort_values(["stage", "phase", "batch_size", "query_len", "key_len", "tokens"])
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = {**(arrow.schema.metadata or {}), MODEL_KEY: json.dumps(shape).encode(),
                 ABOUT_KEY: json.dumps(about).encode()}  # fmt: skip
@@ -105,10 +109,12 @@ def read_profile(path: Path) -> tuple[pd.DataFrame, dict, dict]:
     """The table, the model shape it was measured on (as a dict) and how it was measured."""
     arrow = pq.read_table(path)
     metadata = arrow.schema.metadata or {}
-    if MODEL_KEY not in metadata or not set(COLUMNS) <= set(arrow.column_names):
+    if MODEL_KEY not in metadata or not set(COLUMNS) - set(ADDED_COLUMNS) <= set(arrow.column_names):
         raise ConfigurationError(f"{path}: not a profile written by this version of qllm-profile; "
                                  f"measure one with `{PROFILE_COMMAND}`")  # fmt: skip
-    return arrow.to_pandas(), json.loads(metadata[MODEL_KEY]), json.loads(metadata.get(ABOUT_KEY, b"{}"))
+    table = arrow.to_pandas()
+    table = table.assign(**{column: 0 for column in ADDED_COLUMNS if column not in table})
+    return table, json.loads(metadata[MODEL_KEY]), json.loads(metadata.get(ABOUT_KEY, b"{}"))
 
 
 def merge_profiles(paths: list[Path], out: Path) -> None:
@@ -226,14 +232,16 @@ class ProfiledCostModel:
         self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
 
     def _after_prompts_shares(self, probes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """The prompt sizes probed, and at each the median of the probes' delays over their decode
-        step's price (a share: the refill grows with what the step reads)."""
+        """The prompt sizes probed, and [sizes, steps after] the median of the probes' delays over
+        their decode step's price (a share: the refill grows with what the step reads). A cache refill
+        only ever goes on: a step's share is at most the one before's (noise is not a new delay)."""
         if probes.empty:
-            return np.ones(1), np.zeros(1)
+            return np.ones(1), np.zeros((1, 1))
         steps_s = [self.decode_pass_s(PassShape(int(p.batch_size), 1, int(p.key_len), int(p.real_tokens)))
                    for p in probes.itertuples()]  # fmt: skip
-        shares = (probes["seconds"] / np.asarray(steps_s)).groupby(probes["tokens"]).median()
-        return shares.index.to_numpy(float), np.maximum(shares.to_numpy(float), 0.0)
+        shares = (probes["seconds"] / np.asarray(steps_s)).groupby([probes["tokens"], probes["step_after"]]).median()
+        by_step = shares.unstack("step_after").fillna(0.0)  # [prompt sizes, steps after]
+        return by_step.index.to_numpy(float), np.minimum.accumulate(np.maximum(by_step.to_numpy(float), 0.0), axis=1)
 
     def decode_pass_s(self, shape: PassShape) -> float:
         """A pass of `shape` calling every layer whole, as the probes time it: no engine work around it."""
@@ -282,12 +290,13 @@ class ProfiledCostModel:
             return 0.0
         return log_interpolated(gap_s, self.idle_gaps, self.idle_delays)
 
-    def after_prompts_s(self, prompt_tokens: int, decode_s: float) -> float:
-        """The measured shares interpolated in the log of the prompt tokens (in proportion to them below
-        the fewest probed, the most's past them), of `decode_s`. None without `after_prompts_delay`."""
-        if not self.after_prompts_delay:
+    def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
+        """The shares measured at the `step_after`-th step interpolated in the log of the prompt tokens
+        (in proportion to them below the fewest probed, the most's past them), of `decode_s`; none past
+        the steps probed, nor without `after_prompts_delay`."""
+        if not self.after_prompts_delay or not 1 <= step_after <= self.after_prompts_shares.shape[1]:
             return 0.0
-        return decode_s * log_interpolated(prompt_tokens, self.prompt_tokens, self.after_prompts_shares)
+        return decode_s * log_interpolated(prompt_tokens, self.prompt_tokens, self.after_prompts_shares[:, step_after - 1])
 
 
 def log_interpolated(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
