@@ -24,6 +24,11 @@ profile's level: the machine's speed in the minutes the profile was measured).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
+    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare hardware.after_prompts_delay=false
+
+`--compare` simulates every workload a second time with other overrides, against the same real runs,
+and reports both: what one part of the cost model is worth, without the machine's drift between
+two suites in the way.
 
 Pin it to one core, as the presets run (one torch thread). The workloads' arrivals span about
 `--duration` seconds each, so a run of 12 takes about 12 x 3 x that plus the profiles.
