@@ -1,0 +1,145 @@
+"""The simulator's price of each pass a real run made, against the pass's own time in that run.
+
+benchmarks/sim_fidelity.py compares a run's metrics, where a pass priced a few percent off can move a
+queue's latencies by tens; benchmarks/pass_fidelity.py prices passes timed alone. This one takes one
+workload of the fidelity suite (`--seed`, `--workload`: the same draw), runs it on the real executor at
+iteration granularity (one quantum per pass), rebuilds each pass's shape from the run's own tables
+(which requests it held, their prompts and the tokens each had generated) and prices it as the
+simulator would, the delays after prompts included (`CostModel.after_prompts_s`). It reports the
+summed simulated / real time per phase, and per decode step after the last prompts (the first steps
+pay the prompts' work; the later ones show the steady level); with `--isolated N`, N of the run's
+decode passes timed again alone as `qllm-profile` times them (after its warm steps), to tell a
+profile's level from what a run does that a pass alone does not.
+
+    taskset -c 1 python benchmarks/passes_in_run.py --seed 39 --workload 1              # profiles first
+    taskset -c 1 python benchmarks/passes_in_run.py --seed 38 --workload 11 --models tiny_gpt_oss tiny_flint \\
+        --profile profiles/tiny_gpt_oss.parquet --isolated 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sim_fidelity  # noqa: E402  (a workload drawn and loaded as the suite draws it)
+
+from harness.app import compose_config, run_engine  # noqa: E402
+from harness.engines import RunResources  # noqa: E402
+from harness.profiling.profile_app import profile_in_process  # noqa: E402
+from harness.profiling.profiler import batch_for, timed_quanta_of  # noqa: E402
+from harness.replay import requests_from_trace  # noqa: E402
+from harness.traces.random_workloads import ENGINES, MODELS, Limits, draw_trace, draw_workloads, requests_for, with_rate  # noqa: E402
+from harness.traces.trace_schema import validate_trace  # noqa: E402
+from qllm.real.executor import RealExecutor  # noqa: E402
+from qllm.sim.catch_up import SimRows  # noqa: E402
+from qllm.sim.cost_model import PassShape  # noqa: E402
+from qllm.sim.executor import SimExecutor  # noqa: E402
+from qllm.sim.profiled import ProfiledCostModel  # noqa: E402
+
+STEP_BINS = [0, 1, 2, 4, 8, 16, 64, 10**9]  # decode steps after the last prompts
+
+
+def pass_shapes(timeline: pd.DataFrame, prompt_lens: dict[str, int]) -> list[list[tuple[PassShape, list[int]]]]:
+    """Per pass (a timeline row, in order), its row groups as the executors lay them out: (shape, the
+    rows' cached tokens) for its decode rows and for its prompt rows. A request's first pass feeds its
+    prompt; each later one feeds one token after the prompt and the tokens generated before it."""
+    decoded = {}  # request -> decode passes it has been in
+    passes = []
+    for request_ids in timeline["request_ids"]:
+        prompts = [r for r in request_ids if r not in decoded]
+        contexts = [prompt_lens[r] + 1 + decoded[r] for r in request_ids if r in decoded]  # tokens once fed
+        groups = []
+        if contexts:
+            groups.append((PassShape(len(contexts), 1, max(contexts), len(contexts)), [n - 1 for n in contexts]))
+        if prompts:
+            lens = [prompt_lens[r] for r in prompts]
+            groups.append((PassShape(len(lens), max(lens), max(lens), sum(lens)), lens))
+        for r in request_ids:
+            decoded[r] = decoded[r] + 1 if r in decoded else 0
+        passes.append(groups)
+    return passes
+
+
+def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
+    """A row per pass: its phase, the decode step after the last prompts, its real and simulated
+    seconds (the engine's work between passes left out of both)."""
+    rows, step = [], 0
+    for groups, real in zip(passes, timeline.itertuples()):
+        plan = sim.groups_plan([SimRows((), (), shape, 0) for shape, _ in groups])
+        delay = sim.after_prompts_s([SimRows((), (), shape, 0) for shape, _ in groups], plan)
+        is_decode = all(shape.is_decode for shape, _ in groups)
+        step = step + 1 if is_decode else 0
+        overhead = sim._stage_costs(groups[0][0]).pass_overhead_s
+        rows.append({"phase": "decode" if is_decode else "prompts", "step_after": step, "real_s": real.duration_s,
+                     "sim_s": plan.total_s - overhead + delay, "delay_s": delay, "groups": groups})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def isolated(model, table: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """`count` of the run's one-group decode passes timed again alone, as the profiler times them."""
+    executor = RealExecutor(model, "iteration")
+    generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    single = table[(table["phase"] == "decode") & (table["groups"].map(len) == 1)]
+    chosen = single.iloc[np.sort(rng.choice(len(single), size=min(count, len(single)), replace=False))]
+    alone = [sum(s for _, s, _ in timed_quanta_of(executor, batch_for(executor, "decode", groups[0][1], generator)))
+             for groups in chosen["groups"]]  # fmt: skip
+    return chosen.assign(alone_s=alone)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser.add_argument("--seed", type=int, required=True, help="the fidelity suite's seed")
+    parser.add_argument("--workload", type=int, required=True, help="which of its workloads (#i)")
+    parser.add_argument("--workloads", type=int, default=12, help="workloads the suite drew (the draw depends on it)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES))
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of arrivals, as the suite's --duration")
+    parser.add_argument("--profile", type=Path, help="the model's profile (default: measure one first)")
+    parser.add_argument("--isolated", type=int, default=0, metavar="N", help="time N of the run's decode passes alone too")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    limits = Limits(duration_s=args.duration)
+    workload = draw_workloads(args.seed, args.workloads, args.models, args.engines)[args.workload]
+    with tempfile.TemporaryDirectory() as folder:
+        profile = args.profile or Path(folder) / f"{workload.model}.parquet"
+        if args.profile is None:
+            profile_in_process(workload.model, profile, [])
+        sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile}"]
+        workload = with_rate(workload, sim_fidelity.capacity_rps(workload, limits, sim))
+        trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
+        cfg = compose_config(*workload.overrides(), "executor=real", "progress=false",
+                             f"engine.{workload.engine}.granularity=iteration")  # fmt: skip
+        (name, engine_cfg), = cfg.engine.items()
+        resources = RunResources(cfg)
+        run = run_engine(name, engine_cfg, resources, requests_from_trace(validate_trace(trace, source=f"workload {workload.index}")),
+                         cfg, {"run_id": str(workload.index)})  # fmt: skip
+        timeline = run["timeline"].sort_values("t_start_s").reset_index(drop=True)
+        prompt_lens = dict(zip(run["requests"]["request_id"], run["requests"]["prompt_len"]))
+        costs = SimExecutor(resources.model.config, None, functools.partial(ProfiledCostModel, str(profile)), "iteration")
+        table = priced(pass_shapes(timeline, prompt_lens), timeline, costs)
+    print(f"{workload.describe()} rate={workload.rate:.2f}/s, at iteration granularity: {len(table)} passes")
+    for phase, rows in table.groupby("phase"):
+        print(f"  {phase}: simulated / real {rows['sim_s'].sum() / rows['real_s'].sum():.3f} (summed), median per pass "
+              f"{np.median(rows['sim_s'] / rows['real_s']):.3f}; delays after prompts {rows['delay_s'].sum():.3f} s")  # fmt: skip
+    decode = table[table["phase"] == "decode"]
+    by_step = decode.groupby(pd.cut(decode["step_after"], STEP_BINS))
+    print(pd.DataFrame({"passes": by_step.size(), "simulated / real": by_step["sim_s"].sum() / by_step["real_s"].sum()})
+          .round(3).to_string())  # fmt: skip
+    if args.isolated:
+        alone = isolated(resources.model, table, args.isolated, args.seed)
+        print(f"  {len(alone)} decode passes timed alone: alone / in the run {alone['alone_s'].sum() / alone['real_s'].sum():.3f}, "
+              f"simulated / alone {(alone['sim_s'] - alone['delay_s']).sum() / alone['alone_s'].sum():.3f} (summed)")  # fmt: skip
+    return table
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

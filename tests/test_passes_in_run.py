@@ -1,0 +1,63 @@
+"""benchmarks/passes_in_run.py: the pass shapes it rebuilds from a run's tables are those the real
+executor ran (decode rows and prompt rows, mixed batches too), and it prices a workload's passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import passes_in_run
+from harness.app import compose_config, run_engine
+from harness.engines import RunResources
+from qllm.real.executor import RealExecutor
+from qllm.request import DEFAULT_PRIORITY, Request
+
+
+def rows_of(groups) -> tuple[list[int], list[int]]:
+    """(decode rows' cached tokens, prompt rows' lengths), each sorted."""
+    decode = sorted(n for shape, lens in groups if shape.is_decode for n in lens)
+    prompts = sorted(n for shape, lens in groups if not shape.is_decode for n in lens)
+    return decode, prompts
+
+
+@pytest.mark.parametrize("engine", ["qllm", "fcfs_rtc"])
+def test_the_shapes_rebuilt_from_a_runs_tables_are_the_passes_it_ran(engine, monkeypatch):
+    """Requests arriving while others decode: `qllm` runs their prompts beside the decode rows (mixed
+    passes), `fcfs_rtc` cohort by cohort; every pass's rows, read from the run's timeline and requests
+    tables, are the rows the real executor was given."""
+    ran = []
+    forward = RealExecutor.forward
+
+    def spy(self, batch, *rest, **named):
+        decode = sorted(s.num_cached_tokens for s in batch if s.num_cached_tokens)
+        ran.append((decode, sorted(s.num_new_tokens for s in batch if not s.num_cached_tokens)))
+        return forward(self, batch, *rest, **named)
+
+    monkeypatch.setattr(RealExecutor, "forward", spy)
+    cfg = compose_config(f"engine=[{engine}]", "executor=real", "progress=false", f"engine.{engine}.granularity=iteration")
+    (name, engine_cfg), = cfg.engine.items()
+    requests = [Request(f"r{i}", 0.004 * i, 3 + 5 * i, 4 + i % 3, "LS" if i % 3 == 0 else "BE", DEFAULT_PRIORITY["BE"])
+                for i in range(6)]  # fmt: skip
+    run = run_engine(name, engine_cfg, RunResources(cfg), requests, cfg, {"run_id": "0"})
+    timeline = run["timeline"].sort_values("t_start_s").reset_index(drop=True)
+    prompt_lens = dict(zip(run["requests"]["request_id"], run["requests"]["prompt_len"]))
+    rebuilt = [rows_of(groups) for groups in passes_in_run.pass_shapes(timeline, prompt_lens)]
+    assert rebuilt == ran[len(ran) - len(timeline):]  # the engine's warm-up passes come first
+    if engine == "qllm":
+        assert any(decode and prompts for decode, prompts in rebuilt)  # mixed passes were rebuilt too
+
+
+def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path, capsys):
+    from harness.profiling.profile_app import profile_in_process
+
+    profile = tmp_path / "tiny.parquet"
+    profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=12", "shapes.max_batch_size=4", "idle_run.repeats=1",
+                                                 "after_prompts_run.repeats=1", "engine_run.num_requests=24"])  # fmt: skip
+    table = passes_in_run.main(["--seed", "3", "--workload", "0", "--workloads", "2", "--models", "tiny_mixtral",
+                                "--engines", "fcfs_rtc", "--duration", "0.3", "--profile", str(profile), "--isolated", "3"])  # fmt: skip
+    assert set(table["phase"]) == {"prompts", "decode"} and (table["real_s"] > 0).all() and (table["sim_s"] > 0).all()
+    first = table[table["phase"] == "decode"].groupby((table["phase"] == "prompts").cumsum()).head(1)
+    assert (first["step_after"] == 1).all() and (table.loc[table["phase"] == "prompts", "delay_s"] == 0).all()
+    assert np.isfinite(table["delay_s"]).all()
+    printed = capsys.readouterr().out
+    assert "simulated / real" in printed and "decode passes timed alone" in printed
