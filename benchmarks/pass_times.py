@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 from hydra.utils import instantiate
 
 from harness.app import compose_config
-from qllm.executor import run_to_completion
+from harness.profiling.profiler import timed_step
 from qllm.real.executor import RealExecutor
 from qllm.request import Request
 from qllm.sequence import Sequence
@@ -42,15 +41,6 @@ def new_batch(executor: RealExecutor, prompts: torch.Tensor, output_len: int) ->
         Sequence(Request(str(row), 0.0, len(ids), output_len, "BE", 1), ids, executor.new_kv())
         for row, ids in enumerate(prompts.tolist())
     ]
-
-
-def timed_step(executor: RealExecutor, batch: list[Sequence]) -> float:
-    start = time.perf_counter()
-    tokens = run_to_completion(executor.forward(batch))
-    elapsed = time.perf_counter() - start
-    for seq, token in zip(batch, tokens):
-        seq.output_ids.append(token)
-    return elapsed
 
 
 def prompts_for(executor: RealExecutor, batch_size: int, length: int, seed: int) -> torch.Tensor:

@@ -289,30 +289,31 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
     steady step, `tokens` the prompt tokens. The prompts' work pushes the decode's weights out of the
     CPU's caches, and the steps after refill them."""
     executor = RealExecutor(model, "iteration")
-
-    def step_s(batch: list[Sequence]) -> float:
-        start = time.perf_counter()
-        tokens = run_to_completion(executor.forward(batch))
-        seconds = time.perf_counter() - start
-        for sequence, token in zip(batch, tokens):
-            sequence.output_ids.append(token)
-        return seconds
-
     samples = []
     for prompt_tokens, contexts in probes:
         rows = -(-prompt_tokens // max_prompt_len)
         prompts = [prompt_tokens // rows + (row < prompt_tokens % rows) for row in range(rows)]  # as even as can be
         batch = batch_for(executor, "decode", contexts, generator)
         try:
-            steady = float(np.median([step_s(batch) for _ in range(steps)]))
+            steady = float(np.median([timed_step(executor, batch) for _ in range(steps)]))
             timed_quanta_of(executor, batch_for(executor, "prefill", prompts, generator))
-            after = [step_s(batch) for _ in range(steps)]
+            after = [timed_step(executor, batch) for _ in range(steps)]
         finally:
             for sequence in batch:
                 sequence.kv.free()
         samples += [{"stage": "after_prompts", **shape_columns("decode", contexts), "tokens": float(prompt_tokens),
                      "step_after": step, "seconds": seconds - steady} for step, seconds in enumerate(after, start=1)]  # fmt: skip
     return pd.DataFrame(samples)
+
+
+def timed_step(executor: RealExecutor, batch: list[Sequence]) -> float:
+    """Seconds of one pass over `batch` in one go, each row's token appended after it (the next decodes)."""
+    start = time.perf_counter()
+    tokens = run_to_completion(executor.forward(batch))
+    seconds = time.perf_counter() - start
+    for sequence, token in zip(batch, tokens):
+        sequence.output_ids.append(token)
+    return seconds
 
 
 def measure_engine(build_engine, requests: list[Request]) -> pd.DataFrame:
