@@ -126,8 +126,8 @@ class SimExecutor:
         return SimRows(tuple(s.kv for s in batch), num_new_tokens, shape, len(batch) * table_width)
 
     def after_prompts_s(self, groups: list[SimRows], plan) -> float:
-        """What a pass starting now over `groups` adds for the prompts the last pass that fed any fed,
-        as the how-manieth decode pass after it (a pass that feeds prompts adds nothing)."""
+        """What a pass starting now over `groups` adds, as the k-th decode pass since the last pass that
+        fed prompts, for those prompts (a pass that feeds prompts adds nothing, and counts from it)."""
         prompt_tokens = sum(group.shape.num_real_tokens for group in groups if not group.shape.is_decode)
         if prompt_tokens:
             self.prompt_tokens_before, self.decode_passes_after = prompt_tokens, 0
