@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from harness.profiling.profiler import timed_step
 from qllm.modeling import rotary
 from qllm.executor import Checkpoint, run_to_completion
 from qllm.kv import PADDING_BLOCK
@@ -306,7 +307,7 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from pass_times import build, new_batch, prompts_for, timed_step
+    from pass_times import build, new_batch, prompts_for
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
