@@ -71,15 +71,16 @@ def pass_shapes(timeline: pd.DataFrame, prompt_lens: dict[str, int]) -> list[lis
 def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
     """A row per pass: its phase, the decode step after the last prompts, its real and simulated
     seconds (the engine's work between passes left out of both)."""
-    rows, step = [], 0
+    rows = []
     for groups, real in zip(passes, timeline.itertuples()):
-        plan = sim.groups_plan([SimRows((), (), shape, 0) for shape, _ in groups])
-        delay = sim.after_prompts_s([SimRows((), (), shape, 0) for shape, _ in groups], plan)
+        sim_rows = [SimRows((), (), shape, 0) for shape, _ in groups]
+        plan = sim.groups_plan(sim_rows)
+        delay = sim.after_prompts_s(sim_rows, plan)  # counts the decode passes since the last prompts
         is_decode = all(shape.is_decode for shape, _ in groups)
-        step = step + 1 if is_decode else 0
         overhead = sim._stage_costs(groups[0][0]).pass_overhead_s
-        rows.append({"phase": "decode" if is_decode else "prompts", "step_after": step, "real_s": real.duration_s,
-                     "sim_s": plan.total_s - overhead + delay, "delay_s": delay, "groups": groups})  # fmt: skip
+        rows.append({"phase": "decode" if is_decode else "prompts", "step_after": sim.decode_passes_after if is_decode else 0,
+                     "real_s": real.duration_s, "sim_s": plan.total_s - overhead + delay, "delay_s": delay,
+                     "groups": groups})  # fmt: skip
     return pd.DataFrame(rows)
 
 
