@@ -39,7 +39,7 @@ from harness.replay import requests_from_trace  # noqa: E402
 from harness.traces.random_workloads import ENGINES, MODELS, Limits, draw_trace, draw_workloads, requests_for, with_rate  # noqa: E402
 from harness.traces.trace_schema import validate_trace  # noqa: E402
 from qllm.real.executor import RealExecutor  # noqa: E402
-from qllm.sim.catch_up import SimRows  # noqa: E402
+from qllm.sim.catch_up import SimRows, row_group_costs  # noqa: E402
 from qllm.sim.cost_model import PassShape  # noqa: E402
 from qllm.sim.executor import SimExecutor  # noqa: E402
 from qllm.sim.profiled import ProfiledCostModel  # noqa: E402
@@ -77,7 +77,8 @@ def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
         plan = sim.groups_plan(sim_rows)
         delay = sim.after_prompts_s(sim_rows, plan)  # counts the decode passes since the last prompts
         is_decode = all(shape.is_decode for shape, _ in groups)
-        overhead = sim._stage_costs(groups[0][0]).pass_overhead_s
+        shapes = [shape for shape, _ in groups]  # the engine's work as the plan charged it: one group's, or the rows' together
+        overhead = (sim._stage_costs(shapes[0]) if len(shapes) == 1 else row_group_costs(sim._stage_costs, shapes)).pass_overhead_s
         rows.append({"phase": "decode" if is_decode else "prompts", "step_after": sim.decode_passes_after if is_decode else 0,
                      "real_s": real.duration_s, "sim_s": plan.total_s - overhead + delay, "delay_s": delay,
                      "groups": groups})  # fmt: skip
