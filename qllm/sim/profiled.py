@@ -237,9 +237,11 @@ class ProfiledCostModel:
         only ever goes on: a step's share is at most the one before's (noise is not a new delay)."""
         if probes.empty:
             return np.ones(1), np.zeros((1, 1))
-        steps_s = [self.decode_pass_s(PassShape(int(p.batch_size), 1, int(p.key_len), int(p.real_tokens)))
-                   for p in probes.itertuples()]  # fmt: skip
-        shares = (probes["seconds"] / np.asarray(steps_s)).groupby([probes["tokens"], probes["step_after"]]).median()
+        shape = ["batch_size", "key_len", "real_tokens"]  # a probe's steps share its decode batch's: priced once
+        steps_s = probes[shape].drop_duplicates().assign(
+            step_s=lambda batches: [self.decode_pass_s(PassShape(int(b), 1, int(k), int(r))) for b, k, r in batches.to_numpy()])
+        step_s = probes.merge(steps_s, on=shape, how="left")["step_s"].to_numpy()
+        shares = (probes["seconds"] / step_s).groupby([probes["tokens"], probes["step_after"]]).median()
         by_step = shares.unstack("step_after").fillna(0.0)  # [prompt sizes, steps after]
         return by_step.index.to_numpy(float), np.minimum.accumulate(np.maximum(by_step.to_numpy(float), 0.0), axis=1)
 
