@@ -34,38 +34,16 @@ import sim_fidelity  # noqa: E402  (a workload drawn and loaded as the suite dra
 from harness.app import compose_config, run_engine  # noqa: E402
 from harness.engines import RunResources  # noqa: E402
 from harness.profiling.profile_app import profile_in_process  # noqa: E402
-from harness.profiling.profiler import batch_for, timed_quanta_of  # noqa: E402
+from harness.profiling.profiler import batch_for, pass_groups, timed_quanta_of  # noqa: E402
 from harness.replay import requests_from_trace  # noqa: E402
 from harness.traces.random_workloads import ENGINES, MODELS, Limits, draw_trace, draw_workloads, requests_for, with_rate  # noqa: E402
 from harness.traces.trace_schema import validate_trace  # noqa: E402
 from qllm.real.executor import RealExecutor  # noqa: E402
 from qllm.sim.catch_up import SimRows, row_group_costs  # noqa: E402
-from qllm.sim.cost_model import PassShape  # noqa: E402
 from qllm.sim.executor import SimExecutor  # noqa: E402
 from qllm.sim.profiled import ProfiledCostModel  # noqa: E402
 
 STEP_BINS = [0, 1, 2, 4, 8, 16, 64, 10**9]  # decode steps after the last prompts
-
-
-def pass_shapes(timeline: pd.DataFrame, prompt_lens: dict[str, int]) -> list[list[tuple[PassShape, list[int]]]]:
-    """Per pass (a timeline row, in order), its row groups as the executors lay them out: (shape, the
-    rows' cached tokens) for its decode rows and for its prompt rows. A request's first pass feeds its
-    prompt; each later one feeds one token after the prompt and the tokens generated before it."""
-    decoded = {}  # request -> decode passes it has been in
-    passes = []
-    for request_ids in timeline["request_ids"]:
-        prompts = [r for r in request_ids if r not in decoded]
-        contexts = [prompt_lens[r] + 1 + decoded[r] for r in request_ids if r in decoded]  # tokens once fed
-        groups = []
-        if contexts:
-            groups.append((PassShape(len(contexts), 1, max(contexts), len(contexts)), [n - 1 for n in contexts]))
-        if prompts:
-            lens = [prompt_lens[r] for r in prompts]
-            groups.append((PassShape(len(lens), max(lens), max(lens), sum(lens)), lens))
-        for r in request_ids:
-            decoded[r] = decoded[r] + 1 if r in decoded else 0
-        passes.append(groups)
-    return passes
 
 
 def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
@@ -127,7 +105,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         timeline = run["timeline"].sort_values("t_start_s").reset_index(drop=True)
         prompt_lens = dict(zip(run["requests"]["request_id"], run["requests"]["prompt_len"]))
         costs = SimExecutor(resources.model.config, None, functools.partial(ProfiledCostModel, str(profile)), "iteration")
-        table = priced(pass_shapes(timeline, prompt_lens), timeline, costs)
+        table = priced(pass_groups(list(timeline["request_ids"]), prompt_lens), timeline, costs)
     print(f"{workload.describe()} rate={workload.rate:.2f}/s, at iteration granularity: {len(table)} passes")
     for phase, rows in table.groupby("phase"):
         real_s, sim_s, delay_s = rows["real_s"].sum(), rows["sim_s"].sum(), rows["delay_s"].sum()

@@ -1,5 +1,6 @@
-"""benchmarks/passes_in_run.py: the pass shapes it rebuilds from a run's tables are those the real
-executor ran (decode rows and prompt rows, mixed batches too), and it prices a workload's passes."""
+"""The pass shapes rebuilt from a run's tables (harness.profiling.profiler.pass_groups) are those the real
+executor ran (decode rows and prompt rows, mixed batches too), and benchmarks/passes_in_run.py prices a
+workload's passes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import passes_in_run
+from harness.profiling.profiler import pass_groups
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from qllm.real.executor import RealExecutor
@@ -41,7 +43,7 @@ def test_the_shapes_rebuilt_from_a_runs_tables_are_the_passes_it_ran(engine, mon
     run = run_engine(name, engine_cfg, RunResources(cfg), requests, cfg, {"run_id": "0"})
     timeline = run["timeline"].sort_values("t_start_s").reset_index(drop=True)
     prompt_lens = dict(zip(run["requests"]["request_id"], run["requests"]["prompt_len"]))
-    rebuilt = [rows_of(groups) for groups in passes_in_run.pass_shapes(timeline, prompt_lens)]
+    rebuilt = [rows_of(groups) for groups in pass_groups(list(timeline["request_ids"]), prompt_lens)]
     assert rebuilt == ran[len(ran) - len(timeline):]  # the engine's warm-up passes come first
     if engine == "qllm":
         assert any(decode and prompts for decode, prompts in rebuilt)  # mixed passes were rebuilt too
@@ -52,7 +54,8 @@ def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path,
 
     profile = tmp_path / "tiny.parquet"
     profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=12", "shapes.max_batch_size=4", "idle_run.repeats=1",
-                                                 "after_prompts_run.repeats=1", "engine_run.num_requests=24"])  # fmt: skip
+                                                 "after_prompts_run.repeats=1", "engine_run.num_requests=24", "in_run_run.runs=1",
+                                                 "in_run_run.num_requests=6", "in_run_run.max_output_len=6"])  # fmt: skip
     table = passes_in_run.main(["--seed", "3", "--workload", "0", "--workloads", "2", "--models", "tiny_mixtral",
                                 "--engines", "fcfs_rtc", "--duration", "0.3", "--profile", str(profile), "--isolated", "3"])  # fmt: skip
     assert set(table["phase"]) == {"prompts", "decode"} and (table["real_s"] > 0).all() and (table["sim_s"] > 0).all()

@@ -17,17 +17,19 @@ import torch
 from harness.app import compose_config
 from harness.engines import RunResources
 from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
-                                       measure_idle, shape_columns, shapes_of_part)  # fmt: skip
+                                       measure_idle, measure_in_run, shape_columns, shapes_of_part)  # fmt: skip
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
 from qllm.memory_plan import kv_bytes_per_token
 from qllm.real.executor import RealExecutor
+from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
 
 HERE = {"cpu": cpu_name()}
+TINY_IN_RUN = ("in_run_run.runs=2", "in_run_run.num_requests=6", "in_run_run.max_output_len=6")
 # Seconds per unit of each feature (FEATURES order); each stage scales its own by (stage number + 1).
 TRUE_COSTS = np.array([1e-4, 2e-6, 3e-7, 5e-7, 4e-9, 1e-8, 3e-7, 2e-6])
 ENGINE_COSTS = np.array([3e-5, 1e-6, 0, 2e-7, 0, 0, 0, 0])  # the engine's stages: rows and tokens, no attention
@@ -221,7 +223,7 @@ def test_the_after_prompts_delay_is_the_probes_median_share_of_the_decode_pass(t
     for tokens, probes in probed.items():
         for shares, lengths in zip(probes, contexts):
             step = shape_columns("decode", lengths)
-            step_s = without.decode_pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
+            step_s = without.pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
             rows += [{"stage": "after_prompts", **step, "tokens": float(tokens), "step_after": k, "seconds": share * step_s}
                      for k, share in enumerate(shares, start=1)]  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
@@ -250,6 +252,81 @@ def test_an_after_prompts_probe_times_steady_steps_then_the_steps_after_a_prefil
     first = passes[: 1 + WARM_STEPS + 5]  # the batch's prefill and warm steps, 2 steady, the prompts, 2 after
     assert first == [2] * (1 + WARM_STEPS) + [2, 2, 3, 2, 2]
     assert passes[len(first):] == [1] * (1 + 4) + [1, 1, 1, 1, 1]  # 4 warm steps: its row holds 4 cached tokens
+
+
+def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_prompts(monkeypatch):
+    """One row per pass of each run (one phase each, one quantum each): the shape the real executor
+    was given, its seconds in the run, and for a decode pass its step after the last prompts and
+    their tokens, counted from 1 again after each pass that fed prompts."""
+    cfg = compose_config("engine=[qllm_one_phase]", "executor=real", "engine.qllm_one_phase.granularity=iteration",
+                         "engine.qllm_one_phase.policy.max_batch_size=2")  # fmt: skip
+    resources = RunResources(cfg)
+    (name, engine_cfg), = cfg.engine.items()
+    ran = []
+    forward = RealExecutor.forward
+
+    def spy(self, batch, *rest, **named):
+        decode = all(s.num_cached_tokens for s in batch)
+        keys = max(s.num_cached_tokens + s.num_new_tokens for s in batch)
+        ran.append(("decode" if decode else "prefill", len(batch), keys, sum(s.num_new_tokens for s in batch)))
+        return forward(self, batch, *rest, **named)
+
+    monkeypatch.setattr(RealExecutor, "forward", spy)
+    requests = [Request(f"r{i}", 0.0, prompt, output, "BE", DEFAULT_PRIORITY["BE"])
+                for i, (prompt, output) in enumerate([(5, 3), (9, 2), (4, 4)])]  # fmt: skip
+    recorders = []
+
+    def build(clock, recorder):
+        recorders.append(recorder)
+        return resources.build_engine(engine_cfg, name, clock, recorder)
+
+    table = measure_in_run(build, [requests])
+    assert (table["stage"] == "in_run").all()
+    np.testing.assert_allclose(table["seconds"], [q.t_end_s - q.t_start_s for q in recorders[0].quanta])
+    assert table[["phase", "batch_size", "key_len", "real_tokens"]].values.tolist() == [list(r) for r in ran[-len(table):]]
+    decode_rows = table["phase"] == "decode"
+    assert table.loc[~decode_rows, "step_after"].eq(0).all() and table.loc[~decode_rows, "tokens"].eq(0).all()
+    steps, tokens = [], []
+    for row in table.itertuples():  # the count the rows should carry
+        steps.append(0 if row.phase == "prefill" else steps[-1] + 1)
+        tokens.append(row.real_tokens if row.phase == "prefill" else tokens[-1])
+    assert table["step_after"].tolist() == steps
+    assert table.loc[decode_rows, "tokens"].tolist() == [t for t, d in zip(tokens, decode_rows) if d]
+    assert table["step_after"].max() >= 2 and table["phase"].eq("prefill").sum() >= 2
+
+
+def test_the_level_is_what_passes_in_runs_took_over_their_prices(tmp_path, tiny_shape):
+    """Passes timed in runs at 0.9x their price (a decode pass's delay after prompts in the price):
+    every stage of the model's work and every expert is priced 0.9x, the engine's own stages as
+    measured (already in runs); without such rows, or without `in_run_level`, the stages as timed."""
+    table = synthetic_table(tiny_shape)
+    probes = [{"stage": "after_prompts", **shape_columns("decode", [30, 40]), "tokens": 256.0, "step_after": k,
+               "seconds": 1e-3 / k} for k in (1, 2, 3)]  # fmt: skip
+    table = pd.concat([table, pd.DataFrame(probes)], ignore_index=True)
+    path = tmp_path / "profile.parquet"
+    write_profile(table, path, tiny_shape, HERE)
+    alone = ProfiledCostModel(str(path), tiny_shape)
+    assert alone.level == 1.0
+    passes = [("prefill", [20, 7], 0, 0), ("decode", [21, 8], 256, 1), ("decode", [22, 9], 256, 2),
+              ("decode", [100, 300, 5], 64, 3), ("decode", [40], 0, 12), ("prefill", [400], 0, 0)]  # fmt: skip
+    rows = []
+    for phase, lengths, tokens, step in passes:
+        shape = shape_columns(phase, lengths)
+        price = alone.pass_s(PassShape(shape["batch_size"], shape["query_len"], shape["key_len"], shape["real_tokens"]))
+        price += alone.after_prompts_s(tokens, step, price) if phase == "decode" else 0.0
+        rows.append({"stage": "in_run", **shape, "tokens": float(tokens), "step_after": step, "seconds": 0.9 * price})
+    assert alone.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
+    write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    assert costs.level == pytest.approx(0.9, rel=1e-9)
+    for shape in (PassShape(3, 1, 50, 3), PassShape(2, 30, 30, 45)):
+        scaled, timed = dataclasses.asdict(costs.stage_costs(shape)), dataclasses.asdict(alone.stage_costs(shape))
+        for stage, seconds in timed.items():
+            own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
+            assert scaled[stage] == (seconds if own else pytest.approx(0.9 * seconds, rel=1e-9)), stage
+    tokens = np.array([0, 1, 7, 300])
+    np.testing.assert_allclose(costs.expert_s(tokens), 0.9 * alone.expert_s(tokens), rtol=1e-12)
+    assert ProfiledCostModel(str(path), tiny_shape, in_run_level=False).level == 1.0
 
 
 def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():
@@ -337,7 +414,7 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     out = tmp_path / "tiny.parquet"
     run_cli("model.config.num_hidden_layers=2", f"out={out}", "shapes.num_shapes=12", "shapes.max_batch_size=4",
             "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1",
-            "after_prompts_run.repeats=1", "shapes.max_batch_tokens=512", module="harness.profiling.profile_app")  # fmt: skip
+            "after_prompts_run.repeats=1", "shapes.max_batch_tokens=512", *TINY_IN_RUN, module="harness.profiling.profile_app")  # fmt: skip
     table, model, about = read_profile(out)
     measured = set(zip(table["stage"], table["phase"]))
     assert {(s, p) for s in STAGES if s != "dense_mlp" for p in PHASES} <= measured and ("expert", "any") in measured
@@ -345,6 +422,9 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     after = table[table["stage"] == "after_prompts"]  # each size once (at most a pass's tokens), 8 steps after each
     assert sorted(after["tokens"].unique()) == [16, 64, 256, 512] and len(after) == 4 * 8
     assert sorted(after["step_after"].unique()) == list(range(1, 9))
+    in_run = table[table["stage"] == "in_run"]  # two runs of six requests: their prompts, then their decode steps
+    assert set(in_run["phase"]) == {"prefill", "decode"} and (in_run["seconds"] > 0).all()
+    assert in_run.loc[in_run["phase"] == "prefill", "query_len"].max() <= 16 and in_run["step_after"].max() >= 1
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
     assert (timed["seconds"] > 0).all() and model["num_layers"] == 2  # (router and combine are differences of two
     # timed quanta: noise can make one negative; the fit weighs them as typical samples)
@@ -369,7 +449,7 @@ def test_a_stage_fit_predicts_the_measured_sum_under_multiplicative_noise():
 
 TINY_PROFILE = ("model.config.num_hidden_layers=2", "shapes.num_shapes=12", "shapes.max_batch_size=4",
                 "shapes.max_prompt_len=16", "shapes.max_context_len=24", "engine_run.num_requests=24", "idle_run.repeats=1",
-                "after_prompts_run.repeats=1")  # fmt: skip
+                "after_prompts_run.repeats=1", *TINY_IN_RUN)  # fmt: skip
 
 
 def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
@@ -400,6 +480,8 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert len(probes_of(part0)) == len(probes_of(part1)) == 3
     after = [sorted(t.loc[t["stage"] == "after_prompts", "tokens"]) for t in (whole, part0, part1, merged)]
     assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
+    in_run = [len(t[t["stage"] == "in_run"]) for t in (whole, part0, part1, merged)]  # a run each: every request at 0
+    assert in_run[3] == in_run[0] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)

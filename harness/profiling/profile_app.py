@@ -4,6 +4,7 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.engines import RunResources
 from harness.profiling.profiler import (ShapeSpace, draw_shapes, measure_after_prompts, measure_engine, measure_idle,
-                                        measure_stages)  # fmt: skip
+                                        measure_in_run, measure_stages)  # fmt: skip
 from harness.traces.workload import PROJECT_ROOT
 from qllm.errors import ConfigurationError, report_user_errors, user_errors_reported
 from qllm.machine import cpu_name
@@ -57,6 +58,17 @@ def after_prompts_probes(cfg: DictConfig, space: ShapeSpace, seed: int, part: in
     return [(int(n), lengths) for n, (_, lengths) in zip(tokens, decodes)][part::parts]
 
 
+def in_run_requests(cfg: DictConfig, space: ShapeSpace, seed: int, part: int = 0, parts: int = 1) -> list[list[Request]]:
+    """`cfg.runs` runs of `cfg.num_requests` requests each, all arriving at 0, prompts of 1 to the
+    space's longest and outputs of 1 to `cfg.max_output_len` tokens drawn from `seed`; of those, the
+    runs at `part`, `part + parts`, ... (a part measures its share)."""
+    rng = np.random.default_rng([seed, 2])  # apart from the shapes', the idle and the after-prompts probes' draws
+    runs = [[Request(f"r{run}.{i}", 0.0, int(rng.integers(1, space.max_prompt_len + 1)),
+                     int(rng.integers(1, cfg.max_output_len + 1)), "BE", DEFAULT_PRIORITY["BE"])
+             for i in range(cfg.num_requests)] for run in range(cfg.runs)]  # fmt: skip
+    return runs[part::parts]
+
+
 def profile(cfg: DictConfig) -> pd.DataFrame:
     if not 0 <= cfg.part < cfg.parts:
         raise ConfigurationError(f"part={cfg.part} parts={cfg.parts}: parts are numbered 0 to parts - 1")
@@ -66,14 +78,17 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     stages = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts)
     name, engine_cfg = next(iter(cfg.engine.items()))
 
-    def build(clock, events):
-        return resources.build_engine(engine_cfg, name, clock, events)
+    def build(clock, events, granularity: str | None = None):
+        chosen = engine_cfg if granularity is None else OmegaConf.merge(engine_cfg, {"granularity": granularity})
+        return resources.build_engine(chosen, name, clock, events)
 
     engine = measure_engine(build, engine_requests(cfg.engine_run))
     idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed, cfg.part, cfg.parts))
     probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
     after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
                                           torch.Generator().manual_seed(cfg.seed))  # fmt: skip
+    in_run = measure_in_run(functools.partial(build, granularity="iteration"),  # one quantum per pass
+                            in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),
@@ -87,7 +102,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
         "part": f"{cfg.part} of {cfg.parts}",
     }
-    table = pd.concat([stages, engine, idle, after_prompts], ignore_index=True)
+    table = pd.concat([stages, engine, idle, after_prompts, in_run], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
     write_profile(table, out, ModelShape.of(resources.model.config), about)
     print(f"{len(table)} rows -> {out}")

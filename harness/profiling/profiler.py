@@ -28,7 +28,9 @@ an engine that has been idle than at one that has just run, by as much as a tiny
 prefill on this VM (`measure_idle`). And what prompts cost the decode steps after them
 (`after_prompts`): a tiny model's decode step right after a prompt of some thousand tokens ran 1.5-1.8x
 its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
-Every sample is kept; the cost model fits them.
+And what the passes of a real run take beside the stages timed alone (`in_run`): the passes of engine
+runs with every request at 0, each with its shape (`measure_in_run`; the cost model's level). Every
+sample is kept; the cost model fits them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from qllm.executor import ATTENTION, ForwardPass, run_to_completion
 from qllm.real.executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sequence import Sequence
+from qllm.sim.cost_model import PassShape
 from qllm.sim.profiled import fit_expert, piecewise
 
 WARM_TOKENS = 16  # steps an engine runs straight through before an idle probe's reference (measure_idle)
@@ -303,6 +306,53 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
         samples += [{"stage": "after_prompts", **shape_columns("decode", contexts), "tokens": float(prompt_tokens),
                      "step_after": step, "seconds": seconds - steady} for step, seconds in enumerate(after, start=1)]  # fmt: skip
     return pd.DataFrame(samples)
+
+
+def measure_in_run(build_engine, runs: list[list[Request]]) -> pd.DataFrame:
+    """Profile rows `in_run`: every one-phase pass of real engine runs, one per list of `runs` (requests
+    arriving at 0, so the engine never idles), each with its shape and its seconds in the run; a
+    decode pass also with its step after the last pass that fed prompts (`step_after`) and their
+    `tokens`. `build_engine(clock, recorder)` must run one quantum per pass (iteration granularity).
+    The stages timed alone add up to more or less than such passes take (on the development VM a
+    tiny model's decode passes ran 5-12 % under their price in a run): the cost model's level."""
+    samples = []
+    for requests in runs:
+        clock = RealClock()
+        recorder = Recorder(clock)
+        replay(requests, build_engine(clock, recorder), recorder, progress=False)
+        prompt_lens = {request.request_id: request.prompt_len for request in requests}
+        steps, prompt_tokens = 0, 0
+        for quantum, groups in zip(recorder.quanta, pass_groups([q.request_ids for q in recorder.quanta], prompt_lens)):
+            prompts = [shape for shape, _ in groups if not shape.is_decode]
+            steps, prompt_tokens = (0, sum(s.num_real_tokens for s in prompts)) if prompts else (steps + 1, prompt_tokens)
+            if len(groups) == 1:  # a mixed pass is two groups, priced apart: not a pass of one shape
+                shape = groups[0][0]
+                samples.append({"stage": "in_run", "phase": "decode" if shape.is_decode else "prefill",
+                                "batch_size": shape.batch_size, "query_len": shape.query_len, "key_len": shape.key_len,
+                                "real_tokens": shape.num_real_tokens, "tokens": float(prompt_tokens if steps else 0),
+                                "step_after": steps, "seconds": quantum.t_end_s - quantum.t_start_s})  # fmt: skip
+    return pd.DataFrame(samples)
+
+
+def pass_groups(passes: list[tuple[str, ...]], prompt_lens: dict[str, int]) -> list[list[tuple[PassShape, list[int]]]]:
+    """Per pass (the requests it held, in order), its row groups as the executors lay them out: (shape,
+    the rows' cached tokens) for its decode rows and for its prompt rows. A request's first pass feeds
+    its prompt whole; each later one feeds one token after the prompt and the tokens generated before."""
+    decoded = {}  # request -> decode passes it has been in
+    shapes = []
+    for request_ids in passes:
+        prompts = [r for r in request_ids if r not in decoded]
+        contexts = [prompt_lens[r] + 1 + decoded[r] for r in request_ids if r in decoded]  # tokens once fed
+        groups = []
+        if contexts:
+            groups.append((PassShape(len(contexts), 1, max(contexts), len(contexts)), [n - 1 for n in contexts]))
+        if prompts:
+            lens = [prompt_lens[r] for r in prompts]
+            groups.append((PassShape(len(lens), max(lens), max(lens), sum(lens)), lens))
+        for r in request_ids:
+            decoded[r] = decoded[r] + 1 if r in decoded else 0
+        shapes.append(groups)
+    return shapes
 
 
 def timed_step(executor: RealExecutor, batch: list[Sequence]) -> float:

@@ -6,15 +6,15 @@ sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
-| stage | one of STAGES (what `StageCosts` names), `expert`, `idle` or `after_prompts` |
+| stage | one of STAGES (what `StageCosts` names), `expert`, `idle`, `after_prompts` or `in_run` |
 | phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
 | query_len | new tokens per row, padded to the longest |
 | key_len | cached plus new tokens, padded to the longest |
 | real_tokens | new tokens, padding left out |
-| tokens | `expert` rows: tokens the expert received; `after_prompts` rows: the prompt tokens fed (else 0) |
+| tokens | `expert` rows: tokens the expert received; `after_prompts` and `in_run` rows: the prompt tokens fed (else 0) |
 | idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
-| step_after | `after_prompts` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
+| step_after | `after_prompts` and `in_run` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
 | seconds | the sample |
 
 The table's metadata names the model it was measured on (its `ModelShape`) and the machine
@@ -37,7 +37,10 @@ interpolated in the log of the gap). Likewise the decode steps after a pass that
 slower until the decode's weights are back in the CPU's caches: the k-th decode pass after it ends
 later by a share of its own time that grows with the prompt tokens and shrinks with k
 (`after_prompts_s`: the median measured share at each prompt size probed and each k; a profile
-measured before these probes prices none).
+measured before these probes prices none). Last, the level: the passes of real engine runs (`in_run`
+rows) take more or less than the stages timed alone add up to, and every stage of the model's work is
+scaled by their summed seconds over their summed prices (`level`; 1 for a profile measured before
+these rows, or without `in_run_level`).
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 class ProfiledCostModel:
     def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False,
-                 wake_up_delay: bool = True, after_prompts_delay: bool = True) -> None:  # fmt: skip
+                 wake_up_delay: bool = True, after_prompts_delay: bool = True, in_run_level: bool = True) -> None:  # fmt: skip
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         differ = sorted(k for k, v in this_model.items() if k in measured_on and measured_on[k] != v)
@@ -212,7 +215,8 @@ class ProfiledCostModel:
         self.knots = {}  # phase -> ROWS_STEP's row knots
         self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
-        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle", "after_prompts"])].groupby(["stage", "phase"]):
+        self.level = 1.0  # the stages as timed alone, until the passes in runs are priced with them
+        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle", "after_prompts", "in_run"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
@@ -230,6 +234,7 @@ class ProfiledCostModel:
         delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
         self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
         self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
+        self.level = self._in_run_level(table[table["stage"] == "in_run"]) if in_run_level else 1.0
 
     def _after_prompts_shares(self, probes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The prompt sizes probed, and [sizes, steps after] the median of the probes' delays over
@@ -239,14 +244,29 @@ class ProfiledCostModel:
             return np.ones(1), np.zeros((1, 1))
         shape = ["batch_size", "key_len", "real_tokens"]  # a probe's steps share its decode batch's: priced once
         steps_s = probes[shape].drop_duplicates().assign(
-            step_s=lambda batches: [self.decode_pass_s(PassShape(int(b), 1, int(k), int(r))) for b, k, r in batches.to_numpy()])
+            step_s=lambda batches: [self.pass_s(PassShape(int(b), 1, int(k), int(r))) for b, k, r in batches.to_numpy()])
         step_s = probes.merge(steps_s, on=shape, how="left")["step_s"].to_numpy()
         shares = (probes["seconds"] / step_s).groupby([probes["tokens"], probes["step_after"]]).median()
         by_step = shares.unstack("step_after").fillna(0.0)  # [prompt sizes, steps after]
         return by_step.index.to_numpy(float), np.minimum.accumulate(np.maximum(by_step.to_numpy(float), 0.0), axis=1)
 
-    def decode_pass_s(self, shape: PassShape) -> float:
-        """A pass of `shape` calling every layer whole, as the probes time it: no engine work around it."""
+    def _in_run_level(self, passes: pd.DataFrame) -> float:
+        """The passes timed in real engine runs, summed, over their prices summed (a decode pass's
+        delay after prompts included): what the stages timed alone make of a run's passes. 1 without
+        such passes (a profile measured before them)."""
+        if passes.empty:
+            return 1.0
+        shape = ["batch_size", "query_len", "key_len", "real_tokens"]
+        prices = passes[shape].drop_duplicates().assign(
+            price_s=lambda shapes: [self.pass_s(PassShape(*map(int, row))) for row in shapes.to_numpy()])
+        price_s = passes.merge(prices, on=shape, how="left")["price_s"].to_numpy()
+        delay_s = [self.after_prompts_s(int(n), int(k), s) if phase == "decode" else 0.0
+                   for phase, n, k, s in zip(passes["phase"], passes["tokens"], passes["step_after"], price_s)]  # fmt: skip
+        return float(passes["seconds"].sum() / (price_s.sum() + np.sum(delay_s)))
+
+    def pass_s(self, shape: PassShape) -> float:
+        """A pass of `shape` calling every layer whole, as the probes and the runs' passes are timed: no
+        engine work around it."""
         costs = self.stage_costs(shape)
         return WholeLayerPlan.of(self.model, costs, "iteration").total_s - costs.pass_overhead_s
 
@@ -265,8 +285,8 @@ class ProfiledCostModel:
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.is_decode else "prefill"
         x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
-        seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c)
-                   for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # fmt: skip
+        seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c) * (1.0 if stage in ENGINE_FEATURES else self.level)
+                   for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # the engine's measured in runs
         return StageCosts(
             pass_start_s=seconds["pass_start"],
             attention_s=seconds["attention"],
@@ -282,7 +302,7 @@ class ProfiledCostModel:
         )
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
-        return np.where(tokens > 0, piecewise(self.expert_knots, self.expert_seconds, tokens), 0.0)
+        return np.where(tokens > 0, self.level * piecewise(self.expert_knots, self.expert_seconds, tokens), 0.0)
 
     def idle_s(self, gap_s: float) -> float:
         """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
