@@ -71,6 +71,7 @@ FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area"
 # The engine's own work between quanta scales with the sequences and tokens it handles, never with a
 # pass's attention (its run records no keys): those stages are fitted on these features only.
 ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_overhead": ("constant", "rows", "real_tokens")}
+ENGINE_COLUMNS = {stage: np.isin(FEATURES, names) for stage, names in ENGINE_FEATURES.items()}  # masks, built once
 # The end of a pass (final norm, LM head, next tokens) does not grow linearly with its rows: the LM head's
 # GEMM changes kernels with its row count (tiny_mixtral on the EPYC: 3 rows 0.86 ms, 4 rows 1.47 ms, 8
 # rows 1.87 ms). A line through such steps priced a 1-row prefill's end 1.3-1.5x and a 4-8-row one
@@ -84,6 +85,7 @@ ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 # those of these token counts that some sample reaches without reaching the next one.
 TOKEN_KNOTS = tuple(sorted({2**k for k in range(15)} | {3 * 2**k for k in range(14)}))
 ROWS_STEP = "pass_end"
+ROW_FEATURES = np.isin(FEATURES, ("constant", "rows"))  # what ROWS_STEP's function of the rows stands in for
 # Attention that materializes its query x key scores (eager: gpt-oss's sinks, flint) costs more per unit of
 # area once the scores outgrow the caches (tiny_gpt_oss on the EPYC: one 400-token prompt 10 ms, five
 # 82 ms, not 50; a line priced its prefills +22-27 %). The cost of the stages that hold an attention may
@@ -275,12 +277,12 @@ class ProfiledCostModel:
         (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and
         rows; a stage that holds an attention adds hinges in its area (AREA_STAGES)."""
         if stage == ROWS_STEP:
-            rest = x[..., ~np.isin(FEATURES, ("constant", "rows"))]
+            rest = x[..., ~ROW_FEATURES]
             return np.concatenate([row_basis(self.knots[phase], batch_size), rest], axis=-1)
         if stage in AREA_STAGES:
             area = x[..., FEATURES.index("attention_area"), None]
             return np.concatenate([x, np.maximum(area - self.area_knots[stage, phase], 0.0)], axis=-1)
-        return x[..., np.isin(FEATURES, ENGINE_FEATURES.get(stage, FEATURES))]
+        return x[..., ENGINE_COLUMNS[stage]] if stage in ENGINE_COLUMNS else x
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.is_decode else "prefill"
