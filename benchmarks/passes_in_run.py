@@ -56,7 +56,7 @@ def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
         delay = sim.after_prompts_s(sim_rows, plan)  # counts the decode passes since the last prompts
         is_decode = all(shape.is_decode for shape, _ in groups)
         shapes = [shape for shape, _ in groups]  # the engine's work as the plan charged it: one group's, or the rows' together
-        overhead = (sim._stage_costs(shapes[0]) if len(shapes) == 1 else row_group_costs(sim._stage_costs, shapes)).pass_overhead_s
+        overhead = (sim.stage_costs(shapes[0]) if len(shapes) == 1 else row_group_costs(sim.stage_costs, shapes)).pass_overhead_s
         rows.append({"phase": "decode" if is_decode else "prompts", "step_after": sim.decode_passes_after if is_decode else 0,
                      "real_s": real.duration_s, "sim_s": plan.total_s - overhead + delay, "delay_s": delay,
                      "groups": groups})  # fmt: skip

@@ -53,6 +53,9 @@ class KnownCosts:
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         return 0.0
 
+    def in_run_passes(self, granularity: str) -> list:
+        return []
+
 
 class FixedRouting:
     """The routing a real pass had: tokens per expert per MoE layer."""

@@ -6,6 +6,7 @@ stage of the real executor and probes its engine after idle gaps."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 
@@ -13,17 +14,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from harness.app import compose_config
 from harness.engines import RunResources
 from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
                                        measure_idle, measure_in_run, shape_columns, shapes_of_part)  # fmt: skip
+from qllm.clock import VirtualClock
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
 from qllm.machine import cpu_name
 from qllm.memory_plan import kv_bytes_per_token
 from qllm.real.executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.sim.executor import SimExecutor
+from qllm.sim.routing import UniformRouting
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
@@ -255,78 +260,97 @@ def test_an_after_prompts_probe_times_steady_steps_then_the_steps_after_a_prefil
 
 
 def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_prompts(monkeypatch):
-    """One row per pass of each run (one phase each, one quantum each): the shape the real executor
-    was given, its seconds in the run, and for a decode pass its step after the last prompts and
-    their tokens, counted from 1 again after each pass that fed prompts."""
-    cfg = compose_config("engine=[qllm_one_phase]", "executor=real", "engine.qllm_one_phase.granularity=iteration",
-                         "engine.qllm_one_phase.policy.max_batch_size=2")  # fmt: skip
+    """One row per pass of each run at each granularity (one phase each): the shape the real executor
+    was given, its seconds in the run (its quanta's, the gaps between them left out), and for a
+    decode pass its step after the last prompts and their tokens, counted from 1 again after each
+    pass that fed prompts."""
+    cfg = compose_config("engine=[qllm_one_phase]", "executor=real", "engine.qllm_one_phase.policy.max_batch_size=2")
     resources = RunResources(cfg)
     (name, engine_cfg), = cfg.engine.items()
-    ran = []
+    ran, starts, recorders = [], [], []
     forward = RealExecutor.forward
 
     def spy(self, batch, *rest, **named):
         decode = all(s.num_cached_tokens for s in batch)
         keys = max(s.num_cached_tokens + s.num_new_tokens for s in batch)
-        ran.append(("decode" if decode else "prefill", len(batch), keys, sum(s.num_new_tokens for s in batch)))
+        ran.append(["decode" if decode else "prefill", len(batch), keys, sum(s.num_new_tokens for s in batch)])
         return forward(self, batch, *rest, **named)
+
+    def build(clock, recorder, granularity):
+        engine = resources.build_engine(OmegaConf.merge(engine_cfg, {"granularity": granularity}), name, clock, recorder)
+        starts.append(len(ran))  # the engine's warm-up passes are not the run's
+        recorders.append(recorder)
+        return engine
 
     monkeypatch.setattr(RealExecutor, "forward", spy)
     requests = [Request(f"r{i}", 0.0, prompt, output, "BE", DEFAULT_PRIORITY["BE"])
                 for i, (prompt, output) in enumerate([(5, 3), (9, 2), (4, 4)])]  # fmt: skip
-    recorders = []
+    table = measure_in_run(build, [requests], ["iteration", "layer"])
+    assert list(table["stage"].unique()) == ["in_run_iteration", "in_run_layer"]
+    for index, (granularity, rows) in enumerate(table.groupby("stage", sort=False)):
+        quanta = recorders[index].quanta
+        ends = [i for i, quantum in enumerate(quanta) if quantum.layer is None]
+        per_pass = [sum(q.t_end_s - q.t_start_s for q in quanta[start + 1 : end + 1]) for start, end in zip([-1, *ends], ends)]
+        np.testing.assert_allclose(rows["seconds"], per_pass)
+        assert len(quanta) == len(rows) * (1 if granularity == "in_run_iteration" else resources.model.config.num_hidden_layers + 1)
+        assert rows[["phase", "batch_size", "key_len", "real_tokens"]].values.tolist() == ran[starts[index] : starts[index] + len(rows)]
+        decode_rows = rows["phase"] == "decode"
+        assert rows.loc[~decode_rows, "step_after"].eq(0).all() and rows.loc[~decode_rows, "tokens"].eq(0).all()
+        steps, tokens = [], []
+        for row in rows.itertuples():  # the count the rows should carry
+            steps.append(0 if row.phase == "prefill" else steps[-1] + 1)
+            tokens.append(row.real_tokens if row.phase == "prefill" else tokens[-1])
+        assert rows["step_after"].tolist() == steps
+        assert rows.loc[decode_rows, "tokens"].tolist() == [t for t, d in zip(tokens, decode_rows) if d]
+        assert rows["step_after"].max() >= 2 and rows["phase"].eq("prefill").sum() >= 2
 
-    def build(clock, recorder):
-        recorders.append(recorder)
-        return resources.build_engine(engine_cfg, name, clock, recorder)
 
-    table = measure_in_run(build, [requests])
-    assert (table["stage"] == "in_run").all()
-    np.testing.assert_allclose(table["seconds"], [q.t_end_s - q.t_start_s for q in recorders[0].quanta])
-    assert table[["phase", "batch_size", "key_len", "real_tokens"]].values.tolist() == [list(r) for r in ran[-len(table):]]
-    decode_rows = table["phase"] == "decode"
-    assert table.loc[~decode_rows, "step_after"].eq(0).all() and table.loc[~decode_rows, "tokens"].eq(0).all()
-    steps, tokens = [], []
-    for row in table.itertuples():  # the count the rows should carry
-        steps.append(0 if row.phase == "prefill" else steps[-1] + 1)
-        tokens.append(row.real_tokens if row.phase == "prefill" else tokens[-1])
-    assert table["step_after"].tolist() == steps
-    assert table.loc[decode_rows, "tokens"].tolist() == [t for t, d in zip(tokens, decode_rows) if d]
-    assert table["step_after"].max() >= 2 and table["phase"].eq("prefill").sum() >= 2
-
-
-def test_the_level_is_what_passes_in_runs_took_over_their_prices(tmp_path, tiny_shape):
-    """Passes timed in runs at 0.9x their price (a decode pass's delay after prompts in the price):
-    every stage of the model's work and every expert is priced 0.9x, the engine's own stages as
-    measured (already in runs); without such rows, or without `in_run_level`, the stages as timed."""
+def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at(tmp_path, tiny_shape):
+    """Passes timed in runs at 0.9x what the simulated executor prices them at, at iteration
+    granularity (a decode pass's delay after prompts in the price), 1.2x at expert granularity: an
+    executor at each prices every stage of the model's work and every expert at that level, the
+    engine's own stages as measured (already in runs); at layer granularity, without such rows, and
+    without `in_run_level`, the stages as timed."""
     table = synthetic_table(tiny_shape)
     probes = [{"stage": "after_prompts", **shape_columns("decode", [30, 40]), "tokens": 256.0, "step_after": k,
                "seconds": 1e-3 / k} for k in (1, 2, 3)]  # fmt: skip
     table = pd.concat([table, pd.DataFrame(probes)], ignore_index=True)
     path = tmp_path / "profile.parquet"
     write_profile(table, path, tiny_shape, HERE)
-    alone = ProfiledCostModel(str(path), tiny_shape)
-    assert alone.level == 1.0
-    passes = [("prefill", [20, 7], 0, 0), ("decode", [21, 8], 256, 1), ("decode", [22, 9], 256, 2),
-              ("decode", [100, 300, 5], 64, 3), ("decode", [40], 0, 12), ("prefill", [400], 0, 0)]  # fmt: skip
+    config = RunResources(compose_config()).model_config
+
+    def executor(granularity, **options):
+        return SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(path), **options), granularity)
+
+    passes = [("decode", [40], 0, 12), ("decode", [21, 8], 256, 1), ("decode", [22, 9], 256, 2),
+              ("decode", [100, 300, 5], 64, 3), ("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]  # in a profile's order
     rows = []
-    for phase, lengths, tokens, step in passes:
-        shape = shape_columns(phase, lengths)
-        price = alone.pass_s(PassShape(shape["batch_size"], shape["query_len"], shape["key_len"], shape["real_tokens"]))
-        price += alone.after_prompts_s(tokens, step, price) if phase == "decode" else 0.0
-        rows.append({"stage": "in_run", **shape, "tokens": float(tokens), "step_after": step, "seconds": 0.9 * price})
-    assert alone.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
+    for granularity, level in (("iteration", 0.9), ("expert", 1.2)):
+        alone = executor(granularity)
+        routing = UniformRouting(alone.model.num_experts, alone.model.top_k, seed=0)  # drawn apart, pass after pass
+        assert alone.costs.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
+        for phase, lengths, tokens, step in passes:
+            shape = shape_columns(phase, lengths)
+            pass_shape = PassShape(shape["batch_size"], shape["query_len"], shape["key_len"], shape["real_tokens"])
+            plan, costs = alone.plan(pass_shape, routing), alone.stage_costs(pass_shape)
+            price = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
+            price += alone.costs.after_prompts_s(tokens, step, plan.total_s) if step else 0.0
+            rows.append({"stage": f"in_run_{granularity}", **shape, "tokens": float(tokens), "step_after": step,
+                         "seconds": level * price})  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
-    costs = ProfiledCostModel(str(path), tiny_shape)
-    assert costs.level == pytest.approx(0.9, rel=1e-9)
-    for shape in (PassShape(3, 1, 50, 3), PassShape(2, 30, 30, 45)):
-        scaled, timed = dataclasses.asdict(costs.stage_costs(shape)), dataclasses.asdict(alone.stage_costs(shape))
-        for stage, seconds in timed.items():
-            own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
-            assert scaled[stage] == (seconds if own else pytest.approx(0.9 * seconds, rel=1e-9)), stage
-    tokens = np.array([0, 1, 7, 300])
-    np.testing.assert_allclose(costs.expert_s(tokens), 0.9 * alone.expert_s(tokens), rtol=1e-12)
-    assert ProfiledCostModel(str(path), tiny_shape, in_run_level=False).level == 1.0
+    base = ProfiledCostModel(str(path), tiny_shape)
+    for granularity, level in (("iteration", 0.9), ("expert", 1.2)):
+        leveled = executor(granularity)
+        assert leveled.costs.level == pytest.approx(level, rel=1e-9)
+        for shape in (PassShape(3, 1, 50, 3), PassShape(2, 30, 30, 45), PassShape(1, 1, 41, 1)):  # the last, a run's pass
+            scaled, timed = dataclasses.asdict(leveled.stage_costs(shape)), dataclasses.asdict(base.stage_costs(shape))
+            for stage, seconds in timed.items():
+                own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
+                assert scaled[stage] == (seconds if own else pytest.approx(level * seconds, rel=1e-9)), stage
+        tokens = np.array([0, 1, 7, 300])
+        np.testing.assert_allclose(leveled.expert_costs(tokens), level * base.expert_s(tokens), rtol=1e-12)
+    assert executor("layer").costs.stage_costs(PassShape(3, 1, 50, 3)) == base.stage_costs(PassShape(3, 1, 50, 3))
+    assert executor("iteration", in_run_level=False).stage_costs(PassShape(3, 1, 50, 3)) == base.stage_costs(PassShape(3, 1, 50, 3))
 
 
 def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():
@@ -422,7 +446,8 @@ def test_qllm_profile_measures_every_stage_of_the_real_executor(tmp_path):
     after = table[table["stage"] == "after_prompts"]  # each size once (at most a pass's tokens), 8 steps after each
     assert sorted(after["tokens"].unique()) == [16, 64, 256, 512] and len(after) == 4 * 8
     assert sorted(after["step_after"].unique()) == list(range(1, 9))
-    in_run = table[table["stage"] == "in_run"]  # two runs of six requests: their prompts, then their decode steps
+    in_run = table[table["stage"].str.startswith("in_run_")]  # two runs of six requests at each granularity
+    assert set(in_run["stage"]) == {"in_run_iteration", "in_run_layer", "in_run_expert"}
     assert set(in_run["phase"]) == {"prefill", "decode"} and (in_run["seconds"] > 0).all()
     assert in_run.loc[in_run["phase"] == "prefill", "query_len"].max() <= 16 and in_run["step_after"].max() >= 1
     timed = table[table["stage"].isin(["attention", "layer", "pass_end", "expert", "checkpoint", "pass_overhead"])]
@@ -480,7 +505,7 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert len(probes_of(part0)) == len(probes_of(part1)) == 3
     after = [sorted(t.loc[t["stage"] == "after_prompts", "tokens"]) for t in (whole, part0, part1, merged)]
     assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
-    in_run = [len(t[t["stage"] == "in_run"]) for t in (whole, part0, part1, merged)]  # a run each: every request at 0
+    in_run = [t["stage"].str.startswith("in_run_").sum() for t in (whole, part0, part1, merged)]  # a run each: all at 0
     assert in_run[3] == in_run[0] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()

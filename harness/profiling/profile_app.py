@@ -4,7 +4,6 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 from pathlib import Path
@@ -87,8 +86,8 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
     after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
                                           torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    in_run = measure_in_run(functools.partial(build, granularity="iteration"),  # one quantum per pass
-                            in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts))  # fmt: skip
+    in_run = measure_in_run(build, in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
+                            list(cfg.in_run_run.granularities))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),

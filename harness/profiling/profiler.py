@@ -28,8 +28,9 @@ an engine that has been idle than at one that has just run, by as much as a tiny
 prefill on this VM (`measure_idle`). And what prompts cost the decode steps after them
 (`after_prompts`): a tiny model's decode step right after a prompt of some thousand tokens ran 1.5-1.8x
 its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
-And what the passes of a real run take beside the stages timed alone (`in_run`): the passes of engine
-runs with every request at 0, each with its shape (`measure_in_run`; the cost model's level). Every
+And what the passes of a real run take beside the stages timed alone (`in_run_<granularity>`): the
+passes of engine runs with every request at 0 at each granularity, each with its shape
+(`measure_in_run`; the simulator's level, qllm.sim.level). Every
 sample is kept; the cost model fits them.
 """
 
@@ -308,29 +309,36 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
     return pd.DataFrame(samples)
 
 
-def measure_in_run(build_engine, runs: list[list[Request]]) -> pd.DataFrame:
-    """Profile rows `in_run`: every one-phase pass of real engine runs, one per list of `runs` (requests
-    arriving at 0, so the engine never idles), each with its shape and its seconds in the run; a
+def measure_in_run(build_engine, runs: list[list[Request]], granularities: list[str]) -> pd.DataFrame:
+    """Profile rows `in_run_<granularity>`: every one-phase pass of real engine runs, one per list of
+    `runs` at each of `granularities` (requests arriving at 0, so the engine never idles), each with
+    its shape and its seconds in the run (its quanta's, the engine's work between them left out); a
     decode pass also with its step after the last pass that fed prompts (`step_after`) and their
-    `tokens`. `build_engine(clock, recorder)` must run one quantum per pass (iteration granularity).
-    The stages timed alone add up to more or less than such passes take (on the development VM a
-    tiny model's decode passes ran 5-12 % under their price in a run): the cost model's level."""
+    `tokens`. `build_engine(clock, recorder, granularity)` builds the engine. The stages timed alone
+    add up to more or less than such passes take (qllm.sim.level)."""
     samples = []
     for requests in runs:
-        clock = RealClock()
-        recorder = Recorder(clock)
-        replay(requests, build_engine(clock, recorder), recorder, progress=False)
         prompt_lens = {request.request_id: request.prompt_len for request in requests}
-        steps, prompt_tokens = 0, 0
-        for quantum, groups in zip(recorder.quanta, pass_groups([q.request_ids for q in recorder.quanta], prompt_lens)):
-            prompts = [shape for shape, _ in groups if not shape.is_decode]
-            steps, prompt_tokens = (0, sum(s.num_real_tokens for s in prompts)) if prompts else (steps + 1, prompt_tokens)
-            if len(groups) == 1:  # a mixed pass is two groups, priced apart: not a pass of one shape
-                shape = groups[0][0]
-                samples.append({"stage": "in_run", "phase": "decode" if shape.is_decode else "prefill",
-                                "batch_size": shape.batch_size, "query_len": shape.query_len, "key_len": shape.key_len,
-                                "real_tokens": shape.num_real_tokens, "tokens": float(prompt_tokens if steps else 0),
-                                "step_after": steps, "seconds": quantum.t_end_s - quantum.t_start_s})  # fmt: skip
+        for granularity in granularities:
+            clock = RealClock()
+            recorder = Recorder(clock)
+            replay(requests, build_engine(clock, recorder, granularity), recorder, progress=False)
+            passes, quanta = [], []
+            for quantum in recorder.quanta:
+                quanta.append(quantum)
+                if quantum.layer is None:  # a pass ends with its LM head
+                    passes.append(quanta)
+                    quanta = []
+            steps, prompt_tokens = 0, 0
+            for quanta, groups in zip(passes, pass_groups([quanta[0].request_ids for quanta in passes], prompt_lens)):
+                prompts = [shape for shape, _ in groups if not shape.is_decode]
+                steps, prompt_tokens = (0, sum(s.num_real_tokens for s in prompts)) if prompts else (steps + 1, prompt_tokens)
+                if len(groups) == 1:  # a mixed pass is two groups, priced apart: not a pass of one shape
+                    shape = groups[0][0]
+                    samples.append({"stage": f"in_run_{granularity}", "phase": "decode" if shape.is_decode else "prefill",
+                                    "batch_size": shape.batch_size, "query_len": shape.query_len, "key_len": shape.key_len,
+                                    "real_tokens": shape.num_real_tokens, "tokens": float(prompt_tokens if steps else 0),
+                                    "step_after": steps, "seconds": sum(q.t_end_s - q.t_start_s for q in quanta)})  # fmt: skip
     return pd.DataFrame(samples)
 
 

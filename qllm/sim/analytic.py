@@ -87,6 +87,10 @@ class AnalyticCostModel:
         """Nothing: the datasheet rates price each pass on its own."""
         return 0.0
 
+    def in_run_passes(self, granularity: str) -> list:
+        """None: nothing was run."""
+        return []
+
     def _expert_s(self, rows: float) -> float:
         """One routed expert run on `rows` tokens (0: it does not run)."""
         if rows <= 0:

@@ -52,3 +52,6 @@ class CalibratedCostModel:
 
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         return self.base.after_prompts_s(prompt_tokens, step_after, decode_s)  # a share of `decode_s`, already scaled
+
+    def in_run_passes(self, granularity: str) -> list:
+        return []  # the published steps set this model's level

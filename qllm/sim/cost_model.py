@@ -61,6 +61,16 @@ class StageCosts:
         return self if self.whole_pass_start_s is None else dataclasses.replace(self, pass_start_s=self.whole_pass_start_s)
 
 
+@dataclass(frozen=True)
+class InRunPass:
+    """A pass of a real engine run, timed in the run (its model work, the engine's left out)."""
+
+    shape: PassShape
+    prompt_tokens: int  # a decode pass: the tokens fed by the last pass that fed prompts (else 0)
+    step_after: int  # a decode pass: which decode pass since (from 1; else 0)
+    seconds: float
+
+
 class CostModel(Protocol):
     def stage_costs(self, shape: PassShape) -> StageCosts:
         """The fixed stages of a pass of `shape`."""
@@ -77,3 +87,7 @@ class CostModel(Protocol):
         """How much later a decode pass of `decode_s` seconds ends when it is the `step_after`-th (from 1)
         after a pass that fed `prompt_tokens` prompt tokens than when it follows decode passes only (the
         prompts' work pushed the decode's weights out of the caches)."""
+
+    def in_run_passes(self, granularity: str) -> list[InRunPass]:
+        """Passes of real engine runs at `granularity`, timed in them (none where nothing was run):
+        the simulator scales the model's work to what they took (qllm.sim.level)."""

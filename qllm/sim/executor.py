@@ -42,6 +42,7 @@ from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
 from qllm.sim.held import held_bytes
+from qllm.sim.level import LeveledCostModel, in_run_level
 from qllm.sim.plan import AT_BOUNDARY, IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
@@ -90,6 +91,12 @@ class SimExecutor:
         self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
         self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
         self.decode_passes_after = 0  # decode passes started since
+        passes = self.costs.in_run_passes(granularity)
+        if passes:  # the model's work scaled to what passes of real runs took (qllm.sim.level)
+            self.costs = LeveledCostModel(self.costs, in_run_level(self, passes))
+            self.expert_costs = ExpertCostTable(self.costs)
+            self._costs_by_shape.clear()
+            self._plans_by_shape.clear()
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
@@ -145,7 +152,7 @@ class SimExecutor:
         if len(groups) == 1:
             return self.plan(groups[0].shape)
         shapes = [group.shape for group in groups]
-        costs = row_group_costs(self._stage_costs, shapes)
+        costs = row_group_costs(self.stage_costs, shapes)
         if self.granularity == "expert":
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
             return ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
@@ -158,18 +165,19 @@ class SimExecutor:
         return sum(held_bytes(self.model, g.shape, g.table_slots, kind) for g in groups) + \
             sum(held_bytes(self.model, w.shape, w.table_slots, AT_BOUNDARY) for w in waiting)  # fmt: skip
 
-    def plan(self, shape: PassShape) -> ExpertPlan | WholeLayerPlan:
-        """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now."""
+    def plan(self, shape: PassShape, routing: UniformRouting | None = None) -> ExpertPlan | WholeLayerPlan:
+        """The checkpoints of a pass of `shape` and the compute time to each, with routing drawn now
+        (from `routing`, else the executor's own)."""
         if self.granularity == "expert":
-            tokens = self.routing.tokens_per_expert(self.num_sparse_layers, shape.num_real_tokens)
-            costs, expert_s = self._stage_costs(shape), self.expert_costs(tokens)
+            tokens = (routing or self.routing).tokens_per_expert(self.num_sparse_layers, shape.num_real_tokens)
+            costs, expert_s = self.stage_costs(shape), self.expert_costs(tokens)
             return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
         plan = self._plans_by_shape.get(shape)
         if plan is None:  # layers called whole do not depend on the routing: one plan per shape
-            plan = self._plans_by_shape[shape] = WholeLayerPlan.of(self.model, self._stage_costs(shape), self.granularity)
+            plan = self._plans_by_shape[shape] = WholeLayerPlan.of(self.model, self.stage_costs(shape), self.granularity)
         return plan
 
-    def _stage_costs(self, shape: PassShape) -> StageCosts:
+    def stage_costs(self, shape: PassShape) -> StageCosts:
         costs = self._costs_by_shape.get(shape)
         if costs is None:  # shapes recur (the decode steps of a batch): each is costed once
             costs = self._costs_by_shape[shape] = self.costs.stage_costs(shape)

@@ -6,15 +6,15 @@ sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
-| stage | one of STAGES (what `StageCosts` names), `expert`, `idle`, `after_prompts` or `in_run` |
+| stage | one of STAGES (what `StageCosts` names), `expert`, `idle`, `after_prompts` or `in_run_<granularity>` |
 | phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
 | query_len | new tokens per row, padded to the longest |
 | key_len | cached plus new tokens, padded to the longest |
 | real_tokens | new tokens, padding left out |
-| tokens | `expert` rows: tokens the expert received; `after_prompts` and `in_run` rows: the prompt tokens fed (else 0) |
+| tokens | `expert` rows: tokens the expert received; `after_prompts` and `in_run_*` rows: the prompt tokens fed (else 0) |
 | idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
-| step_after | `after_prompts` and `in_run` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
+| step_after | `after_prompts` and `in_run_*` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
 | seconds | the sample |
 
 The table's metadata names the model it was measured on (its `ModelShape`) and the machine
@@ -37,10 +37,10 @@ interpolated in the log of the gap). Likewise the decode steps after a pass that
 slower until the decode's weights are back in the CPU's caches: the k-th decode pass after it ends
 later by a share of its own time that grows with the prompt tokens and shrinks with k
 (`after_prompts_s`: the median measured share at each prompt size probed and each k; a profile
-measured before these probes prices none). Last, the level: the passes of real engine runs (`in_run`
-rows) take more or less than the stages timed alone add up to, and every stage of the model's work is
-scaled by their summed seconds over their summed prices (`level`; 1 for a profile measured before
-these rows, or without `in_run_level`).
+measured before these probes prices none). Last, the passes of real engine runs at each granularity,
+timed in the runs (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the
+stages timed alone add up to, and the simulator scales the model's work to them (qllm.sim.level; not
+for a profile measured before these rows, nor without `in_run_level`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from scipy.optimize import nnls
 
 from qllm.errors import ConfigurationError
 from qllm.machine import cpu_name
-from qllm.sim.cost_model import PassShape, StageCosts
+from qllm.sim.cost_model import InRunPass, PassShape, StageCosts
 from qllm.sim.plan import WholeLayerPlan
 from qllm.sim.shape import ModelShape
 
@@ -85,6 +85,7 @@ ROW_KNOTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 # those of these token counts that some sample reaches without reaching the next one.
 TOKEN_KNOTS = tuple(sorted({2**k for k in range(15)} | {3 * 2**k for k in range(14)}))
 ROWS_STEP = "pass_end"
+IN_RUN = "in_run_"  # + granularity: a stage of passes timed in engine runs
 ROW_FEATURES = np.isin(FEATURES, ("constant", "rows"))  # what ROWS_STEP's function of the rows stands in for
 # Attention that materializes its query x key scores (eager: gpt-oss's sinks, flint) costs more per unit of
 # area once the scores outgrow the caches (tiny_gpt_oss on the EPYC: one 400-token prompt 10 ms, five
@@ -217,8 +218,8 @@ class ProfiledCostModel:
         self.knots = {}  # phase -> ROWS_STEP's row knots
         self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
-        self.level = 1.0  # the stages as timed alone, until the passes in runs are priced with them
-        for (stage, phase), rows in table[~table["stage"].isin(["expert", "idle", "after_prompts", "in_run"])].groupby(["stage", "phase"]):
+        in_run = table["stage"].str.startswith(IN_RUN)
+        for (stage, phase), rows in table[~in_run & ~table["stage"].isin(["expert", "idle", "after_prompts"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
@@ -236,7 +237,7 @@ class ProfiledCostModel:
         delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
         self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
         self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
-        self.level = self._in_run_level(table[table["stage"] == "in_run"]) if in_run_level else 1.0
+        self.in_run = table[in_run] if in_run_level else table.iloc[:0]
 
     def _after_prompts_shares(self, probes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The prompt sizes probed, and [sizes, steps after] the median of the probes' delays over
@@ -251,20 +252,6 @@ class ProfiledCostModel:
         shares = (probes["seconds"] / step_s).groupby([probes["tokens"], probes["step_after"]]).median()
         by_step = shares.unstack("step_after").fillna(0.0)  # [prompt sizes, steps after]
         return by_step.index.to_numpy(float), np.minimum.accumulate(np.maximum(by_step.to_numpy(float), 0.0), axis=1)
-
-    def _in_run_level(self, passes: pd.DataFrame) -> float:
-        """The passes timed in real engine runs, summed, over their prices summed (a decode pass's
-        delay after prompts included): what the stages timed alone make of a run's passes. 1 without
-        such passes (a profile measured before them)."""
-        if passes.empty:
-            return 1.0
-        shape = ["batch_size", "query_len", "key_len", "real_tokens"]
-        prices = passes[shape].drop_duplicates().assign(
-            price_s=lambda shapes: [self.pass_s(PassShape(*map(int, row))) for row in shapes.to_numpy()])
-        price_s = passes.merge(prices, on=shape, how="left")["price_s"].to_numpy()
-        delay_s = [self.after_prompts_s(int(n), int(k), s) if phase == "decode" else 0.0
-                   for phase, n, k, s in zip(passes["phase"], passes["tokens"], passes["step_after"], price_s)]  # fmt: skip
-        return float(passes["seconds"].sum() / (price_s.sum() + np.sum(delay_s)))
 
     def pass_s(self, shape: PassShape) -> float:
         """A pass of `shape` calling every layer whole, as the probes and the runs' passes are timed: no
@@ -287,8 +274,8 @@ class ProfiledCostModel:
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.is_decode else "prefill"
         x = features(self.model, shape.batch_size, shape.query_len, shape.key_len, shape.num_real_tokens)
-        seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c) * (1.0 if stage in ENGINE_FEATURES else self.level)
-                   for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # the engine's measured in runs
+        seconds = {stage: float(self.design(stage, phase, x, shape.batch_size) @ c)
+                   for (stage, stage_phase), c in self.coefficients.items() if stage_phase == phase}  # fmt: skip
         return StageCosts(
             pass_start_s=seconds["pass_start"],
             attention_s=seconds["attention"],
@@ -304,7 +291,7 @@ class ProfiledCostModel:
         )
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
-        return np.where(tokens > 0, self.level * piecewise(self.expert_knots, self.expert_seconds, tokens), 0.0)
+        return np.where(tokens > 0, piecewise(self.expert_knots, self.expert_seconds, tokens), 0.0)
 
     def idle_s(self, gap_s: float) -> float:
         """The measured delays interpolated in the log of the gap; below the shortest gap probed, in
@@ -321,6 +308,14 @@ class ProfiledCostModel:
         if not self.after_prompts_delay or not 1 <= step_after <= self.after_prompts_shares.shape[1]:
             return 0.0
         return decode_s * log_interpolated(prompt_tokens, self.prompt_tokens, self.after_prompts_shares[:, step_after - 1])
+
+
+    def in_run_passes(self, granularity: str) -> list[InRunPass]:
+        """The profile's passes of engine runs at `granularity` (`in_run_<granularity>` rows)."""
+        rows = self.in_run[self.in_run["stage"] == IN_RUN + granularity]
+        return [InRunPass(PassShape(int(b), int(q), int(k), int(r)), int(n), int(step), float(s))
+                for b, q, k, r, n, step, s in rows[["batch_size", "query_len", "key_len", "real_tokens", "tokens",
+                                                    "step_after", "seconds"]].to_numpy()]  # fmt: skip
 
 
 def log_interpolated(x: float, xs: np.ndarray, ys: np.ndarray) -> float:
