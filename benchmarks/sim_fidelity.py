@@ -37,6 +37,7 @@ Pin it to one core, as the presets run (one torch thread). The workloads' arriva
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import sys
 import tempfile
@@ -54,7 +55,9 @@ from harness.traces.random_workloads import (ENGINES, MODELS, SHARED_DATA, Limit
                                       requests_for, with_rate)  # fmt: skip
 from harness.replay import requests_from_trace
 from harness.traces.trace_schema import validate_trace
-from qllm.sim.profiled import merge_profiles
+from qllm.clock import VirtualClock
+from qllm.sim.executor import SimExecutor
+from qllm.sim.profiled import ProfiledCostModel, merge_profiles
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
@@ -133,7 +136,9 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                     runs.append(run_summary(workload, trace, ["executor=real"]))
                     progress(f"{workload.describe()} rate={workload.rate:.1f}/s n={len(trace)}: real run {sweep + 1} of "
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
-            sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=real_runs)}"]
+            path = profile.measure(slot=real_runs)
+            sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
+            progress(f"{model}'s level (qllm.sim.level): " + ", ".join(f"{g} {x:.3f}" for g, x in levels(model, path).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 if compared:
@@ -144,6 +149,14 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 tables.append(table)
                 done.append(workload)
     return done, pd.concat(tables, ignore_index=True)
+
+
+def levels(model: str, profile: Path) -> dict[str, float]:
+    """Per granularity, the level a simulated executor takes from the profile's passes of engine runs."""
+    config = RunResources(compose_config(f"model={model}", "executor=sim")).model_config
+    executors = {g: SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(profile)), g)
+                 for g in ("iteration", "layer", "expert")}  # fmt: skip
+    return {g: getattr(executor.costs, "level", 1.0) for g, executor in executors.items()}
 
 
 class SpreadProfile:
