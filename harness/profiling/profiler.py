@@ -30,8 +30,8 @@ prefill on this VM (`measure_idle`). And what prompts cost the decode steps afte
 its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
 And what the passes of a real run take beside the stages timed alone (`in_run_<granularity>`): the
 passes of engine runs with every request at 0 at each granularity, each with its shape
-(`measure_in_run`; the simulator's level, qllm.sim.level). Every
-sample is kept; the cost model fits them.
+(`measure_in_run`; the simulator's level, qllm.sim.level). Every sample is kept; the cost model fits
+them.
 """
 
 from __future__ import annotations

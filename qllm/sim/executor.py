@@ -13,7 +13,9 @@ at the same times either way (tests/test_sim_executor.py).
 A pass that starts after the engine has idled (the replay waited for an arrival) starts that much
 later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold); so
 do the decode passes after one that fed prompts (`CostModel.after_prompts_s`: the prompts' work pushed
-the decode's weights out of the caches, and the steps after it refill them).
+the decode's weights out of the caches, and the steps after it refill them). Where the cost model
+holds passes timed in real engine runs at the executor's granularity, the model's work is scaled to
+what they took (qllm.sim.level).
 
 Nothing is computed: the tokens it returns are placeholders (`PLACEHOLDER_TOKEN`, not a token id).
 KV is taken in blocks from a pool as the real executor takes it (qllm.kv, bookkeeping only). At
@@ -178,6 +180,7 @@ class SimExecutor:
         return plan
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
+        """The cost model's stages of a pass of `shape` (at the executor's level)."""
         costs = self._costs_by_shape.get(shape)
         if costs is None:  # shapes recur (the decode steps of a batch): each is costed once
             costs = self._costs_by_shape[shape] = self.costs.stage_costs(shape)

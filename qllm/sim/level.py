@@ -1,9 +1,10 @@
 """The simulator's level: the model's work scaled to what passes of real engine runs took.
 
 A profile times its stages one pass at a time, each pass set up on its own; a run's passes follow one
-another, and the stages add up to more or less than those passes take: on the development VM (Intel
-Xeon) a tiny model's passes inside a run at iteration granularity ran 7-10 % under their price, and at
-expert granularity 1-4 % over it (benchmarks/passes_in_run.py; seed 42 of the fidelity suite). The
+another, and the stages add up to more or less than those passes take, by an amount that depends on
+the granularity: on the development VM (Intel Xeon) a tiny_olmoe run's decode passes at iteration
+granularity took 1/1.07-1/1.10 of their price (benchmarks/passes_in_run.py), and a fresh profile's
+engine runs give levels of 0.95 (iteration), 0.96 (layer) and 1.07 (expert granularity). The
 profile also times the passes of real engine runs at each granularity (`CostModel.in_run_passes`); the
 simulated executor prices them as it prices its own passes at its granularity, the delay after prompts
 included (their routing drawn apart from the run's), and scales the model's work, every stage but the
