@@ -228,7 +228,7 @@ def test_the_after_prompts_delay_is_the_probes_median_share_of_the_decode_pass(t
     for tokens, probes in probed.items():
         for shares, lengths in zip(probes, contexts):
             step = shape_columns("decode", lengths)
-            step_s = without.pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
+            step_s = without.decode_pass_s(PassShape(step["batch_size"], 1, step["key_len"], step["real_tokens"]))
             rows += [{"stage": "after_prompts", **step, "tokens": float(tokens), "step_after": k, "seconds": share * step_s}
                      for k, share in enumerate(shares, start=1)]  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)

@@ -247,15 +247,14 @@ class ProfiledCostModel:
             return np.ones(1), np.zeros((1, 1))
         shape = ["batch_size", "key_len", "real_tokens"]  # a probe's steps share its decode batch's: priced once
         steps_s = probes[shape].drop_duplicates().assign(
-            step_s=lambda batches: [self.pass_s(PassShape(int(b), 1, int(k), int(r))) for b, k, r in batches.to_numpy()])
+            step_s=lambda batches: [self.decode_pass_s(PassShape(int(b), 1, int(k), int(r))) for b, k, r in batches.to_numpy()])
         step_s = probes.merge(steps_s, on=shape, how="left")["step_s"].to_numpy()
         shares = (probes["seconds"] / step_s).groupby([probes["tokens"], probes["step_after"]]).median()
         by_step = shares.unstack("step_after").fillna(0.0)  # [prompt sizes, steps after]
         return by_step.index.to_numpy(float), np.minimum.accumulate(np.maximum(by_step.to_numpy(float), 0.0), axis=1)
 
-    def pass_s(self, shape: PassShape) -> float:
-        """A pass of `shape` calling every layer whole, as the probes and the runs' passes are timed: no
-        engine work around it."""
+    def decode_pass_s(self, shape: PassShape) -> float:
+        """A pass of `shape` calling every layer whole, as the probes time it: no engine work around it."""
         costs = self.stage_costs(shape)
         return WholeLayerPlan.of(self.model, costs, "iteration").total_s - costs.pass_overhead_s
 
