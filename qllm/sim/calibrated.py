@@ -10,7 +10,6 @@ both models is a band: the ideal hardware at one end, the authors' measured spee
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import numpy as np
@@ -40,9 +39,7 @@ class CalibratedCostModel:
         self.scale = float(np.exp(np.mean(np.log(ratios))))
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
-        costs = self.base.stage_costs(shape)
-        return StageCosts(**{field.name: None if getattr(costs, field.name) is None else self.scale * getattr(costs, field.name)
-                             for field in dataclasses.fields(costs)})  # fmt: skip
+        return self.base.stage_costs(shape).scaled(self.scale)
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return self.scale * self.base.expert_s(tokens)

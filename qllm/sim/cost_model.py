@@ -60,6 +60,11 @@ class StageCosts:
         """These costs for a pass that calls every layer whole (layer and iteration granularity)."""
         return self if self.whole_pass_start_s is None else dataclasses.replace(self, pass_start_s=self.whole_pass_start_s)
 
+    def scaled(self, factor: float, keep: tuple[str, ...] = ()) -> StageCosts:
+        """These costs times `factor`, but for the fields named in `keep` (a field that is None stays None)."""
+        return dataclasses.replace(self, **{field.name: factor * getattr(self, field.name) for field in dataclasses.fields(self)
+                                            if field.name not in keep and getattr(self, field.name) is not None})  # fmt: skip
+
 
 @dataclass(frozen=True)
 class InRunPass:

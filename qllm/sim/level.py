@@ -13,8 +13,6 @@ engine's own (measured in runs already) and every expert, by their summed time o
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from qllm.sim.cost_model import CostModel, InRunPass, PassShape, StageCosts
@@ -44,10 +42,7 @@ class LeveledCostModel:
         self.base, self.level = base, level
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
-        costs = self.base.stage_costs(shape)
-        return dataclasses.replace(costs, **{field.name: self.level * getattr(costs, field.name)
-                                             for field in dataclasses.fields(costs)
-                                             if field.name not in ENGINE_STAGES and getattr(costs, field.name) is not None})  # fmt: skip
+        return self.base.stage_costs(shape).scaled(self.level, keep=ENGINE_STAGES)
 
     def expert_s(self, tokens: np.ndarray) -> np.ndarray:
         return self.level * self.base.expert_s(tokens)
