@@ -41,7 +41,7 @@ GRANULARITIES = ("iteration", "layer", "expert")
 
 def predicted_s(sim: SimExecutor, shape: PassShape) -> float:
     """The simulated pass's compute: its plan's total less the engine's own work (none runs here)."""
-    plan, costs = sim.plan(shape), sim.costs.stage_costs(shape)
+    plan, costs = sim.plan(shape), sim.stage_costs(shape)
     return plan.total_s - costs.pass_overhead_s - costs.checkpoint_s * plan.num_checkpoints
 
 

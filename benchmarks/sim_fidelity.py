@@ -57,6 +57,7 @@ from harness.replay import requests_from_trace
 from harness.traces.trace_schema import validate_trace
 from qllm.clock import VirtualClock
 from qllm.sim.executor import SimExecutor
+from qllm.sim.level import Level
 from qllm.sim.profiled import ProfiledCostModel, merge_profiles
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
@@ -138,7 +139,8 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
             path = profile.measure(slot=real_runs)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
-            progress(f"{model}'s level (qllm.sim.level): " + ", ".join(f"{g} {x:.3f}" for g, x in levels(model, path).items()))
+            progress(f"{model}'s level (qllm.sim.level), prompts / decode: "
+                     + ", ".join(f"{g} {x.prefill:.3f} / {x.decode:.3f}" for g, x in levels(model, path).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 if compared:
@@ -151,12 +153,12 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
     return done, pd.concat(tables, ignore_index=True)
 
 
-def levels(model: str, profile: Path) -> dict[str, float]:
+def levels(model: str, profile: Path) -> dict[str, Level]:
     """Per granularity, the level a simulated executor takes from the profile's passes of engine runs."""
     config = RunResources(compose_config(f"model={model}", "executor=sim")).model_config
     executors = {g: SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(profile)), g)
                  for g in ("iteration", "layer", "expert")}  # fmt: skip
-    return {g: getattr(executor.costs, "level", 1.0) for g, executor in executors.items()}
+    return {g: executor.level for g, executor in executors.items()}
 
 
 class SpreadProfile:

@@ -27,7 +27,9 @@ from qllm.machine import cpu_name
 from qllm.memory_plan import kv_bytes_per_token
 from qllm.real.executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
+from qllm.sim.catch_up import SimRows
 from qllm.sim.executor import SimExecutor
+from qllm.sim.level import Level
 from qllm.sim.routing import UniformRouting
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
@@ -305,12 +307,13 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
         assert rows["step_after"].max() >= 2 and rows["phase"].eq("prefill").sum() >= 2
 
 
-def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at(tmp_path, tiny_shape):
-    """Passes timed in runs at 0.9x what the simulated executor prices them at, at iteration
-    granularity (a decode pass's delay after prompts in the price), 1.2x at expert granularity: an
-    executor at each prices every stage of the model's work and every expert at that level, the
-    engine's own stages as measured (already in runs); at layer granularity, without such rows, and
-    without `in_run_level`, the stages as timed."""
+def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase(tmp_path, tiny_shape):
+    """Passes timed in runs at iteration granularity, decode passes at 0.9x what the simulated
+    executor prices them at (their delay after prompts in the price), prompts at 1.2x; at expert
+    granularity 1.1x and 0.8x; at layer granularity decode passes only, at 1.3x: an executor at each
+    prices every stage of the model's work and every expert at its phase's level (a phase without
+    passes at that of all; a mixed pass's experts at that of the rows whose MLP half it runs), the
+    engine's own stages as measured (already in runs); without `in_run_level`, the stages as timed."""
     table = synthetic_table(tiny_shape)
     probes = [{"stage": "after_prompts", **shape_columns("decode", [30, 40]), "tokens": 256.0, "step_after": k,
                "seconds": 1e-3 / k} for k in (1, 2, 3)]  # fmt: skip
@@ -324,32 +327,42 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
 
     passes = [("decode", [40], 0, 12), ("decode", [21, 8], 256, 1), ("decode", [22, 9], 256, 2),
               ("decode", [100, 300, 5], 64, 3), ("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]  # in a profile's order
+    levels = {"iteration": Level(prefill=1.2, decode=0.9), "layer": Level(prefill=1.3, decode=1.3),
+              "expert": Level(prefill=0.8, decode=1.1)}
     rows = []
-    for granularity, level in (("iteration", 0.9), ("expert", 1.2)):
+    for granularity, level in levels.items():
         alone = executor(granularity)
         routing = UniformRouting(alone.model.num_experts, alone.model.top_k, seed=0)  # drawn apart, pass after pass
         assert alone.costs.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
         for phase, lengths, tokens, step in passes:
+            if granularity == "layer" and phase == "prefill":
+                continue
             shape = shape_columns(phase, lengths)
             pass_shape = PassShape(shape["batch_size"], shape["query_len"], shape["key_len"], shape["real_tokens"])
             plan, costs = alone.plan(pass_shape, routing), alone.stage_costs(pass_shape)
             price = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
             price += alone.costs.after_prompts_s(tokens, step, plan.total_s) if step else 0.0
             rows.append({"stage": f"in_run_{granularity}", **shape, "tokens": float(tokens), "step_after": step,
-                         "seconds": level * price})  # fmt: skip
+                         "seconds": level.of(pass_shape) * price})  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
     base = ProfiledCostModel(str(path), tiny_shape)
-    for granularity, level in (("iteration", 0.9), ("expert", 1.2)):
+    tokens = np.array([0, 1, 7, 300])
+    for granularity, level in levels.items():
         leveled = executor(granularity)
-        assert leveled.costs.level == pytest.approx(level, rel=1e-9)
-        for shape in (PassShape(3, 1, 50, 3), PassShape(2, 30, 30, 45), PassShape(1, 1, 41, 1)):  # the last, a run's pass
+        assert leveled.level.prefill == pytest.approx(level.prefill, rel=1e-9)
+        assert leveled.level.decode == pytest.approx(level.decode, rel=1e-9)
+        for shape, factor in ((PassShape(3, 1, 50, 3), level.decode), (PassShape(2, 30, 30, 45), level.prefill),
+                              (PassShape(1, 1, 41, 1), level.decode), (PassShape(1, 1, 1, 1), level.prefill)):  # fmt: skip
             scaled, timed = dataclasses.asdict(leveled.stage_costs(shape)), dataclasses.asdict(base.stage_costs(shape))
             for stage, seconds in timed.items():
                 own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
-                assert scaled[stage] == (seconds if own else pytest.approx(level * seconds, rel=1e-9)), stage
-        tokens = np.array([0, 1, 7, 300])
-        np.testing.assert_allclose(leveled.expert_costs(tokens), level * base.expert_s(tokens), rtol=1e-12)
-    assert executor("layer").costs.stage_costs(PassShape(3, 1, 50, 3)) == base.stage_costs(PassShape(3, 1, 50, 3))
+                assert scaled[stage] == (seconds if own else pytest.approx(factor * seconds, rel=1e-9)), stage
+            np.testing.assert_allclose(leveled.experts_s(tokens, shape), factor * base.expert_s(tokens), rtol=1e-12)
+    mixed = executor("expert")
+    decode_rows = SimRows((), (1, 1, 1), PassShape(3, 1, 50, 3), 0)
+    for prompt, level in ((SimRows((), (30,), PassShape(1, 30, 30, 30), 0), 0.8), (SimRows((), (2,), PassShape(1, 2, 2, 2), 0), 1.1)):
+        plan = mixed.groups_plan([decode_rows, prompt])  # the MLP half of the prompt's 30 tokens, of the 3 decode rows
+        np.testing.assert_allclose(plan.expert_s, level * base.expert_s(plan.routed_tokens), rtol=1e-12)
     assert executor("iteration", in_run_level=False).stage_costs(PassShape(3, 1, 50, 3)) == base.stage_costs(PassShape(3, 1, 50, 3))
 
 

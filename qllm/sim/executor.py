@@ -44,7 +44,7 @@ from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
 from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
 from qllm.sim.held import held_bytes
-from qllm.sim.level import LeveledCostModel, in_run_level
+from qllm.sim.level import Level, in_run_level
 from qllm.sim.plan import AT_BOUNDARY, IN_MOE, ExpertPlan, WholeLayerPlan
 from qllm.sim.routing import UniformRouting
 from qllm.sim.shape import ModelShape
@@ -93,10 +93,10 @@ class SimExecutor:
         self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
         self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
         self.decode_passes_after = 0  # decode passes started since
+        self.level = Level()  # the model's work as the cost model prices it, until
         passes = self.costs.in_run_passes(granularity)
-        if passes:  # the model's work scaled to what passes of real runs took (qllm.sim.level)
-            self.costs = LeveledCostModel(self.costs, in_run_level(self, passes))
-            self.expert_costs = ExpertCostTable(self.costs)
+        if passes:  # scaled to what passes of real runs took (qllm.sim.level)
+            self.level = in_run_level(self, passes)
             self._costs_by_shape.clear()
             self._plans_by_shape.clear()
 
@@ -156,8 +156,9 @@ class SimExecutor:
         shapes = [group.shape for group in groups]
         costs = row_group_costs(self.stage_costs, shapes)
         if self.granularity == "expert":
+            widest = max(shapes, key=lambda shape: shape.num_real_tokens)  # whose MLP half the pass runs (row_group_costs)
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
-            return ExpertPlan(self.model, costs, tokens, self.expert_costs(tokens), self.experts_per_checkpoint)
+            return ExpertPlan(self.model, costs, tokens, self.experts_s(tokens, widest), self.experts_per_checkpoint)
         return WholeLayerPlan.of(self.model, costs, self.granularity)
 
     def held_bytes(self, groups: list[SimRows], waiting: list[SimRows], kind: int) -> int:
@@ -172,8 +173,7 @@ class SimExecutor:
         (from `routing`, else the executor's own)."""
         if self.granularity == "expert":
             tokens = (routing or self.routing).tokens_per_expert(self.num_sparse_layers, shape.num_real_tokens)
-            costs, expert_s = self.stage_costs(shape), self.expert_costs(tokens)
-            return ExpertPlan(self.model, costs, tokens, expert_s, self.experts_per_checkpoint)
+            return ExpertPlan(self.model, self.stage_costs(shape), tokens, self.experts_s(tokens, shape), self.experts_per_checkpoint)
         plan = self._plans_by_shape.get(shape)
         if plan is None:  # layers called whole do not depend on the routing: one plan per shape
             plan = self._plans_by_shape[shape] = WholeLayerPlan.of(self.model, self.stage_costs(shape), self.granularity)
@@ -183,8 +183,12 @@ class SimExecutor:
         """The cost model's stages of a pass of `shape` (at the executor's level)."""
         costs = self._costs_by_shape.get(shape)
         if costs is None:  # shapes recur (the decode steps of a batch): each is costed once
-            costs = self._costs_by_shape[shape] = self.costs.stage_costs(shape)
+            costs = self._costs_by_shape[shape] = self.level.stage_costs(shape, self.costs.stage_costs(shape))
         return costs
+
+    def experts_s(self, tokens: np.ndarray, shape: PassShape) -> np.ndarray:
+        """The routed experts' seconds, by the tokens each received, in a pass of `shape` (at the executor's level)."""
+        return self.level.of(shape) * self.expert_costs(tokens)
 
 
 class ExpertCostTable:
