@@ -139,8 +139,9 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
             path = profile.measure(slot=real_runs)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
-            progress(f"{model}'s level (qllm.sim.level), prompts / decode: "
-                     + ", ".join(f"{g} {x.prefill:.3f} / {x.decode:.3f}" for g, x in levels(model, path).items()))
+            progress(f"{model}'s level (qllm.sim.level): " + "; ".join(
+                f"{g} prompts {x.prefill:.3f}, decode by rows " + " ".join(f"{r}: {d:.3f}" for r, d in zip(x.decode_rows, x.decode))
+                for g, x in levels(model, path).items()))  # fmt: skip
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 if compared:

@@ -307,13 +307,15 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
         assert rows["step_after"].max() >= 2 and rows["phase"].eq("prefill").sum() >= 2
 
 
-def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase(tmp_path, tiny_shape):
-    """Passes timed in runs at iteration granularity, decode passes at 0.9x what the simulated
-    executor prices them at (their delay after prompts in the price), prompts at 1.2x; at expert
-    granularity 1.1x and 0.8x; at layer granularity decode passes only, at 1.3x: an executor at each
-    prices every stage of the model's work and every expert at its phase's level (a phase without
-    passes at that of all; a mixed pass's experts at that of the rows whose MLP half it runs), the
-    engine's own stages as measured (already in runs); without `in_run_level`, the stages as timed."""
+def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase_and_rows(tmp_path, tiny_shape):
+    """Passes timed in runs at iteration granularity, prompts at 1.2x what the simulated executor
+    prices them at, decode passes (their delay after prompts in the price) of 1 row at 0.9x, of 3-4
+    rows at 0.7x, of 2 rows at 5x but too few to count; at expert granularity prompts at 0.8x, decode
+    passes at 1.1x; at layer granularity decode passes only, at 1.3x: an executor at each prices every
+    stage of the model's work and every expert at its pass's level (a decode pass's interpolated over
+    log rows between the rows measured, flat past them; a phase without passes at that of all; a mixed
+    pass's experts at that of the rows whose MLP half it runs), the engine's own stages as measured
+    (already in runs); without `in_run_level`, the stages as timed."""
     table = synthetic_table(tiny_shape)
     probes = [{"stage": "after_prompts", **shape_columns("decode", [30, 40]), "tokens": 256.0, "step_after": k,
                "seconds": 1e-3 / k} for k in (1, 2, 3)]  # fmt: skip
@@ -325,12 +327,13 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
     def executor(granularity, **options):
         return SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(path), **options), granularity)
 
-    passes = [("decode", [40], 0, 12), ("decode", [21, 8], 256, 1), ("decode", [22, 9], 256, 2),
-              ("decode", [100, 300, 5], 64, 3), ("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]  # in a profile's order
-    levels = {"iteration": Level(prefill=1.2, decode=0.9), "layer": Level(prefill=1.3, decode=1.3),
-              "expert": Level(prefill=0.8, decode=1.1)}
+    passes = [*[("decode", [21], 256, 1)] * 4, *[("decode", [40], 0, 12)] * 4, *[("decode", [21, 8], 256, 2)] * 3,
+              *[("decode", [100, 300, 5], 64, 3)] * 4, *[("decode", [22, 9, 30, 41], 256, 2)] * 4,
+              ("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]  # in a profile's order
+    factors = {"iteration": {"prefill": 1.2, 1: 0.9, 2: 5.0, 3: 0.7, 4: 0.7},
+               "layer": {1: 1.3, 2: 1.3, 3: 1.3, 4: 1.3}, "expert": {"prefill": 0.8, 1: 1.1, 2: 1.1, 3: 1.1, 4: 1.1}}
     rows = []
-    for granularity, level in levels.items():
+    for granularity, factor in factors.items():
         alone = executor(granularity)
         routing = UniformRouting(alone.model.num_experts, alone.model.top_k, seed=0)  # drawn apart, pass after pass
         assert alone.costs.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
@@ -343,21 +346,25 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
             price = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
             price += alone.costs.after_prompts_s(tokens, step, plan.total_s) if step else 0.0
             rows.append({"stage": f"in_run_{granularity}", **shape, "tokens": float(tokens), "step_after": step,
-                         "seconds": level.of(pass_shape) * price})  # fmt: skip
+                         "seconds": factor[len(lengths) if phase == "decode" else phase] * price})  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
     base = ProfiledCostModel(str(path), tiny_shape)
     tokens = np.array([0, 1, 7, 300])
-    for granularity, level in levels.items():
+    expected = {"iteration": {"prefill": 1.2, 1: 0.9, 2: 0.8, 3: 0.9 - 0.2 * np.log2(3) / 2, 4: 0.7, 32: 0.7},
+                "layer": {"prefill": 1.3, 1: 1.3, 3: 1.3, 32: 1.3}, "expert": {"prefill": 0.8, 1: 1.1, 3: 1.1, 32: 1.1}}
+    for granularity, levels in expected.items():
         leveled = executor(granularity)
-        assert leveled.level.prefill == pytest.approx(level.prefill, rel=1e-9)
-        assert leveled.level.decode == pytest.approx(level.decode, rel=1e-9)
-        for shape, factor in ((PassShape(3, 1, 50, 3), level.decode), (PassShape(2, 30, 30, 45), level.prefill),
-                              (PassShape(1, 1, 41, 1), level.decode), (PassShape(1, 1, 1, 1), level.prefill)):  # fmt: skip
+        assert leveled.level.prefill == pytest.approx(levels["prefill"], rel=1e-9)
+        for rows_, level in levels.items():
+            if rows_ != "prefill":
+                assert leveled.level.at_decode(rows_) == pytest.approx(level, rel=1e-9), (granularity, rows_)
+        for shape, level in ((PassShape(3, 1, 50, 3), levels[3]), (PassShape(2, 30, 30, 45), levels["prefill"]),
+                             (PassShape(1, 1, 41, 1), levels[1]), (PassShape(1, 1, 1, 1), levels["prefill"])):  # fmt: skip
             scaled, timed = dataclasses.asdict(leveled.stage_costs(shape)), dataclasses.asdict(base.stage_costs(shape))
             for stage, seconds in timed.items():
                 own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
-                assert scaled[stage] == (seconds if own else pytest.approx(factor * seconds, rel=1e-9)), stage
-            np.testing.assert_allclose(leveled.experts_s(tokens, shape), factor * base.expert_s(tokens), rtol=1e-12)
+                assert scaled[stage] == (seconds if own else pytest.approx(level * seconds, rel=1e-9)), stage
+            np.testing.assert_allclose(leveled.experts_s(tokens, shape), level * base.expert_s(tokens), rtol=1e-12)
     mixed = executor("expert")
     decode_rows = SimRows((), (1, 1, 1), PassShape(3, 1, 50, 3), 0)
     for prompt, level in ((SimRows((), (30,), PassShape(1, 30, 30, 30), 0), 0.8), (SimRows((), (2,), PassShape(1, 2, 2, 2), 0), 1.1)):

@@ -4,6 +4,7 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -77,16 +78,17 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     stages = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts)
     name, engine_cfg = next(iter(cfg.engine.items()))
 
-    def build(clock, events, granularity: str | None = None):
+    def build(clock, events, granularity: str | None = None, **policy):
         chosen = engine_cfg if granularity is None else OmegaConf.merge(engine_cfg, {"granularity": granularity})
-        return resources.build_engine(chosen, name, clock, events)
+        return resources.build_engine(OmegaConf.merge(chosen, {"policy": policy}), name, clock, events)
 
     engine = measure_engine(build, engine_requests(cfg.engine_run))
     idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed, cfg.part, cfg.parts))
     probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
     after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
                                           torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    in_run = measure_in_run(build, in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
+    in_run = measure_in_run(functools.partial(build, max_batch_size=cfg.in_run_run.max_batch_size),
+                            in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
                             list(cfg.in_run_run.granularities))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
