@@ -527,6 +527,8 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
     in_run = [t["stage"].str.startswith("in_run_").sum() for t in (whole, part0, part1, merged)]  # a run each: all at 0
     assert in_run[3] == in_run[0] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
+    in_run_rows = whole.loc[whole["stage"].str.startswith("in_run_"), "batch_size"]
+    assert in_run_rows.max() == 4  # its engine runs batch as many rows as the shapes do (shapes.max_batch_size)
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
