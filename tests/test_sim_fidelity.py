@@ -97,7 +97,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "floor median %" in printed and "signed median % per model" in printed
     assert "the same real runs simulated with hardware.in_run_level=false" in printed
-    assert "tiny_mixtral's level (qllm.sim.level): iteration prompts " in printed
+    assert "tiny_mixtral's level (qllm.sim.level), by rows: iteration prompts 1: " in printed
 
 
 def test_the_per_model_signed_median_shows_a_profiles_level():

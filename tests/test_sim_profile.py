@@ -29,7 +29,6 @@ from qllm.real.executor import RealExecutor
 from qllm.request import DEFAULT_PRIORITY, Request
 from qllm.sim.catch_up import SimRows
 from qllm.sim.executor import SimExecutor
-from qllm.sim.level import Level
 from qllm.sim.routing import UniformRouting
 from qllm.sim.profiled import FEATURES, PHASES, STAGES, ProfiledCostModel, features, fit, read_profile, resolve, write_profile
 from qllm.sim.shape import ModelShape
@@ -308,14 +307,16 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
 
 
 def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase_and_rows(tmp_path, tiny_shape):
-    """Passes timed in runs at iteration granularity, prompts at 1.2x what the simulated executor
-    prices them at, decode passes (their delay after prompts in the price) of 1 row at 0.9x, of 3-4
-    rows at 0.7x, of 2 rows at 5x but too few to count; at expert granularity prompts at 0.8x, decode
-    passes at 1.1x; at layer granularity decode passes only, at 1.3x: an executor at each prices every
-    stage of the model's work and every expert at its pass's level (a decode pass's interpolated over
-    log rows between the rows measured, flat past them; a phase without passes at that of all; a mixed
-    pass's experts at that of the rows whose MLP half it runs), the engine's own stages as measured
-    (already in runs); without `in_run_level`, the stages as timed."""
+    """Passes timed in runs at iteration granularity, prompts of 1 row at 1.2x what the simulated
+    executor prices them at, of 2 rows at 1.4x; decode passes (their delay after prompts in the
+    price) of 1 row at 0.9x, of 3-4 rows at 0.7x, of 2 rows at 5x but too few to count; at expert
+    granularity too few prompts to count each number of rows, at 0.8x, and decode passes at 1.1x; at
+    layer granularity decode passes only, at 1.3x: an executor at each prices every stage of the
+    model's work and every expert at its pass's level (interpolated over log rows between the rows
+    measured, flat past them; a phase with too few passes of each number of rows at that of all its
+    passes, one without passes at that of all; a mixed pass's experts at that of the rows whose MLP
+    half it runs), the engine's own stages as measured (already in runs); without `in_run_level`, the
+    stages as timed."""
     table = synthetic_table(tiny_shape)
     probes = [{"stage": "after_prompts", **shape_columns("decode", [30, 40]), "tokens": 256.0, "step_after": k,
                "seconds": 1e-3 / k} for k in (1, 2, 3)]  # fmt: skip
@@ -327,39 +328,40 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
     def executor(granularity, **options):
         return SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(path), **options), granularity)
 
-    passes = [*[("decode", [21], 256, 1)] * 4, *[("decode", [40], 0, 12)] * 4, *[("decode", [21, 8], 256, 2)] * 3,
-              *[("decode", [100, 300, 5], 64, 3)] * 4, *[("decode", [22, 9, 30, 41], 256, 2)] * 4,
-              ("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]  # in a profile's order
-    factors = {"iteration": {"prefill": 1.2, 1: 0.9, 2: 5.0, 3: 0.7, 4: 0.7},
-               "layer": {1: 1.3, 2: 1.3, 3: 1.3, 4: 1.3}, "expert": {"prefill": 0.8, 1: 1.1, 2: 1.1, 3: 1.1, 4: 1.1}}
+    decode = [*[("decode", [21], 256, 1)] * 4, *[("decode", [40], 0, 12)] * 4, *[("decode", [21, 8], 256, 2)] * 3,
+              *[("decode", [100, 300, 5], 64, 3)] * 4, *[("decode", [22, 9, 30, 41], 256, 2)] * 4]  # in a profile's order
+    prompts = [("prefill", [400], 0, 0), ("prefill", [20, 7], 0, 0)]
+    passes = {"iteration": [*decode, *prompts, *[("prefill", [100], 0, 0), ("prefill", [30, 9], 0, 0)] * 7],
+              "layer": decode, "expert": [*decode, *prompts]}
+    factors = {"iteration": {("prefill", 1): 1.2, ("prefill", 2): 1.4, 1: 0.9, 2: 5.0, 3: 0.7, 4: 0.7},
+               "layer": {1: 1.3, 2: 1.3, 3: 1.3, 4: 1.3},
+               "expert": {("prefill", 1): 0.8, ("prefill", 2): 0.8, 1: 1.1, 2: 1.1, 3: 1.1, 4: 1.1}}  # fmt: skip
     rows = []
     for granularity, factor in factors.items():
         alone = executor(granularity)
         routing = UniformRouting(alone.model.num_experts, alone.model.top_k, seed=0)  # drawn apart, pass after pass
         assert alone.costs.after_prompts_s(256, 1, 1.0) > 0.05  # the delays weigh in the price
-        for phase, lengths, tokens, step in passes:
-            if granularity == "layer" and phase == "prefill":
-                continue
+        for phase, lengths, tokens, step in passes[granularity]:
             shape = shape_columns(phase, lengths)
             pass_shape = PassShape(shape["batch_size"], shape["query_len"], shape["key_len"], shape["real_tokens"])
             plan, costs = alone.plan(pass_shape, routing), alone.stage_costs(pass_shape)
             price = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
             price += alone.costs.after_prompts_s(tokens, step, plan.total_s) if step else 0.0
             rows.append({"stage": f"in_run_{granularity}", **shape, "tokens": float(tokens), "step_after": step,
-                         "seconds": factor[len(lengths) if phase == "decode" else phase] * price})  # fmt: skip
+                         "seconds": factor[len(lengths) if phase == "decode" else (phase, len(lengths))] * price})  # fmt: skip
     write_profile(pd.concat([table, pd.DataFrame(rows)], ignore_index=True), path, tiny_shape, HERE)
     base = ProfiledCostModel(str(path), tiny_shape)
     tokens = np.array([0, 1, 7, 300])
-    expected = {"iteration": {"prefill": 1.2, 1: 0.9, 2: 0.8, 3: 0.9 - 0.2 * np.log2(3) / 2, 4: 0.7, 32: 0.7},
-                "layer": {"prefill": 1.3, 1: 1.3, 3: 1.3, 32: 1.3}, "expert": {"prefill": 0.8, 1: 1.1, 3: 1.1, 32: 1.1}}
-    for granularity, levels in expected.items():
+    expected = {"iteration": ({1: 1.2, 2: 1.4, 32: 1.4}, {1: 0.9, 2: 0.8, 3: 0.9 - 0.2 * np.log2(3) / 2, 4: 0.7, 32: 0.7}),
+                "layer": ({1: 1.3, 2: 1.3}, {1: 1.3, 3: 1.3, 32: 1.3}),
+                "expert": ({1: 0.8, 2: 0.8}, {1: 1.1, 3: 1.1, 32: 1.1})}  # fmt: skip
+    for granularity, (prefill, decode) in expected.items():
         leveled = executor(granularity)
-        assert leveled.level.prefill == pytest.approx(levels["prefill"], rel=1e-9)
-        for rows_, level in levels.items():
-            if rows_ != "prefill":
-                assert leveled.level.at_decode(rows_) == pytest.approx(level, rel=1e-9), (granularity, rows_)
-        for shape, level in ((PassShape(3, 1, 50, 3), levels[3]), (PassShape(2, 30, 30, 45), levels["prefill"]),
-                             (PassShape(1, 1, 41, 1), levels[1]), (PassShape(1, 1, 1, 1), levels["prefill"])):  # fmt: skip
+        for phase, levels in ((leveled.level.prefill, prefill), (leveled.level.decode, decode)):
+            for rows_, level in levels.items():
+                assert phase.at(rows_) == pytest.approx(level, rel=1e-9), (granularity, rows_)
+        for shape, level in ((PassShape(3, 1, 50, 3), decode[3]), (PassShape(2, 30, 30, 45), prefill[2]),
+                             (PassShape(1, 1, 41, 1), decode[1]), (PassShape(1, 1, 1, 1), prefill[1])):  # fmt: skip
             scaled, timed = dataclasses.asdict(leveled.stage_costs(shape)), dataclasses.asdict(base.stage_costs(shape))
             for stage, seconds in timed.items():
                 own = stage in ("checkpoint_s", "pass_overhead_s") or seconds is None
