@@ -93,7 +93,7 @@ class SimExecutor:
         self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
         self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
         self.decode_passes_after = 0  # decode passes started since
-        self.level = Level()  # the model's work as the cost model prices it, until
+        self.level = Level()  # the stages as timed: 1 at every phase and rows
         passes = self.costs.in_run_passes(granularity)
         if passes:  # scaled to what passes of real runs took (qllm.sim.level)
             self.level = in_run_level(self, passes)

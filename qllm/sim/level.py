@@ -26,7 +26,7 @@ from qllm.sim.cost_model import InRunPass, PassShape, StageCosts
 from qllm.sim.routing import UniformRouting
 
 ENGINE_STAGES = ("checkpoint_s", "pass_overhead_s")  # the engine's own work, measured in its runs
-MIN_PASSES = 8  # a decode level's passes at least: from fewer, it moves with one pass's noise
+MIN_PASSES = 8  # passes of a phase and rows that set a level, at least: from fewer, it moves with one pass's noise
 
 
 @dataclass(frozen=True)
