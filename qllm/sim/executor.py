@@ -188,7 +188,8 @@ class SimExecutor:
 
     def experts_s(self, tokens: np.ndarray, shape: PassShape) -> np.ndarray:
         """The routed experts' seconds, by the tokens each received, in a pass of `shape` (at the executor's level)."""
-        return self.level.of(shape) * self.expert_costs(tokens)
+        level = self.level.of(shape)
+        return self.expert_costs(tokens) if level == 1.0 else level * self.expert_costs(tokens)
 
 
 class ExpertCostTable:

@@ -16,9 +16,8 @@ it), interpolated in between over log rows and held flat past the first and the 
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,10 +35,13 @@ class ByRows:
 
     rows: tuple[int, ...] = (1,)
     levels: tuple[float, ...] = (1.0,)
+    _at: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)  # by rows, as met
 
-    @functools.cache  # few levels, few row counts: the cache stays small
     def at(self, rows: int) -> float:
-        return float(np.interp(np.log2(rows), np.log2(self.rows), self.levels))
+        level = self._at.get(rows)  # asked once a pass: a lookup, not an interpolation
+        if level is None:
+            level = self._at[rows] = float(np.interp(np.log2(rows), np.log2(self.rows), self.levels))
+        return level
 
 
 @dataclass(frozen=True)
