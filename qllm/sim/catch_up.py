@@ -105,6 +105,12 @@ class MergedPlan:
         return self.before.received(layer) if layer <= self.layer else self.after.received(layer)
 
 
+def widest(shapes: list[PassShape]) -> PassShape:
+    """Of a pass's row groups, the one with the most real tokens: its MLP half runs every group's
+    tokens (row_group_costs)."""
+    return max(shapes, key=lambda shape: shape.num_real_tokens)
+
+
 def row_group_costs(stage_costs: Callable[[PassShape], StageCosts], shapes: list[PassShape]) -> StageCosts:
     """A pass whose rows attend in groups of `shapes` and whose MLP half runs once on their packed real
     tokens, as the real executor runs it (qllm.real.row_groups): each group sets itself up (embeddings,
@@ -116,11 +122,11 @@ def row_group_costs(stage_costs: Callable[[PassShape], StageCosts], shapes: list
     `stage_costs`: a cost model's, or the simulated executor's cache of it (a batch's decode rows
     recur from step to step)."""
     groups = [stage_costs(shape) for shape in shapes]
-    widest = max(shapes, key=lambda shape: shape.num_real_tokens)
+    mlp = widest(shapes)
     rows, tokens = sum(shape.batch_size for shape in shapes), sum(shape.num_real_tokens for shape in shapes)
-    packed = stage_costs(dataclasses.replace(widest, real_tokens=tokens))
+    packed = stage_costs(dataclasses.replace(mlp, real_tokens=tokens))
     every_row = stage_costs(PassShape(rows, 1, max(shape.key_len for shape in shapes), rows))
-    engine = stage_costs(dataclasses.replace(widest, batch_size=rows, real_tokens=tokens))
+    engine = stage_costs(dataclasses.replace(mlp, batch_size=rows, real_tokens=tokens))
     attention_s = sum(group.attention_s for group in groups)
     moe_s = max(packed.layer_s - packed.attention_s, 0.0)  # a whole MoE layer less its attention half
     return dataclasses.replace(

@@ -42,7 +42,7 @@ from qllm.kv import BlockPool, SequenceKV
 from qllm.real.row_groups import rows_by_phase
 from qllm.sequence import Sequence
 from qllm.sim.cost_model import CostModel, PassShape, StageCosts
-from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs
+from qllm.sim.catch_up import CatchUpPlan, MergedPlan, SimCaughtUp, SimRows, row_group_costs, widest
 from qllm.sim.held import held_bytes
 from qllm.sim.level import Level, in_run_level
 from qllm.sim.plan import AT_BOUNDARY, IN_MOE, ExpertPlan, WholeLayerPlan
@@ -156,9 +156,8 @@ class SimExecutor:
         shapes = [group.shape for group in groups]
         costs = row_group_costs(self.stage_costs, shapes)
         if self.granularity == "expert":
-            widest = max(shapes, key=lambda shape: shape.num_real_tokens)  # whose MLP half the pass runs (row_group_costs)
             tokens = self.routing.tokens_per_expert(self.num_sparse_layers, sum(s.num_real_tokens for s in shapes))
-            return ExpertPlan(self.model, costs, tokens, self.experts_s(tokens, widest), self.experts_per_checkpoint)
+            return ExpertPlan(self.model, costs, tokens, self.experts_s(tokens, widest(shapes)), self.experts_per_checkpoint)
         return WholeLayerPlan.of(self.model, costs, self.granularity)
 
     def held_bytes(self, groups: list[SimRows], waiting: list[SimRows], kind: int) -> int:
