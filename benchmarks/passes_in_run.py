@@ -9,16 +9,23 @@ simulator would, the delays after prompts included (`CostModel.after_prompts_s`)
 summed simulated / real time per phase, and per decode step after the last prompts (the first steps
 pay the prompts' work; the later ones show the steady level); with `--isolated N`, N of the run's
 decode passes timed again alone as `qllm-profile` times them (after its warm steps), to tell a
-profile's level from what a run does that a pass alone does not.
+profile's level from what a run does that a pass alone does not. It also counts the experts each MoE
+block call of the run routed tokens to, against what the simulator's routing draws (every token's
+experts uniform and independent, qllm.sim.routing): a workload whose prompts are real text (ShareGPT's
+`prompt_ids`) can route the rows of a decode pass to fewer experts than random token ids do, and
+such passes run faster than the profile's (`--random-prompts`: the same workload with random ids;
+docs/reproducing.md, "Routing on real text").
 
     taskset -c 1 python benchmarks/passes_in_run.py --seed 39 --workload 1              # profiles first
     taskset -c 1 python benchmarks/passes_in_run.py --seed 38 --workload 11 --models tiny_gpt_oss tiny_flint \\
         --profile profiles/tiny_gpt_oss.parquet --isolated 150
+    taskset -c 1 python benchmarks/passes_in_run.py --seed 49 --workload 9 --random-prompts  # ShareGPT's text dropped
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import sys
 import tempfile
@@ -38,6 +45,7 @@ from harness.profiling.profiler import batch_for, pass_groups, timed_quanta_of  
 from harness.replay import requests_from_trace  # noqa: E402
 from harness.traces.random_workloads import ENGINES, MODELS, Limits, draw_trace, draw_workloads, requests_for, with_rate  # noqa: E402
 from harness.traces.trace_schema import validate_trace  # noqa: E402
+from qllm.modeling.adapters import adapter_for  # noqa: E402
 from qllm.real.executor import RealExecutor  # noqa: E402
 from qllm.sim.catch_up import SimRows, row_group_costs  # noqa: E402
 from qllm.sim.executor import SimExecutor  # noqa: E402
@@ -63,6 +71,39 @@ def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@contextlib.contextmanager
+def routed_experts(model):
+    """While open, the list it gives gets (tokens, distinct experts) of every call of `model`'s routed
+    experts (each MoE block called whole, as at iteration granularity)."""
+    calls = []
+
+    def count(module, args) -> None:  # args: (tokens, top_k_index, top_k_weights)
+        calls.append((args[1].shape[0], int(torch.unique(args[1]).numel())))
+
+    handles = [parts.moe.experts.register_forward_pre_hook(count) for parts in adapter_for(model).parts if parts.moe is not None]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def uniform_distinct(num_experts: int, top_k: int, tokens) -> np.ndarray:
+    """The experts `tokens` tokens reach on average when each picks its `top_k` uniformly and
+    independently (qllm.sim.routing): an expert is missed by a token with probability 1 - k / E."""
+    return num_experts * (1 - (1 - top_k / num_experts) ** np.asarray(tokens, dtype=float))
+
+
+def routing_table(calls: list[tuple[int, int]], num_experts: int, top_k: int) -> pd.DataFrame:
+    """Per tokens of a call (up to 32: decode passes' rows), the calls, the mean distinct experts
+    routed to, and what the uniform routing gives."""
+    frame = pd.DataFrame(calls, columns=["tokens", "distinct"])
+    by_tokens = frame[frame["tokens"] <= 32].groupby("tokens")["distinct"].agg(["size", "mean"])
+    by_tokens.columns = ["calls", "distinct experts"]
+    by_tokens["uniform routing"] = uniform_distinct(num_experts, top_k, by_tokens.index)
+    return by_tokens
+
+
 def isolated(model, table: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
     """`count` of the run's one-group decode passes timed again alone, as the profiler times them."""
     executor = RealExecutor(model, "iteration")
@@ -85,6 +126,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds of arrivals, as the suite's --duration")
     parser.add_argument("--profile", type=Path, help="the model's profile (default: measure one first)")
     parser.add_argument("--isolated", type=int, default=0, metavar="N", help="time N of the run's decode passes alone too")
+    parser.add_argument("--random-prompts", action="store_true",
+                        help="drop the trace's prompt_ids (ShareGPT's text): random ids, as the profile's runs feed")  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     limits = Limits(duration_s=args.duration)
@@ -96,12 +139,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile}"]
         workload = with_rate(workload, sim_fidelity.capacity_rps(workload, limits, sim))
         trace = draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)
+        if args.random_prompts:
+            trace = trace.drop(columns=["prompt_ids"], errors="ignore")
         cfg = compose_config(*workload.overrides(), "executor=real", "progress=false",
                              f"engine.{workload.engine}.granularity=iteration")  # fmt: skip
         (name, engine_cfg), = cfg.engine.items()
         resources = RunResources(cfg)
-        run = run_engine(name, engine_cfg, resources, requests_from_trace(validate_trace(trace, source=f"workload {workload.index}")),
-                         cfg, {"run_id": str(workload.index)})  # fmt: skip
+        with routed_experts(resources.model) as calls:
+            run = run_engine(name, engine_cfg, resources, requests_from_trace(validate_trace(trace, source=f"workload {workload.index}")),
+                             cfg, {"run_id": str(workload.index)})  # fmt: skip
         timeline = run["timeline"].sort_values("t_start_s").reset_index(drop=True)
         prompt_lens = dict(zip(run["requests"]["request_id"], run["requests"]["prompt_len"]))
         costs = SimExecutor(resources.model.config, None, functools.partial(ProfiledCostModel, str(profile)), "iteration")
@@ -116,6 +162,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(pd.DataFrame({"passes": by_step.size(), "simulated / real": by_step["sim_s"].sum() / by_step["real_s"].sum(),
                         "without the delays": (by_step["sim_s"].sum() - by_step["delay_s"].sum()) / by_step["real_s"].sum()})
           .round(3).to_string())  # fmt: skip
+    shape = costs.model
+    routing = routing_table(calls, shape.num_experts, shape.top_k)
+    table.attrs["routing"] = routing
+    ids = "the trace's" if "prompt_ids" in trace else "random"
+    print(f"experts routed to per MoE block call of up to 32 tokens ({ids} prompt ids):")
+    print(routing.round(2).to_string())
     if args.isolated:
         alone = isolated(resources.model, table, args.isolated, args.seed)
         print(f"  {len(alone)} decode passes timed alone: alone / in the run {alone['alone_s'].sum() / alone['real_s'].sum():.3f}, "

@@ -62,5 +62,34 @@ def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path,
     first = table[table["phase"] == "decode"].groupby((table["phase"] == "prompts").cumsum()).head(1)
     assert (first["step_after"] == 1).all() and (table.loc[table["phase"] == "prompts", "delay_s"] == 0).all()
     assert np.isfinite(table["delay_s"]).all()
+    routing = table.attrs["routing"]
+    assert routing["calls"].sum() > 0 and routing["distinct experts"].between(2, 8).all()  # top-2 of 8
     printed = capsys.readouterr().out
-    assert "simulated / real" in printed and "decode passes timed alone" in printed
+    assert "simulated / real" in printed and "decode passes timed alone" in printed and "experts routed to" in printed
+
+
+def test_it_counts_the_experts_each_moe_block_call_routed_to():
+    """The hooks see every sparse layer's call, each with the experts the router's top-k picked (read
+    from the model's own router logits), and are gone once the block closes."""
+    import torch
+
+    model = RunResources(compose_config("model=tiny_mixtral", "executor=real")).model
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), passes_in_run.routed_experts(model) as calls:
+        out = model(ids, output_router_logits=True)
+    k = model.config.num_experts_per_tok
+    picked = [len(torch.unique(torch.topk(logits, k, dim=-1).indices)) for logits in out.router_logits]
+    assert calls == [(10, n) for n in picked] and len(calls) == model.config.num_hidden_layers
+    with torch.no_grad():
+        model(ids)
+    assert len(calls) == model.config.num_hidden_layers
+
+
+def test_the_uniform_routings_expected_experts_are_what_the_simulator_draws():
+    from qllm.sim.routing import UniformRouting
+
+    routing = UniformRouting(8, 2, seed=0)
+    for tokens in (1, 3, 8):
+        drawn = (routing.tokens_per_expert(4000, tokens) > 0).sum(axis=1).mean()
+        assert drawn == pytest.approx(passes_in_run.uniform_distinct(8, 2, tokens), rel=0.01)
+    assert passes_in_run.uniform_distinct(8, 2, 1) == 2
