@@ -20,7 +20,8 @@ real runs, the real runs' own spread (max - min) / mean, and the floor: the medi
 simulator predicting the true mean exactly would still show against the mean of this many noisy
 runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
 medians per metric, and each model's signed medians (one sign on all of a model's workloads is its
-profile's level: the machine's speed in the minutes the profile was measured).
+profile's level: the machine's speed in the minutes the profile was measured) and each length
+source's (ShareGPT's prompts are real text, routed unlike the profile's random ids).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -101,7 +102,7 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
         if not np.isfinite(mean) or mean <= 0:
             continue  # a class the workload did not draw, or a one-token output's TPOT
         sigma = values.std(ddof=1) / mean
-        rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine,
+        rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine, "lengths": workload.lengths,
                      "class": key[0], "metric": key[1], **{f"real_{i}": v for i, v in enumerate(values, start=1)},
                      "real_mean": mean, "sim": simulated[key], "real_spread": (values.max() - values.min()) / mean,
                      "floor": HALF_NORMAL_MEDIAN * sigma / np.sqrt(len(values)),
@@ -213,12 +214,14 @@ def per_metric(table: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
-def per_model(table: pd.DataFrame) -> pd.DataFrame:
-    """The signed median per model and metric, over its workloads (class `all`). A model's workloads
-    share its profile: one sign on all of them is the profile's level (the machine's speed in the
-    minutes it was measured) more than the cost model's shape."""
+def signed_medians(table: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The signed median per value of column `by` and metric, over those workloads (class `all`). A
+    model's workloads share its profile: one sign on all of them is the profile's level (the machine's
+    speed in the minutes it was measured) more than the cost model's shape. By lengths: ShareGPT's
+    prompts are real text, the others' and the profile's random ids (benchmarks/passes_in_run.py
+    counts the experts each routes to)."""
     whole = table[table["class"] == "all"]
-    return (100 * whole.groupby(["model", "metric"], sort=False)["error"].median()).unstack("metric")
+    return (100 * whole.groupby([by, "metric"], sort=False)["error"].median()).unstack("metric")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -273,7 +276,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(f"\nseed {seed}: the same real runs simulated with {' '.join(args.compare)}")
         print(per_metric(table.assign(error=table["error_compared"])).round(1).to_string())
     print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
-    print(per_model(table).round(1).to_string())
+    print(signed_medians(table, "model").round(1).to_string())
+    print("\nsigned median % per lengths (sharegpt: prompts of real text, routed unlike the profile's random ids)")
+    print(signed_medians(table, "lengths").round(1).to_string())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         table.assign(seed=seed).to_csv(args.out, index=False)

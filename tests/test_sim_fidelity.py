@@ -95,7 +95,9 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     # Sweeps: a workload's runs minutes apart; the profile in parts before each sweep and after the last.
     assert steps == ["profile 1", "#0 1", "#1 1", "profile 2", "#0 2", "#1 2", "profile 3", "#0 3", "#1 3", "profile 4"]
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
-    assert "floor median %" in printed and "signed median % per model" in printed
+    assert "floor median %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
+    drawn = {w.index: w.lengths for w in draw_workloads(3, 2, ["tiny_mixtral"], ["qllm", "fcfs_rtc"])}
+    assert (written["lengths"] == written["workload"].map(drawn)).all()
     assert "the same real runs simulated with hardware.in_run_level=false" in printed
     assert "tiny_mixtral's level (qllm.sim.level), by rows: iteration prompts 1: " in printed
 
@@ -108,7 +110,7 @@ def test_the_per_model_signed_median_shows_a_profiles_level():
             for w in range(3) for cls in ("LS", "all") for metric in ("TPOT mean", "throughput")]  # fmt: skip
     table = pd.DataFrame(rows)
     table.loc[table["class"] == "LS", "error"] = 0.5  # a class's own rows do not enter
-    got = sim_fidelity.per_model(table)
+    got = sim_fidelity.signed_medians(table, "model")
     assert got.loc["slow_profile", "TPOT mean"] == pytest.approx(11.0) and got.loc["fast_profile", "throughput"] == pytest.approx(-4.0)
 
 
