@@ -50,6 +50,7 @@ from qllm.real.executor import RealExecutor  # noqa: E402
 from qllm.sim.catch_up import SimRows, row_group_costs  # noqa: E402
 from qllm.sim.executor import SimExecutor  # noqa: E402
 from qllm.sim.profiled import ProfiledCostModel  # noqa: E402
+from qllm.sim.routing import expected_experts  # noqa: E402
 
 STEP_BINS = [0, 1, 2, 4, 8, 16, 64, 10**9]  # decode steps after the last prompts
 
@@ -88,19 +89,13 @@ def routed_experts(model):
             handle.remove()
 
 
-def uniform_distinct(num_experts: int, top_k: int, tokens) -> np.ndarray:
-    """The experts `tokens` tokens reach on average when each picks its `top_k` uniformly and
-    independently (qllm.sim.routing): an expert is missed by a token with probability 1 - k / E."""
-    return num_experts * (1 - (1 - top_k / num_experts) ** np.asarray(tokens, dtype=float))
-
-
 def routing_table(calls: list[tuple[int, int]], num_experts: int, top_k: int) -> pd.DataFrame:
     """Per tokens of a call (up to 32: decode passes' rows), the calls, the mean distinct experts
     routed to, and what the uniform routing gives."""
     frame = pd.DataFrame(calls, columns=["tokens", "distinct"])
     by_tokens = frame[frame["tokens"] <= 32].groupby("tokens")["distinct"].agg(["size", "mean"])
     by_tokens.columns = ["calls", "distinct experts"]
-    by_tokens["uniform routing"] = uniform_distinct(num_experts, top_k, by_tokens.index)
+    by_tokens["uniform routing"] = expected_experts(num_experts, top_k, by_tokens.index)
     return by_tokens
 
 

@@ -86,10 +86,10 @@ def test_it_counts_the_experts_each_moe_block_call_routed_to():
 
 
 def test_the_uniform_routings_expected_experts_are_what_the_simulator_draws():
-    from qllm.sim.routing import UniformRouting
+    from qllm.sim.routing import UniformRouting, expected_experts
 
     routing = UniformRouting(8, 2, seed=0)
     for tokens in (1, 3, 8):
         drawn = (routing.tokens_per_expert(4000, tokens) > 0).sum(axis=1).mean()
-        assert drawn == pytest.approx(passes_in_run.uniform_distinct(8, 2, tokens), rel=0.01)
-    assert passes_in_run.uniform_distinct(8, 2, 1) == 2
+        assert drawn == pytest.approx(expected_experts(8, 2, tokens), rel=0.01)
+    assert expected_experts(8, 2, 1) == 2

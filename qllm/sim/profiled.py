@@ -59,6 +59,7 @@ from qllm.errors import ConfigurationError
 from qllm.machine import cpu_name
 from qllm.sim.cost_model import InRunPass, PassShape, StageCosts
 from qllm.sim.plan import WholeLayerPlan
+from qllm.sim.routing import expected_experts
 from qllm.sim.shape import ModelShape
 
 STAGES = ("pass_start", "whole_pass_start", "attention", "router", "combine", "dense_mlp", "layer", "pass_end",
@@ -138,7 +139,7 @@ def features(model: ModelShape, batch_size, query_len, key_len, real_tokens) -> 
     """[..., FEATURES] for passes of these shapes (arrays broadcast)."""
     batch_size, query_len, key_len, real_tokens = (np.asarray(x, dtype=float) for x in
                                                    (batch_size, query_len, key_len, real_tokens))  # fmt: skip
-    experts_run = model.num_experts * (1 - (1 - model.top_k / model.num_experts) ** real_tokens)
+    experts_run = expected_experts(model.num_experts, model.top_k, real_tokens)
     columns = (np.ones_like(batch_size), batch_size, batch_size * query_len, real_tokens,
                batch_size * query_len * key_len, batch_size * key_len, key_len, experts_run)  # fmt: skip
     return np.stack(np.broadcast_arrays(*columns), axis=-1)

@@ -17,6 +17,12 @@ MAX_SUBSETS = 4096  # draw counts per set of experts up to this many sets; beyon
 POOL_SIZE = 1 << 16  # per-token set draws made at once: a decode pass takes layers x tokens of them
 
 
+def expected_experts(num_experts: int, top_k: int, tokens) -> np.ndarray:
+    """The experts `tokens` tokens reach on average when each picks its `top_k` as UniformRouting draws
+    them: a token misses a given expert with probability 1 - k / E."""
+    return num_experts * (1 - (1 - top_k / num_experts) ** np.asarray(tokens, dtype=float))
+
+
 class UniformRouting:
     def __init__(self, num_experts: int, top_k: int, seed: int = 0) -> None:
         self.num_experts = num_experts
