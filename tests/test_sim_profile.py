@@ -407,6 +407,17 @@ def test_a_profile_without_idle_probes_is_refused(tmp_path, tiny_shape):
         ProfiledCostModel(str(path), tiny_shape)
 
 
+def test_shapes_that_never_run_a_third_expert_are_refused_in_one_line():
+    """A block's first and last quanta hold the router and the combine beside an expert; with no expert
+    timed alone between them (one-token passes of a top-2 model) they cannot be told apart."""
+    from harness.profiling.profiler import measure_stages
+
+    model = RunResources(compose_config("model=tiny_mixtral", "executor=real")).model
+    space = ShapeSpace(num_shapes=4, max_batch_size=1, max_prompt_len=1, max_batch_tokens=1, max_context_len=2)
+    with pytest.raises(ConfigurationError, match=r"at most two experts each.*shapes.num_shapes"):
+        measure_stages(model, space, 0)
+
+
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
     """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
     contexts costs the engine what a short one does."""

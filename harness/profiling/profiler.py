@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from qllm.clock import RealClock
+from qllm.errors import ConfigurationError
 from harness.recorder import Recorder
 from harness.replay import replay
 from qllm.executor import ATTENTION, ForwardPass, run_to_completion
@@ -223,6 +224,11 @@ def block_samples(blocks: list[dict], expert_rows: pd.DataFrame) -> list[dict]:
     """`router` and `combine`: a block's first and last quanta less their expert's fitted time."""
     if not blocks:  # a part of a profile that drew none of its shapes
         return []
+    if expert_rows.empty:  # every block ran at most two experts: its first and last quanta, router and combine in them
+        raise ConfigurationError(
+            f"the {len(blocks)} MoE blocks timed ran at most two experts each, so the router's and the combine's "
+            f"time cannot be told from the experts': draw more shapes (shapes.num_shapes) or measure fewer parts"
+        )
     knots, seconds = fit_expert(expert_rows["tokens"].to_numpy(float), expert_rows["seconds"].to_numpy(float))
 
     def expert_s(received):
