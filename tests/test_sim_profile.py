@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from harness.app import compose_config
 from harness.engines import RunResources
 from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
-                                       measure_idle, measure_in_run, shape_columns, shapes_of_part)  # fmt: skip
+                                       measure_idle, measure_in_run, measure_stages, shape_columns, shapes_of_part)  # fmt: skip
 from qllm.clock import VirtualClock
 from qllm.errors import ConfigurationError
 from qllm.sim.cost_model import PassShape
@@ -410,8 +410,6 @@ def test_a_profile_without_idle_probes_is_refused(tmp_path, tiny_shape):
 def test_shapes_that_never_run_a_third_expert_are_refused_in_one_line():
     """A block's first and last quanta hold the router and the combine beside an expert; with no expert
     timed alone between them (one-token passes of a top-2 model) they cannot be told apart."""
-    from harness.profiling.profiler import measure_stages
-
     model = RunResources(compose_config("model=tiny_mixtral", "executor=real")).model
     space = ShapeSpace(num_shapes=4, max_batch_size=1, max_prompt_len=1, max_batch_tokens=1, max_context_len=2)
     with pytest.raises(ConfigurationError, match=r"at most two experts each.*shapes.num_shapes"):
