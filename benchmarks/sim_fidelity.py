@@ -25,11 +25,12 @@ source's (ShareGPT's prompts are real text, routed unlike the profile's random i
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
-    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare hardware.after_prompts_delay=false
+    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare hardware.after_prompts_delay=false \
+        --compare hardware.wake_up_delay=false
 
-`--compare` simulates every workload a second time with other overrides, against the same real runs,
-and reports both: what one part of the cost model is worth, without the machine's drift between
-two suites in the way.
+`--compare` (repeatable, one variant each) simulates every workload again with other overrides,
+against the same real runs, and reports each: what one part of the cost model is worth, without the
+machine's drift between two suites in the way.
 
 Pin it to one core, as the presets run (one torch thread). The workloads' arrivals span about
 `--duration` seconds each, so a run of 12 takes about 12 x 3 x that plus the profiles.
@@ -112,12 +113,13 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
 
 def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
               profiles: dict[str, Path] | None = None, real_runs: int = 2, profile_parts: int | None = None,
-              compared: list[str] = (), progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+              compared: list[list[str]] = (), progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
     """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
     each (module docstring). `profiles`: a profile per model to use instead of measuring one.
     `profile_parts`: the profile measured in this many parts, spread over the sweeps (module
-    docstring; default one before each sweep and one after the last). `compared`: overrides of a
-    second simulated run of each, against the same real runs (columns `sim_compared`, `error_compared`)."""
+    docstring; default one before each sweep and one after the last). `compared`: variants, each the
+    overrides of one more simulated run of each workload, against the same real runs (columns
+    `sim_compared_<i>`, `error_compared_<i>`, i from 1)."""
     workloads = draw_workloads(seed, count, models, engines)
     parts = real_runs + 1 if profile_parts is None else profile_parts
     tables, done = [], []
@@ -144,10 +146,10 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 f"{g} prompts {by_rows(x.prefill)}, decode {by_rows(x.decode)}" for g, x in levels(model, path).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
-                if compared:
-                    other = compare(workload, runs, run_summary(workload, trace, [*sim, *compared]))
-                    table = table.merge(other[["class", "metric", "sim", "error"]], on=["class", "metric"],
-                                        suffixes=("", "_compared"))  # fmt: skip
+                for i, overrides in enumerate(compared, start=1):
+                    other = compare(workload, runs, run_summary(workload, trace, [*sim, *overrides]))
+                    table = table.merge(other[["class", "metric", "sim", "error"]].rename(
+                        columns={"sim": f"sim_compared_{i}", "error": f"error_compared_{i}"}), on=["class", "metric"])
                 progress(f"{workload.describe()}: median |error| {100 * table['error'].abs().median():.1f} %")
                 tables.append(table)
                 done.append(workload)
@@ -244,9 +246,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                              "one before each sweep and one after the last; 1: the whole profile before the runs)")
     parser.add_argument("--profile-override", action="append", default=[],
                         help="a qllm-profile override for the profiles measured here, e.g. shapes.num_shapes=60 (repeatable)")
-    parser.add_argument("--compare", nargs="+", default=[], metavar="OVERRIDE",
+    parser.add_argument("--compare", nargs="+", action="append", default=[], metavar="OVERRIDE",
                         help="simulate each workload again with these overrides, against the same real runs, and report "
-                             "both, e.g. --compare hardware.after_prompts_delay=false")
+                             "both, e.g. --compare hardware.after_prompts_delay=false (repeatable: one variant each)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
     if args.real_runs < 2:
@@ -272,9 +274,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())
-    if args.compare:
-        print(f"\nseed {seed}: the same real runs simulated with {' '.join(args.compare)}")
-        print(per_metric(table.assign(error=table["error_compared"])).round(1).to_string())
+    for i, overrides in enumerate(args.compare, start=1):
+        print(f"\nseed {seed}: the same real runs simulated with {' '.join(overrides)}")
+        print(per_metric(table.assign(error=table[f"error_compared_{i}"])).round(1).to_string())
     print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
     print(signed_medians(table, "model").round(1).to_string())
     print("\nsigned median % per lengths (sharegpt: prompts of real text, routed unlike the profile's random ids)")
