@@ -53,11 +53,12 @@ from qllm.sim.profiled import ProfiledCostModel  # noqa: E402
 from qllm.sim.routing import expected_experts  # noqa: E402
 
 STEP_BINS = [0, 1, 2, 4, 8, 16, 64, 10**9]  # decode steps after the last prompts
+TOKEN_BINS = [0, 16, 32, 64, 128, 256, 512, 1024, 10**9]  # prompt tokens a pass fed
 
 
 def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
-    """A row per pass: its phase, the decode step after the last prompts, its real and simulated
-    seconds (the engine's work between passes left out of both)."""
+    """A row per pass: its phase, the decode step after the last prompts, the prompts it fed and their
+    tokens, its real and simulated seconds (the engine's work between passes left out of both)."""
     rows = []
     for groups, real in zip(passes, timeline.itertuples()):
         sim_rows = [SimRows((), (), shape, 0) for shape, _ in groups]
@@ -66,7 +67,10 @@ def priced(passes, timeline: pd.DataFrame, sim: SimExecutor) -> pd.DataFrame:
         is_decode = all(shape.is_decode for shape, _ in groups)
         shapes = [shape for shape, _ in groups]  # the engine's work as the plan charged it: one group's, or the rows' together
         overhead = (sim.stage_costs(shapes[0]) if len(shapes) == 1 else row_group_costs(sim.stage_costs, shapes)).pass_overhead_s
+        prompts = [shape for shape in shapes if not shape.is_decode]
         rows.append({"phase": "decode" if is_decode else "prompts", "step_after": sim.decode_passes_after if is_decode else 0,
+                     "prompts": sum(shape.batch_size for shape in prompts),
+                     "prompt_tokens": sum(shape.num_real_tokens for shape in prompts),
                      "real_s": real.duration_s, "sim_s": plan.total_s - overhead + delay, "delay_s": delay,
                      "groups": groups})  # fmt: skip
     return pd.DataFrame(rows)
@@ -152,6 +156,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         real_s, sim_s, delay_s = rows["real_s"].sum(), rows["sim_s"].sum(), rows["delay_s"].sum()
         print(f"  {phase}: simulated / real {sim_s / real_s:.3f} (summed; {(sim_s - delay_s) / real_s:.3f} without the "
               f"delays after prompts, {delay_s:.3f} s), median per pass {np.median(rows['sim_s'] / rows['real_s']):.3f}")  # fmt: skip
+    prompts = table[table["phase"] == "prompts"]
+    by_tokens = prompts.groupby([np.where(prompts["prompts"] == 1, "alone", "several"),
+                                 pd.cut(prompts["prompt_tokens"], TOKEN_BINS)], observed=True)  # fmt: skip
+    print("passes that fed prompts, by the prompt tokens fed (one prompt alone, or several):")
+    print(pd.DataFrame({"passes": by_tokens.size(), "simulated / real": by_tokens["sim_s"].sum() / by_tokens["real_s"].sum()})
+          .round(3).to_string())  # fmt: skip
     decode = table[table["phase"] == "decode"]
     by_step = decode.groupby(pd.cut(decode["step_after"], STEP_BINS))
     print(pd.DataFrame({"passes": by_step.size(), "simulated / real": by_step["sim_s"].sum() / by_step["real_s"].sum(),
@@ -160,6 +170,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     shape = costs.model
     routing = routing_table(calls, shape.num_experts, shape.top_k)
     table.attrs["routing"] = routing
+    table.attrs["prompt_lens"] = prompt_lens  # by request, from the run's own table
     ids = "the trace's" if "prompt_ids" in trace else "random"
     print(f"experts routed to per MoE block call of up to 32 tokens ({ids} prompt ids):")
     print(routing.round(2).to_string())

@@ -62,10 +62,12 @@ def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path,
     first = table[table["phase"] == "decode"].groupby((table["phase"] == "prompts").cumsum()).head(1)
     assert (first["step_after"] == 1).all() and (table.loc[table["phase"] == "prompts", "delay_s"] == 0).all()
     assert np.isfinite(table["delay_s"]).all()
+    fed, prompt_lens = table[table["phase"] == "prompts"], table.attrs["prompt_lens"]  # fcfs_rtc: every prompt fed once
+    assert fed["prompts"].sum() == len(prompt_lens) and fed["prompt_tokens"].sum() == sum(prompt_lens.values())
     routing = table.attrs["routing"]
     assert routing["calls"].sum() > 0 and routing["distinct experts"].between(2, 8).all()  # top-2 of 8
     printed = capsys.readouterr().out
-    assert "simulated / real" in printed and "decode passes timed alone" in printed and "experts routed to" in printed
+    assert "simulated / real" in printed and "decode passes timed alone" in printed and "by the prompt tokens fed" in printed and "experts routed to" in printed
 
 
 def test_it_counts_the_experts_each_moe_block_call_routed_to():
