@@ -54,7 +54,7 @@ def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path,
 
     profile = tmp_path / "tiny.parquet"
     profile_in_process("tiny_mixtral", profile, ["shapes.num_shapes=12", "shapes.max_batch_size=4", "idle_run.repeats=1",
-                                                 "after_prompts_run.repeats=1", "engine_run.num_requests=24", "in_run_run.runs=1",
+                                                 "after_prompts_run.repeats=1", "engine_run.num_requests=24", "in_run_run.batch_sizes=[4]",
                                                  "in_run_run.num_requests=6", "in_run_run.max_output_len=6"])  # fmt: skip
     table = passes_in_run.main(["--seed", "3", "--workload", "0", "--workloads", "2", "--models", "tiny_mixtral",
                                 "--engines", "fcfs_rtc", "--duration", "0.3", "--profile", str(profile), "--isolated", "3"])  # fmt: skip

@@ -16,7 +16,7 @@ from qllm.sim.profiled import read_profile, write_profile
 
 
 TINY_PROFILE = ("shapes.num_shapes=8", "shapes.max_batch_size=4", "shapes.max_prompt_len=24", "shapes.max_context_len=32",
-                "engine_run.num_requests=40", "idle_run.repeats=1", "after_prompts_run.repeats=1", "in_run_run.runs=1",
+                "engine_run.num_requests=40", "idle_run.repeats=1", "after_prompts_run.repeats=1", "in_run_run.batch_sizes=[4]",
                 "in_run_run.num_requests=6", "in_run_run.max_output_len=6")  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from qllm.sim.shape import ModelShape
 from tests.helpers import run_cli
 
 HERE = {"cpu": cpu_name()}
-TINY_IN_RUN = ("in_run_run.runs=2", "in_run_run.num_requests=6", "in_run_run.max_output_len=6")
+TINY_IN_RUN = ("in_run_run.batch_sizes=[4,2]", "in_run_run.num_requests=6", "in_run_run.max_output_len=6")
 # Seconds per unit of each feature (FEATURES order); each stage scales its own by (stage number + 1).
 TRUE_COSTS = np.array([1e-4, 2e-6, 3e-7, 5e-7, 4e-9, 1e-8, 3e-7, 2e-6])
 ENGINE_COSTS = np.array([3e-5, 1e-6, 0, 2e-7, 0, 0, 0, 0])  # the engine's stages: rows and tokens, no attention
@@ -265,7 +265,7 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
     was given, its seconds in the run (its quanta's, the gaps between them left out), and for a
     decode pass its step after the last prompts and their tokens, counted from 1 again after each
     pass that fed prompts."""
-    cfg = compose_config("engine=[qllm_one_phase]", "executor=real", "engine.qllm_one_phase.policy.max_batch_size=2")
+    cfg = compose_config("engine=[qllm_one_phase]", "executor=real")
     resources = RunResources(cfg)
     (name, engine_cfg), = cfg.engine.items()
     ran, starts, recorders = [], [], []
@@ -277,8 +277,9 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
         ran.append(["decode" if decode else "prefill", len(batch), keys, sum(s.num_new_tokens for s in batch)])
         return forward(self, batch, *rest, **named)
 
-    def build(clock, recorder, granularity):
-        engine = resources.build_engine(OmegaConf.merge(engine_cfg, {"granularity": granularity}), name, clock, recorder)
+    def build(clock, recorder, granularity, max_batch_size):
+        chosen = OmegaConf.merge(engine_cfg, {"granularity": granularity, "policy": {"max_batch_size": max_batch_size}})
+        engine = resources.build_engine(chosen, name, clock, recorder)
         starts.append(len(ran))  # the engine's warm-up passes are not the run's
         recorders.append(recorder)
         return engine
@@ -286,7 +287,7 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
     monkeypatch.setattr(RealExecutor, "forward", spy)
     requests = [Request(f"r{i}", 0.0, prompt, output, "BE", DEFAULT_PRIORITY["BE"])
                 for i, (prompt, output) in enumerate([(5, 3), (9, 2), (4, 4)])]  # fmt: skip
-    table = measure_in_run(build, [requests], ["iteration", "layer"])
+    table = measure_in_run(build, [(2, requests)], ["iteration", "layer"])
     assert list(table["stage"].unique()) == ["in_run_iteration", "in_run_layer"]
     for index, (granularity, rows) in enumerate(table.groupby("stage", sort=False)):
         quanta = recorders[index].quanta
@@ -304,6 +305,20 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
         assert rows["step_after"].tolist() == steps
         assert rows.loc[decode_rows, "tokens"].tolist() == [t for t, d in zip(tokens, decode_rows) if d]
         assert rows["step_after"].max() >= 2 and rows["phase"].eq("prefill").sum() >= 2
+
+
+def test_the_profiles_engine_runs_each_take_their_batch_limit_and_requests_for_it():
+    """A run per batch limit, with up to requests_per_row x B requests (a run of few rows needs few to
+    make many passes), drawn apart for each run; a part takes every parts-th run."""
+    from harness.profiling.profile_app import in_run_requests
+
+    cfg = OmegaConf.create({"batch_sizes": [32, 2, 8], "num_requests": 64, "requests_per_row": 4, "max_output_len": 16})
+    runs = in_run_requests(cfg, ShapeSpace(max_prompt_len=40), seed=5)
+    assert [(b, len(requests)) for b, requests in runs] == [(32, 64), (2, 8), (8, 32)]
+    requests = [r for _, run in runs for r in run]
+    assert all(r.arrival_s == 0 and 1 <= r.prompt_len <= 40 and 1 <= r.output_len <= 16 for r in requests)
+    assert len({r.request_id for r in requests}) == len(requests) and len({r.prompt_len for r in requests}) > 20
+    assert in_run_requests(cfg, ShapeSpace(max_prompt_len=40), seed=5, part=1, parts=2) == runs[1::2]
 
 
 def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase_and_rows(tmp_path, tiny_shape):
@@ -538,8 +553,8 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
     in_run = [t["stage"].str.startswith("in_run_").sum() for t in (whole, part0, part1, merged)]  # a run each: all at 0
     assert in_run[3] == in_run[0] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
-    in_run_rows = whole.loc[whole["stage"].str.startswith("in_run_"), "batch_size"]
-    assert in_run_rows.max() == 4  # its engine runs batch as many rows as the shapes do (shapes.max_batch_size)
+    widest = [t.loc[t["stage"].str.startswith("in_run_"), "batch_size"].max() for t in (part0, part1)]
+    assert widest == [4, 2]  # a run per part, each batching up to its own limit (in_run_run.batch_sizes=[4,2])
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)

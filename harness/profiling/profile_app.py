@@ -58,14 +58,17 @@ def after_prompts_probes(cfg: DictConfig, space: ShapeSpace, seed: int, part: in
     return [(int(n), lengths) for n, (_, lengths) in zip(tokens, decodes)][part::parts]
 
 
-def in_run_requests(cfg: DictConfig, space: ShapeSpace, seed: int, part: int = 0, parts: int = 1) -> list[list[Request]]:
-    """`cfg.runs` runs of `cfg.num_requests` requests each, all arriving at 0, prompts of 1 to the
-    space's longest and outputs of 1 to `cfg.max_output_len` tokens drawn from `seed`; of those, the
-    runs at `part`, `part + parts`, ... (a part measures its share)."""
+def in_run_requests(cfg: DictConfig, space: ShapeSpace, seed: int, part: int = 0,
+                    parts: int = 1) -> list[tuple[int, list[Request]]]:  # fmt: skip
+    """A run per batch limit B of `cfg.batch_sizes`: (B, min(`cfg.num_requests`, `cfg.requests_per_row`
+    x B) requests, all arriving at 0, prompts of 1 to the space's longest and outputs of 1 to
+    `cfg.max_output_len` tokens drawn from `seed`); of those, the runs at `part`, `part + parts`, ... (a
+    part measures its share)."""
     rng = np.random.default_rng([seed, 2])  # apart from the shapes', the idle and the after-prompts probes' draws
-    runs = [[Request(f"r{run}.{i}", 0.0, int(rng.integers(1, space.max_prompt_len + 1)),
-                     int(rng.integers(1, cfg.max_output_len + 1)), "BE", DEFAULT_PRIORITY["BE"])
-             for i in range(cfg.num_requests)] for run in range(cfg.runs)]  # fmt: skip
+    runs = [(int(b), [Request(f"r{run}.{i}", 0.0, int(rng.integers(1, space.max_prompt_len + 1)),
+                              int(rng.integers(1, cfg.max_output_len + 1)), "BE", DEFAULT_PRIORITY["BE"])
+                      for i in range(min(cfg.num_requests, cfg.requests_per_row * b))])
+            for run, b in enumerate(cfg.batch_sizes)]  # fmt: skip
     return runs[part::parts]
 
 
@@ -87,8 +90,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
     after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
                                           torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    in_run = measure_in_run(functools.partial(build, max_batch_size=cfg.in_run_run.max_batch_size),
-                            in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
+    in_run = measure_in_run(build, in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
                             list(cfg.in_run_run.granularities))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),

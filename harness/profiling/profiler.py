@@ -29,9 +29,9 @@ prefill on this VM (`measure_idle`). And what prompts cost the decode steps afte
 (`after_prompts`): a tiny model's decode step right after a prompt of some thousand tokens ran 1.5-1.8x
 its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
 And what the passes of a real run take beside the stages timed alone (`in_run_<granularity>`): the
-passes of engine runs with every request at 0 at each granularity, each with its shape
-(`measure_in_run`; the simulator's level, qllm.sim.level). Every sample is kept; the cost model fits
-them.
+passes of engine runs with every request at 0 at each granularity, each run with its own batch
+limit, each pass with its shape (`measure_in_run`; the simulator's level, qllm.sim.level). Every
+sample is kept; the cost model fits them.
 """
 
 from __future__ import annotations
@@ -315,20 +315,21 @@ def measure_after_prompts(model, probes: list[tuple[int, list[int]]], max_prompt
     return pd.DataFrame(samples)
 
 
-def measure_in_run(build_engine, runs: list[list[Request]], granularities: list[str]) -> pd.DataFrame:
-    """Profile rows `in_run_<granularity>`: every one-phase pass of real engine runs, one per list of
-    `runs` at each of `granularities` (requests arriving at 0, so the engine never idles), each with
-    its shape and its seconds in the run (its quanta's, the engine's work between them left out); a
-    decode pass also with its step after the last pass that fed prompts (`step_after`) and their
-    `tokens`. `build_engine(clock, recorder, granularity)` builds the engine. The stages timed alone
-    add up to more or less than such passes take (qllm.sim.level)."""
+def measure_in_run(build_engine, runs: list[tuple[int, list[Request]]], granularities: list[str]) -> pd.DataFrame:
+    """Profile rows `in_run_<granularity>`: every one-phase pass of real engine runs, one per (batch
+    limit, requests) of `runs` at each of `granularities` (requests arriving at 0, so the engine never
+    idles), each with its shape and its seconds in the run (its quanta's, the engine's work between
+    them left out); a decode pass also with its step after the last pass that fed prompts
+    (`step_after`) and their `tokens`. `build_engine(clock, recorder, granularity, max_batch_size)`
+    builds the engine. The stages timed alone add up to more or less than such passes take
+    (qllm.sim.level)."""
     samples = []
-    for requests in runs:
+    for batch_size, requests in runs:
         prompt_lens = {request.request_id: request.prompt_len for request in requests}
         for granularity in granularities:
             clock = RealClock()
             recorder = Recorder(clock)
-            replay(requests, build_engine(clock, recorder, granularity), recorder, progress=False)
+            replay(requests, build_engine(clock, recorder, granularity, max_batch_size=batch_size), recorder, progress=False)
             passes, quanta = [], []
             for quantum in recorder.quanta:
                 quanta.append(quantum)
