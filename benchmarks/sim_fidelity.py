@@ -30,7 +30,12 @@ source's (ShareGPT's prompts are real text, routed unlike the profile's random i
 
 `--compare` (repeatable, one variant each) simulates every workload again with other overrides,
 against the same real runs, and reports each: what one part of the cost model is worth, without the
-machine's drift between two suites in the way.
+machine's drift between two suites in the way. `--compare-profile` (repeatable) does the same for a
+change in what `qllm-profile` measures: a second profile of each model, with these qllm-profile
+overrides, measured in parts in the same slots as the first (each part right after the first's, so
+the machine's drift hits both alike), simulates every workload again:
+
+    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare-profile 'in_run_run.batch_sizes=[32,32,32]'
 
 Pin it to one core, as the presets run (one torch thread). The workloads' arrivals span about
 `--duration` seconds each, so a run of 12 takes about 12 x 3 x that plus the profiles.
@@ -113,13 +118,15 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
 
 def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_overrides: list[str],
               profiles: dict[str, Path] | None = None, real_runs: int = 2, profile_parts: int | None = None,
-              compared: list[list[str]] = (), progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
+              compared: list[list[str]] = (), compared_profiles: list[list[str]] = (),
+              progress=print) -> tuple[list[Workload], pd.DataFrame]:  # fmt: skip
     """Draw `count` workloads from `seed` and compare `real_runs` real runs and a simulated one of
     each (module docstring). `profiles`: a profile per model to use instead of measuring one.
     `profile_parts`: the profile measured in this many parts, spread over the sweeps (module
     docstring; default one before each sweep and one after the last). `compared`: variants, each the
     overrides of one more simulated run of each workload, against the same real runs (columns
-    `sim_compared_<i>`, `error_compared_<i>`, i from 1)."""
+    `sim_compared_<i>`, `error_compared_<i>`, i from 1); then `compared_profiles`, each the
+    qllm-profile overrides of a second profile measured alongside the first, in the same slots."""
     workloads = draw_workloads(seed, count, models, engines)
     parts = real_runs + 1 if profile_parts is None else profile_parts
     tables, done = [], []
@@ -127,6 +134,9 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
         for model in sorted({w.model for w in workloads}):
             profile = SpreadProfile(model, Path(folder), parts, real_runs + 1, profile_overrides, progress,
                                     given=(profiles or {}).get(model))  # fmt: skip
+            alongside = [SpreadProfile(model, Path(folder) / f"compared_{i}", parts, real_runs + 1,
+                                       [*profile_overrides, *overrides], progress, label=f" ({' '.join(overrides)})")
+                         for i, overrides in enumerate(compared_profiles, start=1)]  # fmt: skip
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={profile.measure(slot=0)}"]
             traced = []
             for workload in (w for w in workloads if w.model == model):
@@ -134,7 +144,8 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                 traced.append((workload, draw_trace(workload, requests_for(workload.rate, limits), workload.rate, limits)))
             reals = [[] for _ in traced]
             for sweep in range(real_runs):  # a sweep runs each workload once: a workload's runs are minutes apart
-                profile.measure(slot=sweep)
+                for measured in (profile, *alongside):
+                    measured.measure(slot=sweep)
                 for (workload, trace), runs in zip(traced, reals):
                     started = time.perf_counter()
                     runs.append(run_summary(workload, trace, ["executor=real"]))
@@ -142,11 +153,12 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
             path = profile.measure(slot=real_runs)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
+            variants = [*compared, *([f"hardware.path={other.measure(slot=real_runs)}"] for other in alongside)]
             progress(f"{model}'s level (qllm.sim.level), by rows: " + "; ".join(
                 f"{g} prompts {by_rows(x.prefill)}, decode {by_rows(x.decode)}" for g, x in levels(model, path).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
-                for i, overrides in enumerate(compared, start=1):
+                for i, overrides in enumerate(variants, start=1):
                     other = compare(workload, runs, run_summary(workload, trace, [*sim, *overrides]))
                     table = table.merge(other[["class", "metric", "sim", "error"]].rename(
                         columns={"sim": f"sim_compared_{i}", "error": f"error_compared_{i}"}), on=["class", "metric"])
@@ -175,9 +187,9 @@ class SpreadProfile:
     (or the `given` one, measured elsewhere)."""
 
     def __init__(self, model: str, folder: Path, parts: int, slots: int, overrides: list[str], progress,
-                 given: Path | None = None) -> None:  # fmt: skip
+                 given: Path | None = None, label: str = "") -> None:  # fmt: skip
         self.model, self.folder, self.parts, self.slots = model, folder, parts, slots
-        self.overrides, self.progress = overrides, progress
+        self.overrides, self.progress, self.label = overrides, progress, label
         self.measured: list[Path] = []
         self.given, self.merged = given, None
 
@@ -189,7 +201,8 @@ class SpreadProfile:
             path = self.folder / f"{self.model}.part{part}.parquet"
             started = time.perf_counter()
             profile_in_process(self.model, path, [f"part={part}", f"parts={self.parts}", *self.overrides])
-            self.progress(f"profiled {self.model}, part {part + 1} of {self.parts}, in {time.perf_counter() - started:.0f} s")
+            self.progress(f"profiled {self.model}{self.label}, part {part + 1} of {self.parts}, in "
+                          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
             self.measured.append(path)
         if due:
             self.merged = self.folder / f"{self.model}.{len(self.measured)}.parquet"
@@ -249,6 +262,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--compare", nargs="+", action="append", default=[], metavar="OVERRIDE",
                         help="simulate each workload again with these overrides, against the same real runs, and report "
                              "both, e.g. --compare hardware.after_prompts_delay=false (repeatable: one variant each)")
+    parser.add_argument("--compare-profile", nargs="+", action="append", default=[], metavar="OVERRIDE",
+                        help="measure a second profile of each model with these qllm-profile overrides, in parts beside "
+                             "the first, and simulate each workload again with it (repeatable: one variant each)")
     parser.add_argument("--out", type=Path, help="write the per-workload table here (CSV)")
     args = parser.parse_args(argv)
     if args.real_runs < 2:
@@ -262,7 +278,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                     args.max_requests)  # fmt: skip
     profiles = {model: Path(path) for model, path in args.profile}
     workloads, table = run_suite(seed, args.workloads, limits, args.models, args.engines, args.profile_override, profiles,
-                                 args.real_runs, args.profile_parts, args.compare)
+                                 args.real_runs, args.profile_parts, args.compare, args.compare_profile)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 1000)
     print("\nworkloads:")
@@ -274,8 +290,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
           .to_string(index=False, float_format="%.4g"))  # fmt: skip
     print(f"\nseed {seed}: per metric over {len(workloads)} workloads x classes")
     print(per_metric(table).round(1).to_string())
-    for i, overrides in enumerate(args.compare, start=1):
-        print(f"\nseed {seed}: the same real runs simulated with {' '.join(overrides)}")
+    variants = [" ".join(overrides) for overrides in args.compare]
+    variants += [f"a profile measured alongside with {' '.join(overrides)}" for overrides in args.compare_profile]
+    for i, variant in enumerate(variants, start=1):
+        print(f"\nseed {seed}: the same real runs simulated with {variant}")
         print(per_metric(table.assign(error=table[f"error_compared_{i}"])).round(1).to_string())
     print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
     print(signed_medians(table, "model").round(1).to_string())

@@ -74,8 +74,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
         "--profile-override", "engine_run.num_requests=40", "--profile-override", "after_prompts_run.repeats=1",
         "--profile-override", "in_run_run.num_requests=6", "--profile-override", "in_run_run.max_output_len=6",
         "--real-runs", "3", "--compare", "hardware.in_run_level=false", "--compare", "hardware.in_run_level=false",
-        "hardware.after_prompts_delay=false",
-        "--out", str(out),
+        "hardware.after_prompts_delay=false", "--compare-profile", "in_run_run.batch_sizes=[1]", "--out", str(out),
     ])  # fmt: skip
     written = pd.read_csv(out)
     assert len(written) == len(table) > 0 and set(written["workload"]) == {0, 1} and (written["seed"] == 3).all()
@@ -87,18 +86,24 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
     # --compare: the same real runs against more simulated runs, one per variant: here at the level of the
     # stages timed alone, then that and without the delays after prompts (two overrides)
-    for i in (1, 2):
+    # and a profile measured alongside the first, its engine runs batching one row (another level)
+    for i in (1, 2, 3):
         np.testing.assert_allclose(written[f"error_compared_{i}"], written[f"sim_compared_{i}"] / written["real_mean"] - 1)
     latencies = written[written["metric"] != "throughput"]
     assert (latencies["sim_compared_1"] != latencies["sim"]).any()
     assert (latencies["sim_compared_2"] != latencies["sim_compared_1"]).any()  # each variant its own overrides
+    assert (latencies["sim_compared_3"] != latencies["sim"]).any()
     np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
     printed = capsys.readouterr().out
     steps = [line.split(":")[0].split()[0] + " " + line.split(": real run ")[1].split()[0] if ": real run " in line
              else "profile " + line.split("part ")[1].split()[0]
              for line in printed.splitlines() if ": real run " in line or line.startswith("profiled")]  # fmt: skip
-    # Sweeps: a workload's runs minutes apart; the profile in parts before each sweep and after the last.
-    assert steps == ["profile 1", "#0 1", "#1 1", "profile 2", "#0 2", "#1 2", "profile 3", "#0 3", "#1 3", "profile 4"]
+    # Sweeps: a workload's runs minutes apart; the profile in parts before each sweep and after the last, each
+    # part of the profile compared right after the first's.
+    assert steps == ["profile 1", "profile 1", "#0 1", "#1 1", "profile 2", "profile 2", "#0 2", "#1 2", "profile 3",
+                     "profile 3", "#0 3", "#1 3", "profile 4", "profile 4"]  # fmt: skip
+    alongside = [line for line in printed.splitlines() if line.startswith("profiled tiny_mixtral (in_run_run.batch_sizes=[1])")]
+    assert len(alongside) == 4 and "a profile measured alongside with in_run_run.batch_sizes=[1]" in printed
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "simulated with hardware.in_run_level=false" in printed and "simulated with hardware.in_run_level=false hardware.after_prompts_delay=false" in printed
     assert "floor median %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
