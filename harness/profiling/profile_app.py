@@ -4,7 +4,6 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import sys
 from pathlib import Path
