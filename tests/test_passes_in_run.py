@@ -67,7 +67,8 @@ def test_it_prices_each_pass_of_a_workload_and_the_steps_after_prompts(tmp_path,
     routing = table.attrs["routing"]
     assert routing["calls"].sum() > 0 and routing["distinct experts"].between(2, 8).all()  # top-2 of 8
     printed = capsys.readouterr().out
-    assert "simulated / real" in printed and "decode passes timed alone" in printed and "by the prompt tokens fed" in printed and "experts routed to" in printed
+    assert "simulated / real" in printed and "decode passes timed alone" in printed and "experts routed to" in printed
+    assert "by the prompt tokens fed" in printed
 
 
 def test_it_counts_the_experts_each_moe_block_call_routed_to():

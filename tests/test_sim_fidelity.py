@@ -105,7 +105,8 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     alongside = [line for line in printed.splitlines() if line.startswith("profiled tiny_mixtral (in_run_run.batch_sizes=[1])")]
     assert len(alongside) == 4 and "a profile measured alongside with in_run_run.batch_sizes=[1]" in printed
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
-    assert "simulated with hardware.in_run_level=false" in printed and "simulated with hardware.in_run_level=false hardware.after_prompts_delay=false" in printed
+    assert "simulated with hardware.in_run_level=false\n" in printed
+    assert "simulated with hardware.in_run_level=false hardware.after_prompts_delay=false" in printed
     assert "floor median %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
     drawn = {w.index: w.lengths for w in draw_workloads(3, 2, ["tiny_mixtral"], ["qllm", "fcfs_rtc"])}
     assert (written["lengths"] == written["workload"].map(drawn)).all()
