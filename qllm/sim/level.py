@@ -11,7 +11,10 @@ the simulated executor prices them as it prices its own passes at its granularit
 prompts included (their routing drawn apart from the run's), and scales the model's work, every stage
 but the engine's own (measured in runs already) and every expert, by their summed time over their
 summed price: per phase, one level per number of rows, a power of two (the passes with rows nearest
-it), interpolated in between over log rows and held flat past the first and the last.
+it), interpolated in between over log rows and held flat past the first and the last. A pass that took
+more than OUTLIER times its price is left out, as `fit` leaves out such samples: the core taken by
+something else for a moment is the machine, not the pass (a CI machine's tiny test profile, two prompt
+passes at each granularity, priced every prompt pass at iteration granularity 47x its time: a spike).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qllm.sim.cost_model import InRunPass, PassShape, StageCosts
+from qllm.sim.profiled import OUTLIER
 from qllm.sim.routing import UniformRouting
 
 ENGINE_STAGES = ("checkpoint_s", "pass_overhead_s")  # the engine's own work, measured in its runs
@@ -63,7 +67,8 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
     """The passes' summed seconds over the summed model work `executor` (a
     qllm.sim.executor.SimExecutor at its granularity, not yet leveled) prices them at, per phase over
     the passes whose rows are nearest each power of two (rows with fewer than MIN_PASSES passes left
-    out); a phase without such rows takes the level of all its passes, one without passes that of all."""
+    out; spikes too); a phase without such rows takes the level of all its passes, one without passes
+    that of all."""
     routing = UniformRouting(executor.model.num_experts, executor.model.top_k, seed=0)  # the run's draws untouched
     seconds, priced, counts = defaultdict(float), defaultdict(float), defaultdict(int)  # by (decode?, rows)
     for run_pass in passes:
@@ -71,6 +76,8 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
         costs = executor.stage_costs(run_pass.shape)
         work_s = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
         delay_s = executor.costs.after_prompts_s(run_pass.prompt_tokens, run_pass.step_after, plan.total_s) if run_pass.step_after else 0.0
+        if run_pass.seconds > OUTLIER * (work_s + delay_s):
+            continue
         key = (run_pass.shape.is_decode, 2 ** round(np.log2(run_pass.shape.batch_size)))
         seconds[key] += run_pass.seconds
         priced[key] += work_s + delay_s
@@ -85,5 +92,5 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
             return ByRows(levels=(sum(seconds[k] for k in keys) / sum(priced[k] for k in keys),))
         return ByRows(tuple(rows for _, rows in counted), tuple(seconds[key] / priced[key] for key in counted))
 
-    pooled = sum(seconds.values()) / sum(priced.values())
+    pooled = sum(seconds.values()) / sum(priced.values()) if priced else 1.0  # every pass a spike: the stages as timed
     return Level(prefill=by_rows(False, pooled), decode=by_rows(True, pooled))
