@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ class VirtualClock:
     def __init__(self) -> None:
         self._now = 0.0
         self._arrivals = np.zeros(0)  # sorted
+        # After idling so long, how long past an arrival the engine looks at its queue (the simulated
+        # executor's cost model sets it: qllm.sim.executor.SimExecutor.woken).
+        self.wake_up_s: Callable[[float], float] = lambda idle_s: 0.0
 
     def now(self) -> float:
         return self._now
@@ -69,7 +72,10 @@ class VirtualClock:
         self._now = t_s
 
     def sleep_until(self, t_s: float) -> None:
-        self._now = max(self._now, t_s)
+        """Idle until `t_s`, then as long as the engine takes to wake up (`wake_up_s`): requests arriving
+        meanwhile are submitted with the one it woke for, as a real replay's are."""
+        if t_s > self._now:
+            self._now = t_s + self.wake_up_s(t_s - self._now)
 
     def start_replay(self, arrival_s: Iterable[float]) -> None:
         """The replay's arrival times, so that `next_arrival_s` can say when the next one is due.

@@ -50,6 +50,9 @@ class KnownCosts:
     def idle_s(self, gap_s: float) -> float:
         return IDLE_S_PER_S * gap_s
 
+    def wake_s(self, gap_s: float) -> float:
+        return 0.0
+
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         return 0.0
 
@@ -207,17 +210,19 @@ def test_the_clock_advances_by_the_cost_models_stages():
 
 def test_a_pass_after_the_engine_idled_starts_late_by_the_cost_models_idle_delay():
     """On known costs: the run's first pass and one straight after it start at once; one after the
-    engine has idled for 40 s starts the cost model's idle_s(40 s) late (10 s)."""
+    engine has idled for 40 s starts the cost model's idle_s(40 s) late (10 s), and the one after it
+    at once again."""
     _, config = family_model("mixtral")
     clock = VirtualClock()
     sim = SimExecutor(config, clock, KnownCosts, "layer")
     ends = []
-    for idle_s in (0.0, 0.0, 40.0):
+    for idle_s in (0.0, 0.0, 40.0, 0.0):
         clock.sleep_until(clock.now() + idle_s)
         run_to_completion(sim.forward(batch_of(sim)))
         ends.append(clock.now())
     pass_s = ends[0]
-    assert ends == pytest.approx([pass_s, 2 * pass_s, 3 * pass_s + 40.0 + IDLE_S_PER_S * 40.0], abs=1e-9)
+    late = 40.0 + IDLE_S_PER_S * 40.0
+    assert ends == pytest.approx([pass_s, 2 * pass_s, 3 * pass_s + late, 4 * pass_s + late], abs=1e-9)
 
 
 class PromptsCostMore(KnownCosts):

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.app import compose_config
+from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
                                        measure_idle, measure_in_run, measure_stages, shape_columns, shapes_of_part)  # fmt: skip
@@ -207,6 +207,59 @@ def test_the_idle_delay_follows_the_medians_measured_at_each_gap(tmp_path, tiny_
         assert costs.idle_s(gap) == pytest.approx(delay, abs=1e-12), gap
 
 
+def test_the_wake_up_window_is_the_busy_median_plus_what_idling_added(tmp_path, tiny_shape):
+    """How long after its arrival a request is batched: straight after work (gap 0) the median of those
+    probes; after idling, that plus the median extra at each gap probed (a spike moves nothing, less
+    than straight after work is no extra), interpolated as the idle delay; nothing without
+    `wake_up_delay`, nor in a profile measured before these probes."""
+    table = synthetic_table(tiny_shape)
+    probed = {0.0: [1e-4, 2e-4, 1e-4, 3e-4], 0.01: [3e-4, 4e-4, 9e-2], 0.1: [6e-4, 5e-4, 7e-4], 1.0: [0.0, 1e-4, 5e-5]}
+    wake = idle_rows(probed).assign(stage="wake")
+    path = tmp_path / "profile.parquet"
+    write_profile(pd.concat([table, wake], ignore_index=True), path, tiny_shape, HERE)
+    costs = ProfiledCostModel(str(path), tiny_shape)
+    busy = 1.5e-4
+    expected = {0.0: busy, 0.005: busy + 1.25e-4, 0.01: busy + 2.5e-4, np.sqrt(0.01 * 0.1): busy + 3.5e-4, 0.1: busy + 4.5e-4,
+                1.0: busy, 30.0: busy}  # fmt: skip
+    for gap, window in expected.items():
+        assert costs.wake_s(gap) == pytest.approx(window, abs=1e-12), gap
+    assert ProfiledCostModel(str(path), tiny_shape, wake_up_delay=False).wake_s(0.1) == 0.0
+    write_profile(table, path, tiny_shape, HERE)
+    assert ProfiledCostModel(str(path), tiny_shape).wake_s(0.1) == 0.0
+
+
+def test_requests_arriving_while_an_idle_engine_wakes_up_share_its_batch(tmp_path, tiny_shape):
+    """After idling, the simulated engine looks at its queue the profile's wake-up window after the
+    arrival (here 1 ms after 0.1 s idle and more, 0.1 ms straight after work): a request 0.6 ms behind
+    joins the first one's prefill, one 1.5 ms behind does not; a lone request's first token comes
+    the idle delay plus the busy window after its arrival, on top of its pass. A profile without
+    the window, or `wake_up_delay=false`, batches neither: a pass formed the moment it arrives."""
+    table = synthetic_table(tiny_shape)
+    idle = idle_rows({0.1: [2e-3]})
+    wake = idle_rows({0.0: [1e-4], 0.1: [1e-3]}).assign(stage="wake")
+    requests = [Request(name, arrival, 20, 2, "BE", 1) for name, arrival in
+                (("r0", 0.5), ("r1", 0.5006), ("r2", 1.5), ("r3", 1.5015), ("alone", 2.5))]  # fmt: skip
+
+    def run(profile_rows, *overrides):
+        path = tmp_path / "profile.parquet"
+        write_profile(pd.concat([table[table["stage"] != "idle"], idle, *profile_rows], ignore_index=True), path, tiny_shape, HERE)
+        cfg = compose_config("engine=[fcfs_cb]", "executor=sim", "hardware=profiled", f"hardware.path={path}",
+                             "progress=false", *overrides)  # fmt: skip
+        (name, engine_cfg), = cfg.engine.items()
+        return run_engine(name, engine_cfg, RunResources(cfg), requests, cfg, {"run_id": "0"})["requests"].set_index("request_id")
+
+    woken = run([wake])
+    scheduled = woken["first_scheduled_s"]
+    assert scheduled["r0"] == scheduled["r1"] == pytest.approx(0.501, abs=1e-12)  # one batch
+    assert scheduled["r2"] == pytest.approx(1.501, abs=1e-12) and scheduled["r3"] > scheduled["r2"]
+    at_once = run([])
+    assert at_once.loc["r0", "first_scheduled_s"] == 0.5 and at_once.loc["r1", "first_scheduled_s"] > 0.5006
+    ttft = woken["ttft_s"]["alone"] - at_once["ttft_s"]["alone"]
+    assert ttft == pytest.approx(1e-4, abs=1e-12)  # the same delay in all, and the busy window
+    off = run([wake], "hardware.wake_up_delay=false")
+    assert off.loc["r0", "first_scheduled_s"] == 0.5 and off.loc["r1", "first_scheduled_s"] > 0.5006
+
+
 def test_the_after_prompts_delay_is_the_probes_median_share_of_the_decode_pass(tmp_path, tiny_shape):
     """Per prompt size probed and step after the prompts, the median over its probes of each delay
     over its own decode step's price (a spike in one sample moves nothing, a median below zero is no
@@ -394,7 +447,9 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
 
 def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():
     """Per probe: a request after WARM_TOKENS steps of another (the reference), then the same request
-    arriving after the engine idled for the probe's gap; one row each, with its gap and prompt."""
+    arriving after the engine idled for the probe's gap; an `idle` row each, with its gap and prompt,
+    and two `wake` rows: how long after its arrival each of the two was put into a batch (gap 0: the
+    reference)."""
     cfg = compose_config("engine=[qllm]", "executor=real")
     resources = RunResources(cfg)
     (name, engine_cfg), = cfg.engine.items()
@@ -406,9 +461,15 @@ def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_wo
 
     gaps, prompts = [0.02, 0.001], [5, 9]
     table = measure_idle(build, gaps, prompts)
-    assert table[["idle_s", "real_tokens"]].values.tolist() == [[0.02, 5], [0.001, 9]]
-    assert (table["stage"] == "idle").all() and np.isfinite(table["seconds"]).all()
+    idle, wake = table[table["stage"] == "idle"], table[table["stage"] == "wake"]
+    assert idle[["idle_s", "real_tokens"]].values.tolist() == [[0.02, 5], [0.001, 9]] and len(table) == 6
+    assert np.isfinite(idle["seconds"]).all()
     recorder = recorders[0]
+    batched = [recorder.requests[f"{name}{probe}"].first_scheduled_s - arrival
+               for probe, gap in enumerate(gaps) for name, arrival in (("idle", gap), ("busy", 0.0))]  # fmt: skip
+    assert wake[["idle_s", "real_tokens"]].values.tolist() == [[0.02, 5], [0.0, 5], [0.001, 9], [0.0, 9]]
+    np.testing.assert_allclose(wake["seconds"], batched, rtol=1e-12)
+    assert (wake["seconds"] > 0).all()
     runs = [(request, list(quanta)) for request, quanta in itertools.groupby(recorder.quanta, lambda q: q.request_ids[0])]
     assert [request for request, _ in runs] == ["warm0", "busy0", "idle0", "warm1", "busy1", "idle1"]
     assert len(recorder.requests["warm0"].token_s) == WARM_TOKENS

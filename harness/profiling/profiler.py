@@ -273,19 +273,26 @@ def measure_idle(build_engine, gaps_s: list[float], prompt_lens: list[int]) -> p
     the second one's first token came (after its arrival), and `idle_s` the gap. On the development VM
     a tiny model's 60-token prefill came 0.4 ms later after 3-10 ms idle, 1.4 ms after 30-100 ms and
     2.9 ms after 300 ms (on 5.3 ms), and the steps after it ran slower for a while (not modelled: this
-    is the first pass's delay). `build_engine(clock, recorder)` builds the engine to measure."""
+    is the first pass's delay). And two rows `wake` a probe: how long after its arrival each request
+    was put into a batch (`idle_s` 0: the one straight after work), the window in which later arrivals
+    join it: the replay's sleep overshoots and the first request submitted after idle runs cold
+    (small_mixtral on the development VM: 0.2-0.9 ms, where two requests 0.55 ms apart shared a
+    prefill the simulator ran apart). `build_engine(clock, recorder)` builds the engine to measure."""
     clock = RealClock()
     recorder = Recorder(clock)
     engine = build_engine(clock, recorder)
     samples = []
     for probe, (gap, prompt_len) in enumerate(zip(gaps_s, prompt_lens)):
-        ttft = {}
+        ttft, batched = {}, {}
         for name, arrival_s, output_len in (("warm", 0.0, WARM_TOKENS), ("busy", 0.0, 1), ("idle", gap, 1)):
             request = Request(f"{name}{probe}", arrival_s, prompt_len, output_len, "BE", DEFAULT_PRIORITY["BE"])
             replay([request], engine, recorder, progress=False)  # each replay restarts the clock
-            ttft[name] = recorder.requests[request.request_id].token_s[0] - arrival_s
-        samples.append({"stage": "idle", **shape_columns("prefill", [prompt_len]), "idle_s": gap,
-                        "seconds": ttft["idle"] - ttft["busy"]})  # fmt: skip
+            events = recorder.requests[request.request_id]
+            ttft[name], batched[name] = events.token_s[0] - arrival_s, events.first_scheduled_s - arrival_s
+        shape = shape_columns("prefill", [prompt_len])
+        samples += [{"stage": "idle", **shape, "idle_s": gap, "seconds": ttft["idle"] - ttft["busy"]},
+                    {"stage": "wake", **shape, "idle_s": gap, "seconds": batched["idle"]},
+                    {"stage": "wake", **shape, "idle_s": 0.0, "seconds": batched["busy"]}]  # fmt: skip
     return pd.DataFrame(samples)
 
 

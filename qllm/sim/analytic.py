@@ -83,6 +83,10 @@ class AnalyticCostModel:
         """Nothing: the datasheet rates price a device kept busy; what waking it costs is not modelled."""
         return 0.0
 
+    def wake_s(self, gap_s: float) -> float:
+        """Nothing: a request is batched the moment it arrives (the host's latency is not modelled)."""
+        return 0.0
+
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         """Nothing: the datasheet rates price each pass on its own."""
         return 0.0

@@ -47,6 +47,9 @@ class CalibratedCostModel:
     def idle_s(self, gap_s: float) -> float:
         return self.scale * self.base.idle_s(gap_s)
 
+    def wake_s(self, gap_s: float) -> float:
+        return self.base.wake_s(gap_s)  # the host's time, not the device's
+
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         return self.base.after_prompts_s(prompt_tokens, step_after, decode_s)  # a share of `decode_s`, already scaled
 

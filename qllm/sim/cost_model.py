@@ -88,6 +88,11 @@ class CostModel(Protocol):
         """How much later a pass ends when the engine had been idle for `gap_s` seconds before it than
         when it follows another pass straight away (caches gone cold, the host waking up)."""
 
+    def wake_s(self, gap_s: float) -> float:
+        """How long after a request arrives at an engine idle for `gap_s` seconds (0: one that had not
+        idled) the engine puts it into a batch: requests arriving meanwhile join that batch. Of
+        `idle_s(gap_s)`, `wake_s(gap_s) - wake_s(0)` is spent here, before the pass."""
+
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         """How much later a decode pass of `decode_s` seconds ends when it is the `step_after`-th (from 1)
         after a pass that fed `prompt_tokens` prompt tokens than when it follows decode passes only (the

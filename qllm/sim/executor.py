@@ -10,8 +10,11 @@ past every checkpoint before the replay's next arrival and stops at the first on
 its end), in one step, so an idle checkpoint costs nothing. The engine sees the same checkpoints
 at the same times either way (tests/test_sim_executor.py).
 
-A pass that starts after the engine has idled (the replay waited for an arrival) starts that much
-later as the cost model prices waking up after so long (`CostModel.idle_s`: caches gone cold); so
+An engine that has idled (the replay waited for an arrival) wakes up slower, as the cost model
+prices it after so long (`CostModel.idle_s`: the host waking up, caches gone cold): first it looks
+at its queue later than the arrival (`CostModel.wake_s`: requests arriving meanwhile join its batch,
+as on the real engine, where the replay's sleep overshoots and the first submission runs cold),
+then its pass starts late by the rest of the delay (`SimExecutor.woken`); so
 do the decode passes after one that fed prompts (`CostModel.after_prompts_s`: the prompts' work pushed
 the decode's weights out of the caches, and the steps after it refill them). Where the cost model
 holds passes timed in real engine runs at the executor's granularity, the model's work is scaled to
@@ -63,6 +66,8 @@ class SimulatedClock(Protocol):
     def next_arrival_s(self) -> float:
         """When the next request not yet submitted arrives (inf: none will)."""
 
+    wake_up_s: Callable[[float], float]  # set to SimExecutor.woken: the replay's wait for an arrival ends that late
+
 
 class SimExecutor:
     def __init__(
@@ -90,15 +95,25 @@ class SimExecutor:
         self.expert_costs = ExpertCostTable(self.costs)
         self._costs_by_shape: dict[PassShape, StageCosts] = {}
         self._plans_by_shape: dict[PassShape, WholeLayerPlan] = {}
-        self.busy_until_s = 0.0  # when a pass last stopped or ended: the engine idles from then to its next
+        self.wake_delay_s = 0.0  # what the next pass starts late by, after the engine idled (`woken`)
         self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
         self.decode_passes_after = 0  # decode passes started since
         self.level = Level()  # the stages as timed: 1 at every phase and rows
+        if clock is not None:
+            clock.wake_up_s = self.woken
         passes = self.costs.in_run_passes(granularity)
         if passes:  # scaled to what passes of real runs took (qllm.sim.level)
             self.level = in_run_level(self, passes)
             self._costs_by_shape.clear()
             self._plans_by_shape.clear()
+
+    def woken(self, idle_s: float) -> float:
+        """The engine idled `idle_s` seconds until an arrival: how long after it the engine looks at its
+        queue (`CostModel.wake_s`), and the rest of the delay for its pass (a request's first token
+        comes `idle_s(idle_s)` later than straight after work, where it too waits `wake_s(0)`)."""
+        wake_s = self.costs.wake_s(idle_s)
+        self.wake_delay_s = max(0.0, self.costs.idle_s(idle_s) - (wake_s - self.costs.wake_s(0.0)))
+        return wake_s
 
     def new_kv(self) -> SequenceKV:
         return SequenceKV(self.kv_pool)
@@ -244,9 +259,8 @@ def simulated_pass(
     waiting: list[SimRows] = []  # rows sent to the pass, until its next layer boundary
     merged_after = -1  # the layer at whose end they join
     is_handed_over = False  # a catch-up pass's rows leave in flight
-    idle_s = clock.now() - executor.busy_until_s
-    if idle_s > 0:  # the engine waited for an arrival: it wakes up slower (CostModel.idle_s)
-        clock.advance_to(clock.now() + executor.costs.idle_s(idle_s))
+    clock.advance_to(clock.now() + executor.wake_delay_s)  # none but after the engine idled
+    executor.wake_delay_s = 0.0
     clock.advance_to(clock.now() + executor.after_prompts_s(groups, plan))
     try:
         origin_s = clock.now()  # when the pass would have started, had it never been set aside
@@ -271,7 +285,6 @@ def simulated_pass(
             if waiting and checkpoint.layer > merged_after:  # past the boundary: they are row groups of the pass
                 groups, waiting = groups + waiting, []
             state.stop_at(checkpoint.layer, kind, plan, groups, waiting)  # what the real pass would hold here
-            executor.busy_until_s = clock.now()
             rows = yield checkpoint
             if rows is not None:  # they join after this layer: its end, then the merged pass's layers
                 waiting, merged_after = waiting + list(rows.groups), checkpoint.layer  # the pass's now (or released)
@@ -281,7 +294,6 @@ def simulated_pass(
                 plan = executor.merged_plan(plan, groups + waiting, checkpoint.layer)
             del rows
         clock.advance_to(origin_s + plan.total_s)
-        executor.busy_until_s = clock.now()
         groups, waiting = groups + waiting, []
         if num_layers < executor.num_layers:
             is_handed_over = True

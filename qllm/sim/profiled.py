@@ -6,14 +6,14 @@ sample to a profile table (Parquet), one row per sample:
 
 | column | meaning |
 |---|---|
-| stage | one of STAGES (what `StageCosts` names), `expert`, `idle`, `after_prompts` or `in_run_<granularity>` |
+| stage | one of STAGES (what `StageCosts` names), `expert`, `idle`, `wake`, `after_prompts` or `in_run_<granularity>` |
 | phase | `prefill` or `decode` (one new token per row after a cached context) |
 | batch_size | sequences in the pass |
 | query_len | new tokens per row, padded to the longest |
 | key_len | cached plus new tokens, padded to the longest |
 | real_tokens | new tokens, padding left out |
 | tokens | `expert` rows: tokens the expert received; `after_prompts` and `in_run_*` rows: the prompt tokens fed (else 0) |
-| idle_s | `idle` rows: seconds the engine had been idle when the request arrived (else 0) |
+| idle_s | `idle` and `wake` rows: seconds the engine had been idle when the request arrived (else 0) |
 | step_after | `after_prompts` and `in_run_*` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
 | seconds | the sample |
 
@@ -33,7 +33,9 @@ rows). A stage that holds an attention may cost more per unit of area as the are
 attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the
 engine has been idle ends later than the same pass straight after another, by a delay that grows
 with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
-interpolated in the log of the gap). Likewise the decode steps after a pass that fed prompts run
+interpolated in the log of the gap), and it looks at its queue later too: a request is put into a
+batch some time after it arrives (`wake` rows; the replay's sleep overshoots, the first request
+submitted after idle runs cold), and requests arriving meanwhile join that batch (`wake_s`). Likewise the decode steps after a pass that fed prompts run
 slower until the decode's weights are back in the CPU's caches: the k-th decode pass after it ends
 later by a share of its own time that grows with the prompt tokens and shrinks with k
 (`after_prompts_s`: the median measured share at each prompt size probed and each k; a profile
@@ -220,7 +222,7 @@ class ProfiledCostModel:
         self.area_knots = {}  # (stage, phase) -> the AREA_STAGES' hinges' areas
         self.coefficients = {}  # (stage, phase) -> coefficients of `design(stage, phase, ...)`'s columns
         in_run = table["stage"].str.startswith(IN_RUN)
-        for (stage, phase), rows in table[~in_run & ~table["stage"].isin(["expert", "idle", "after_prompts"])].groupby(["stage", "phase"]):
+        for (stage, phase), rows in table[~in_run & ~table["stage"].isin(["expert", "idle", "wake", "after_prompts"])].groupby(["stage", "phase"]):
             if stage == ROWS_STEP:
                 measured = set(rows["batch_size"])
                 self.knots[phase] = np.array([k for k in ROW_KNOTS if k in measured] or [rows["batch_size"].max()], dtype=float)
@@ -237,6 +239,11 @@ class ProfiledCostModel:
         self.expert_knots, self.expert_seconds = fit_expert(experts["tokens"].to_numpy(float), experts["seconds"].to_numpy(float))
         delays = idle.groupby("idle_s")["seconds"].median()  # by gap; below 0 is noise around no delay
         self.idle_gaps, self.idle_delays = delays.index.to_numpy(float), np.maximum(delays.to_numpy(float), 0.0)
+        batched = table[table["stage"] == "wake"].groupby("idle_s")["seconds"].median()  # by gap; 0: straight after work
+        self.wake_busy_s = float(batched.get(0.0, 0.0))  # none in a profile measured before these rows
+        after_idle = batched[batched.index > 0]
+        self.wake_gaps = after_idle.index.to_numpy(float) if len(after_idle) else np.ones(1)
+        self.wake_extra_s = np.maximum(after_idle.to_numpy(float) - self.wake_busy_s, 0.0) if len(after_idle) else np.zeros(1)
         self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
         self.in_run = table[in_run] if in_run_level else table.iloc[:0]
 
@@ -300,6 +307,13 @@ class ProfiledCostModel:
         if not self.wake_up_delay:
             return 0.0
         return log_interpolated(gap_s, self.idle_gaps, self.idle_delays)
+
+    def wake_s(self, gap_s: float) -> float:
+        """The median time from a request's arrival to its batch straight after work (gap 0), plus what
+        idling `gap_s` added to it (interpolated as `idle_s`); none without `wake_up_delay`."""
+        if not self.wake_up_delay:
+            return 0.0
+        return self.wake_busy_s + (log_interpolated(gap_s, self.wake_gaps, self.wake_extra_s) if gap_s > 0 else 0.0)
 
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         """The shares measured at the `step_after`-th step interpolated in the log of the prompt tokens
