@@ -35,11 +35,11 @@ engine has been idle ends later than the same pass straight after another, by a 
 with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
 interpolated in the log of the gap), and it looks at its queue later too: a request is put into a
 batch some time after it arrives (`wake` rows; the replay's sleep overshoots, the first request
-submitted after idle runs cold), and requests arriving meanwhile join that batch (`wake_s`). Likewise the decode steps after a pass that fed prompts run
-slower until the decode's weights are back in the CPU's caches: the k-th decode pass after it ends
-later by a share of its own time that grows with the prompt tokens and shrinks with k
-(`after_prompts_s`: the median measured share at each prompt size probed and each k; a profile
-measured before these probes prices none). Last, the passes of real engine runs at each granularity,
+submitted after idle runs cold), and requests arriving meanwhile join that batch (`wake_s`).
+Likewise the decode steps after a pass that fed prompts run slower until the decode's weights are
+back in the CPU's caches: the k-th decode pass after it ends later by a share of its own time that
+grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median measured share at
+each prompt size probed and each k; a profile measured before these probes prices none). Last, the passes of real engine runs at each granularity,
 timed in the runs (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the
 stages timed alone add up to, and the simulator scales the model's work to them (qllm.sim.level; not
 for a profile measured before these rows, nor without `in_run_level`).
