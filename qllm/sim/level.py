@@ -76,11 +76,12 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
         costs = executor.stage_costs(run_pass.shape)
         work_s = plan.total_s - costs.pass_overhead_s - plan.num_checkpoints * costs.checkpoint_s
         delay_s = executor.costs.after_prompts_s(run_pass.prompt_tokens, run_pass.step_after, plan.total_s) if run_pass.step_after else 0.0
-        if run_pass.seconds > OUTLIER * (work_s + delay_s):
+        price_s = work_s + delay_s
+        if run_pass.seconds > OUTLIER * price_s:
             continue
         key = (run_pass.shape.is_decode, 2 ** round(np.log2(run_pass.shape.batch_size)))
         seconds[key] += run_pass.seconds
-        priced[key] += work_s + delay_s
+        priced[key] += price_s
         counts[key] += 1
 
     def by_rows(decode: bool, fallback: float) -> ByRows:

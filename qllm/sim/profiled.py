@@ -39,10 +39,11 @@ submitted after idle runs cold), and requests arriving meanwhile join that batch
 Likewise the decode steps after a pass that fed prompts run slower until the decode's weights are
 back in the CPU's caches: the k-th decode pass after it ends later by a share of its own time that
 grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median measured share at
-each prompt size probed and each k; a profile measured before these probes prices none). Last, the passes of real engine runs at each granularity,
-timed in the runs (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the
-stages timed alone add up to, and the simulator scales the model's work to them (qllm.sim.level; not
-for a profile measured before these rows, nor without `in_run_level`).
+each prompt size probed and each k; a profile measured before these probes prices none). Last, the
+passes of real engine runs at each granularity, timed in the runs (`in_run_<granularity>` rows,
+`in_run_passes`): they take more or less than the stages timed alone add up to, and the simulator
+scales the model's work to them (qllm.sim.level; not for a profile measured before these rows, nor
+without `in_run_level`).
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ class ProfiledCostModel:
         idling `gap_s` added to it (interpolated as `idle_s`); none without `wake_up_delay`."""
         if not self.wake_up_delay:
             return 0.0
-        return self.wake_busy_s + (log_interpolated(gap_s, self.wake_gaps, self.wake_extra_s) if gap_s > 0 else 0.0)
+        return self.wake_busy_s + log_interpolated(gap_s, self.wake_gaps, self.wake_extra_s)  # nothing added at gap 0
 
     def after_prompts_s(self, prompt_tokens: int, step_after: int, decode_s: float) -> float:
         """The shares measured at the `step_after`-th step interpolated in the log of the prompt tokens
