@@ -72,10 +72,19 @@ COLUMNS = ("stage", "phase", "batch_size", "query_len", "key_len", "real_tokens"
            "seconds")  # fmt: skip
 ADDED_COLUMNS = ("step_after",)  # 0 in a profile written before them
 FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "attention_area", "keys", "longest", "experts_run")
-# The engine's own work between quanta scales with the sequences and tokens it handles, never with a
-# pass's attention (its run records no keys): those stages are fitted on these features only.
-ENGINE_FEATURES = {"checkpoint": ("constant", "rows", "real_tokens"), "pass_overhead": ("constant", "rows", "real_tokens")}
-ENGINE_COLUMNS = {stage: np.isin(FEATURES, names) for stage, names in ENGINE_FEATURES.items()}  # masks, built once
+# Only the attention reads the cached keys; a stage without one is fitted on the features of what it does
+# read. The engine's own work between quanta scales with the sequences and tokens it handles (its run
+# records no keys). The router, the experts' combine, a dense MLP and the pass's end (final norm, LM head,
+# next tokens) scale with the tokens. Given the keys too, such a stage took whatever slope the noise of
+# its few samples drew, and non-negative coefficients keep a slope drawn upwards and clip one drawn
+# downwards: a tiny_mixtral profile (Xeon VM) priced a 1-row decode pass's end +0.30 us a key and its
+# routers +0.06 us, 0.25 ms of a 3.5 ms pass at 700 keys, where the passes of one sequence decoding
+# alone took the same at 100 keys and at 700.
+ENGINE_FEATURES = ("constant", "rows", "real_tokens")
+TOKEN_FEATURES = ("constant", "rows", "padded_tokens", "real_tokens", "experts_run")
+STAGE_FEATURES = {"checkpoint": ENGINE_FEATURES, "pass_overhead": ENGINE_FEATURES, "router": TOKEN_FEATURES,
+                  "combine": TOKEN_FEATURES, "dense_mlp": TOKEN_FEATURES, "pass_end": TOKEN_FEATURES}  # fmt: skip
+STAGE_COLUMNS = {stage: np.isin(FEATURES, names) for stage, names in STAGE_FEATURES.items()}  # masks, built once
 # The end of a pass (final norm, LM head, next tokens) does not grow linearly with its rows: the LM head's
 # GEMM changes kernels with its row count (tiny_mixtral on the EPYC: 3 rows 0.86 ms, 4 rows 1.47 ms, 8
 # rows 1.87 ms). A line through such steps priced a 1-row prefill's end 1.3-1.5x and a 4-8-row one
@@ -269,15 +278,15 @@ class ProfiledCostModel:
 
     def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: the engine's stages take theirs
-        (ENGINE_FEATURES); the pass's end takes a function of the rows (`row_basis`) for the constant and
-        rows; a stage that holds an attention adds hinges in its area (AREA_STAGES)."""
+        (STAGE_FEATURES, else all); the pass's end takes a function of the rows (`row_basis`) for the
+        constant and rows; a stage that holds an attention adds hinges in its area (AREA_STAGES)."""
         if stage == ROWS_STEP:
-            rest = x[..., ~ROW_FEATURES]
+            rest = x[..., STAGE_COLUMNS[stage] & ~ROW_FEATURES]
             return np.concatenate([row_basis(self.knots[phase], batch_size), rest], axis=-1)
         if stage in AREA_STAGES:
             area = x[..., FEATURES.index("attention_area"), None]
             return np.concatenate([x, np.maximum(area - self.area_knots[stage, phase], 0.0)], axis=-1)
-        return x[..., ENGINE_COLUMNS[stage]] if stage in ENGINE_COLUMNS else x
+        return x[..., STAGE_COLUMNS[stage]] if stage in STAGE_COLUMNS else x
 
     def stage_costs(self, shape: PassShape) -> StageCosts:
         phase = "decode" if shape.is_decode else "prefill"
