@@ -383,7 +383,8 @@ def test_the_passes_of_a_run_are_timed_in_it_with_their_shapes_and_steps_after_p
 
 def test_the_profiles_engine_runs_each_take_their_batch_limit_and_requests_for_it():
     """A run per batch limit, with up to requests_per_row x B requests (a run of few rows needs few to
-    make many passes), drawn apart for each run; a part takes every parts-th run."""
+    make many passes), drawn apart for each run; a part runs every batch limit with every parts-th of
+    its requests, and at least B of them (its passes reach B rows)."""
     from harness.profiling.profile_app import in_run_requests
 
     cfg = OmegaConf.create({"batch_sizes": [32, 2, 8], "num_requests": 64, "requests_per_row": 4, "max_output_len": 16})
@@ -392,7 +393,12 @@ def test_the_profiles_engine_runs_each_take_their_batch_limit_and_requests_for_i
     requests = [r for _, run in runs for r in run]
     assert all(r.arrival_s == 0 and 1 <= r.prompt_len <= 40 and 1 <= r.output_len <= 16 for r in requests)
     assert len({r.request_id for r in requests}) == len(requests) and len({r.prompt_len for r in requests}) > 20
-    assert in_run_requests(cfg, ShapeSpace(max_prompt_len=40), seed=5, part=1, parts=2) == runs[1::2]
+    halves = [in_run_requests(cfg, ShapeSpace(max_prompt_len=40), seed=5, part=part, parts=2) for part in (0, 1)]
+    assert [[(b, len(requests)) for b, requests in half] for half in halves] == [[(32, 32), (2, 4), (8, 16)]] * 2
+    for (_, first), (_, second), (_, whole) in zip(*halves, runs):  # the two parts share each run's requests
+        assert {r.request_id: r for r in first + second} == {r.request_id: r for r in whole}
+    few = OmegaConf.merge(cfg, {"num_requests": 40})
+    assert [(b, len(requests)) for b, requests in in_run_requests(few, ShapeSpace(), seed=5, part=1, parts=2)] == [(32, 32), (2, 4), (8, 16)]
 
 
 def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_them_at_per_phase_and_rows(tmp_path, tiny_shape):
@@ -635,10 +641,11 @@ def test_a_profile_measured_in_parts_merges_into_the_shapes_of_one(tmp_path):
     assert len(probes_of(part0)) == len(probes_of(part1)) == 3
     after = [sorted(t.loc[t["stage"] == "after_prompts", "tokens"]) for t in (whole, part0, part1, merged)]
     assert after[3] == after[0] == sorted(after[1] + after[2]) and len(after[0]) == 5 * 8 and after[1] and after[2]
-    in_run = [t["stage"].str.startswith("in_run_").sum() for t in (whole, part0, part1, merged)]  # a run each: all at 0
-    assert in_run[3] == in_run[0] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
-    widest = [t.loc[t["stage"].str.startswith("in_run_"), "batch_size"].max() for t in (part0, part1)]
-    assert widest == [4, 2]  # a run per part, each batching up to its own limit (in_run_run.batch_sizes=[4,2])
+    in_run = [t["stage"].str.startswith("in_run_").sum() for t in (whole, part0, part1, merged)]
+    assert in_run[3] == in_run[1] + in_run[2] and in_run[1] and in_run[2]
+    for table in (part0, part1):  # each part runs every batch limit (in_run_run.batch_sizes=[4,2]) with its share of requests
+        passes = table[table["stage"] == "in_run_iteration"]
+        assert passes["batch_size"].max() == 4 and (passes["batch_size"] == 2).any()
     assert len(merged) == len(part0) + len(part1) and about0["part"] == "0 of 2"
     assert [p["part"] for p in about["parts"]] == ["0 of 2", "1 of 2"] and about["cpu"] == cpu_name()
     shape = ModelShape.of(RunResources(compose_config("model.config.num_hidden_layers=2")).model_config)
@@ -660,11 +667,12 @@ def test_each_part_of_a_profile_holds_shapes_of_both_phases():
 
 def test_a_part_that_draws_no_shape_measures_the_engine_only(tmp_path):
     """With more parts than shapes of either phase, a part holds none: it still measures the engine's
-    own work (and its share of the idle probes, here none), rather than failing on an empty fit."""
+    own work and its runs' passes (and its share of the idle probes, here none), rather than failing
+    on an empty fit."""
     from harness.profiling.profile_app import profile_in_process
 
     table = profile_in_process("tiny_mixtral", tmp_path / "p.parquet", [*TINY_PROFILE, "part=11", "parts=12"])
-    assert set(table["stage"]) == {"checkpoint", "pass_overhead"}
+    assert set(table["stage"]) == {"checkpoint", "pass_overhead", "in_run_iteration", "in_run_layer", "in_run_expert"}
 
 
 def test_qllm_profile_refuses_a_part_outside_its_parts_in_one_line(tmp_path):
