@@ -17,33 +17,32 @@ sample to a profile table (Parquet), one row per sample:
 | step_after | `after_prompts` and `in_run_*` rows: which decode step after the prompts, from 1 (else 0; absent before these rows) |
 | seconds | the sample |
 
-The table's metadata names the model it was measured on (its `ModelShape`) and the machine
-(`about`: CPU model, cores, torch threads, versions). A run on another model is refused, and so
-is a run on another CPU model unless `allow_foreign_profile` (a profile's times hold on the CPU
-that measured them). Each stage's time is a non-negative linear model of the pass's features
-(FEATURES: a constant, rows, padded and real tokens, the attention's query x key area, the keys
-gathered, the longest row's keys (work per block of a block table), the routed experts expected
-to run), fitted per phase by least squares on the relative
-error, so it predicts shapes between and beyond the measured ones from what drives the cost
-rather than by interpolating a grid. The pass's end is the exception in one feature: its cost
-steps with the rows (the LM head's GEMM changes kernels with its row count), so its constant and
-rows give way to a piecewise-linear function of the rows (`row_basis`). A routed expert's time is
-piecewise linear in the tokens it received, for the same reason (its GEMMs change kernels with their
-rows). A stage that holds an attention may cost more per unit of area as the area grows (eager
-attention's scores outgrow the caches): its fit adds convex hinges in the area. A pass after the
-engine has been idle ends later than the same pass straight after another, by a delay that grows
-with the time idle (`idle_s`: the median measured delay at each gap the profile probed,
-interpolated in the log of the gap), and it looks at its queue later too: a request is put into a
-batch some time after it arrives (`wake` rows; the replay's sleep overshoots, the first request
-submitted after idle runs cold), and requests arriving meanwhile join that batch (`wake_s`).
-Likewise the decode steps after a pass that fed prompts run slower until the decode's weights are
-back in the CPU's caches: the k-th decode pass after it ends later by a share of its own time that
-grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median measured share at
-each prompt size probed and each k; a profile measured before these probes prices none). Last, the
-passes of real engine runs at each granularity, timed in the runs (`in_run_<granularity>` rows,
-`in_run_passes`): they take more or less than the stages timed alone add up to, and the simulator
-scales the model's work to them (qllm.sim.level; not for a profile measured before these rows, nor
-without `in_run_level`).
+The table's metadata names the model it was measured on (its `ModelShape`) and the machine (`about`: CPU
+model, cores, torch threads, versions). A run on another model is refused, and so is a run on another
+CPU model unless `allow_foreign_profile` (a profile's times hold on the CPU that measured them). Each
+stage's time is a non-negative linear model of the pass's features (FEATURES: a constant, rows, padded
+and real tokens, the attention's query x key area, the keys gathered, the longest row's keys (work per
+block of a block table), the routed experts expected to run; a stage that holds no attention reads no
+keys, and is fitted on the others, STAGE_FEATURES), fitted per phase by least squares on the relative
+error, so it predicts shapes between and beyond the measured ones from what drives the cost rather than
+by interpolating a grid. The pass's end is the exception in one feature: its cost steps with the rows
+(the LM head's GEMM changes kernels with its row count), so its constant and rows give way to a
+piecewise-linear function of the rows (`row_basis`). A routed expert's time is piecewise linear in the
+tokens it received, for the same reason (its GEMMs change kernels with their rows). A stage that holds
+an attention may cost more per unit of area as the area grows (eager attention's scores outgrow the
+caches): its fit adds convex hinges in the area. A pass after the engine has been idle ends later than
+the same pass straight after another, by a delay that grows with the time idle (`idle_s`: the median
+measured delay at each gap the profile probed, interpolated in the log of the gap), and it looks at its
+queue later too: a request is put into a batch some time after it arrives (`wake` rows; the replay's
+sleep overshoots, the first request submitted after idle runs cold), and requests arriving meanwhile
+join that batch (`wake_s`). Likewise the decode steps after a pass that fed prompts run slower until the
+decode's weights are back in the CPU's caches: the k-th decode pass after it ends later by a share of
+its own time that grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median
+measured share at each prompt size probed and each k; a profile measured before these probes prices
+none). Last, the passes of real engine runs at each granularity, timed in the runs
+(`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the stages timed alone add
+up to, and the simulator scales the model's work to them (qllm.sim.level; not for a profile measured
+before these rows, nor without `in_run_level`).
 """
 
 from __future__ import annotations
