@@ -665,7 +665,7 @@ def test_each_part_of_a_profile_holds_shapes_of_both_phases():
     assert sorted(shape for shapes in parts for shape in shapes) == sorted(drawn)
 
 
-def test_a_part_that_draws_no_shape_measures_the_engine_only(tmp_path):
+def test_a_part_that_draws_no_shape_measures_the_engine_and_its_runs(tmp_path):
     """With more parts than shapes of either phase, a part holds none: it still measures the engine's
     own work and its runs' passes (and its share of the idle probes, here none), rather than failing
     on an empty fit."""

@@ -277,8 +277,9 @@ class ProfiledCostModel:
 
     def design(self, stage: str, phase: str, x: np.ndarray, batch_size) -> np.ndarray:
         """A stage's columns, from the FEATURES `x` of its passes: those of what it reads (STAGE_FEATURES;
-        the others, which build or run an attention, all); the pass's end takes a function of the rows (`row_basis`)
-        for the constant and rows; a stage that holds an attention adds hinges in its area (AREA_STAGES)."""
+        the others, which build or run an attention, all); the pass's end takes a function of the rows
+        (`row_basis`) for the constant and rows; a stage that holds an attention adds hinges in its area
+        (AREA_STAGES)."""
         if stage == ROWS_STEP:
             rest = x[..., STAGE_COLUMNS[stage] & ~ROW_FEATURES]
             return np.concatenate([row_basis(self.knots[phase], batch_size), rest], axis=-1)
