@@ -153,9 +153,12 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
             path = profile.measure(slot=real_runs)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
-            variants = [*compared, *([f"hardware.path={other.measure(slot=real_runs)}"] for other in alongside)]
-            progress(f"{model}'s level (qllm.sim.level), by rows: " + "; ".join(
-                f"{g} prompts {by_rows(x.prefill)}, decode {by_rows(x.decode)}" for g, x in levels(model, path).items()))
+            others = [other.measure(slot=real_runs) for other in alongside]
+            variants = [*compared, *([f"hardware.path={other}"] for other in others)]
+            of = ["", *(f" of the profile measured alongside with {' '.join(overrides)}" for overrides in compared_profiles)]
+            for measured, label in zip([path, *others], of):
+                progress(f"{model}'s level{label} (qllm.sim.level), by rows: " + "; ".join(
+                    f"{g} prompts {by_rows(x.prefill)}, decode {by_rows(x.decode)}" for g, x in levels(model, measured).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 for i, overrides in enumerate(variants, start=1):
