@@ -64,7 +64,7 @@ from harness.replay import requests_from_trace
 from harness.traces.trace_schema import validate_trace
 from qllm.clock import VirtualClock
 from qllm.sim.executor import SimExecutor
-from qllm.sim.level import ByRows, Level
+from qllm.sim.level import Level
 from qllm.sim.profiled import ProfiledCostModel, merge_profiles
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
@@ -157,8 +157,8 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
             variants = [*compared, *([f"hardware.path={other}"] for other in others)]
             of = ["", *(f" of the profile measured alongside with {' '.join(overrides)}" for overrides in compared_profiles)]
             for measured, label in zip([path, *others], of):
-                progress(f"{model}'s level{label} (qllm.sim.level), by rows: " + "; ".join(
-                    f"{g} prompts {by_rows(x.prefill)}, decode {by_rows(x.decode)}" for g, x in levels(model, measured).items()))
+                progress(f"{model}'s level{label} (qllm.sim.level): " + "; ".join(
+                    f"{g} prompts {x.prefill:.3f}, decode {x.decode:.3f}" for g, x in levels(model, measured).items()))
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 for i, overrides in enumerate(variants, start=1):
@@ -177,10 +177,6 @@ def levels(model: str, profile: Path) -> dict[str, Level]:
     executors = {g: SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(profile)), g)
                  for g in ("iteration", "layer", "expert")}  # fmt: skip
     return {g: executor.level for g, executor in executors.items()}
-
-
-def by_rows(level: ByRows) -> str:
-    return " ".join(f"{rows}: {x:.3f}" for rows, x in zip(level.rows, level.levels))
 
 
 class SpreadProfile:

@@ -63,10 +63,10 @@ def in_run_requests(cfg: DictConfig, space: ShapeSpace, seed: int, part: int = 0
     x B) requests, all arriving at 0, prompts of 1 to the space's longest and outputs of 1 to
     `cfg.max_output_len` tokens drawn from `seed`). A part runs every B with its share of the requests
     (those at `part`, `part + parts`, ...; B of them at least, so that its passes reach B rows): the
-    level of each B's rows then spans the parts' times, as each stage's fit spans them. A part that
-    took whole runs instead set each B's level at the speed of the minutes it was measured in
-    (small_mixtral, seed 59: the decode levels of 1 and 8 rows, measured in the last part, 1.11 and
-    1.05; of 4 and 32 rows, in the first, 0.99 and 0.90)."""
+    passes of each B then span the parts' times, as each stage's fit spans them. A part that took
+    whole runs instead timed each B at the speed of the minutes it was measured in (small_mixtral,
+    seed 59, when the level was set per rows: the decode levels of 1 and 8 rows, measured in the last
+    part, 1.11 and 1.05; of 4 and 32 rows, in the first, 0.99 and 0.90)."""
     rng = np.random.default_rng([seed, 2])  # apart from the shapes', the idle and the after-prompts probes' draws
     runs = []
     for run, b in enumerate(cfg.batch_sizes):

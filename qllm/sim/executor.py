@@ -98,7 +98,7 @@ class SimExecutor:
         self.wake_delay_s = 0.0  # what the next pass starts late by, after the engine idled (`woken`)
         self.prompt_tokens_before = 0  # prompt tokens fed by the last pass that fed any
         self.decode_passes_after = 0  # decode passes started since
-        self.level = Level()  # the stages as timed: 1 at every phase and rows
+        self.level = Level()  # the stages as timed: 1 at both phases
         if clock is not None:
             clock.wake_up_s = self.woken
         passes = self.costs.in_run_passes(granularity)

@@ -2,61 +2,45 @@
 
 A profile times its stages one pass at a time, each pass set up on its own; a run's passes follow one
 another, and the stages add up to more or less than those passes take, by an amount that depends on
-the granularity, the phase and the rows: on the development VM (Intel Xeon), at iteration
-granularity, a tiny_mixtral profile's engine runs took 1.01 of their price on prompts of one row and
-1.11 on prompts of 2-4 rows, and on decode passes 1.00 with 1 row falling to 0.88 with 17-32 rows;
-small_mixtral's decode passes went the other way (0.93 with 1-2 rows, 0.98-0.99 with 8-16). The
+the granularity and the phase (on the development VM, Intel Xeon, three tiny_olmoe profiles' prompt
+passes took 1.08-1.17 of the stages' price at every granularity, their decode passes 0.89-1.05). The
 profile also times the passes of real engine runs at each granularity (`CostModel.in_run_passes`);
 the simulated executor prices them as it prices its own passes at its granularity, the delay after
-prompts included (their routing drawn apart from the run's), and scales the model's work, every stage
-but the engine's own (measured in runs already) and every expert, by their summed time over their
-summed price: per phase, one level per number of rows, a power of two (the passes with rows nearest
-it), interpolated in between over log rows and held flat past the first and the last. A pass that took
-more than OUTLIER times its price is left out, as `fit` leaves out such samples: the core taken by
-something else for a moment is the machine, not the pass (a CI machine's tiny test profile, two prompt
-passes at each granularity, priced every prompt pass at iteration granularity 47x its time: a spike).
+prompts included (their routing drawn apart from the run's), and scales the model's work, every
+stage but the engine's own (measured in runs already) and every expert, by their summed time over
+their summed price, one level per phase. A pass that took more than OUTLIER times its price is left
+out, as `fit` leaves out such samples: the core taken by something else for a moment is the
+machine, not the pass (a CI machine's tiny test profile, two prompt passes at each granularity,
+priced every prompt pass at iteration granularity 47x its time: a spike).
+
+One level per phase, not per number of rows: each batch limit's run takes its own minutes, and a
+level per rows carried the machine's speed in those minutes. Three tiny_olmoe profiles measured back
+to back put the 16-row decode level at iteration granularity at 1.11, 0.89 and 0.81, and the 2-row
+one at 0.94, 0.94 and 0.80, so that a leveled 2-row decode pass at 512 keys was priced 5.14, 4.52 and
+4.17 ms, where the stages alone priced it 5.47, 4.82 and 5.19 (docs/reproducing.md, "One level per
+phase"). The stages' own fits carry how a pass's cost moves with its rows.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from qllm.sim.cost_model import InRunPass, PassShape, StageCosts
 from qllm.sim.profiled import OUTLIER
 from qllm.sim.routing import UniformRouting
 
 ENGINE_STAGES = ("checkpoint_s", "pass_overhead_s")  # the engine's own work, measured in its runs
-MIN_PASSES = 8  # passes of a phase and rows that set a level, at least: from fewer, it moves with one pass's noise
-
-
-@dataclass(frozen=True)
-class ByRows:
-    """A level by a pass's rows: `levels` at `rows` (powers of two), interpolated over log rows, flat
-    past the first and the last."""
-
-    rows: tuple[int, ...] = (1,)
-    levels: tuple[float, ...] = (1.0,)
-    _at: dict[int, float] = field(default_factory=dict, init=False, repr=False, compare=False)  # by rows, as met
-
-    def at(self, rows: int) -> float:
-        level = self._at.get(rows)  # asked once a pass: a lookup, not an interpolation
-        if level is None:
-            level = self._at[rows] = float(np.interp(np.log2(rows), np.log2(self.rows), self.levels))
-        return level
 
 
 @dataclass(frozen=True)
 class Level:
-    """Factors on the model's work: of passes that feed prompts and of decode passes, by their rows."""
+    """Factors on the model's work: of passes that feed prompts and of decode passes."""
 
-    prefill: ByRows = ByRows()
-    decode: ByRows = ByRows()
+    prefill: float = 1.0
+    decode: float = 1.0
 
     def of(self, shape: PassShape) -> float:
-        return (self.decode if shape.is_decode else self.prefill).at(shape.batch_size)
+        return self.decode if shape.is_decode else self.prefill
 
     def stage_costs(self, shape: PassShape, costs: StageCosts) -> StageCosts:
         """`costs`, a pass of `shape`'s stages as timed, at this level (the engine's stages as they are)."""
@@ -65,12 +49,10 @@ class Level:
 
 def in_run_level(executor, passes: list[InRunPass]) -> Level:
     """The passes' summed seconds over the summed model work `executor` (a
-    qllm.sim.executor.SimExecutor at its granularity, not yet leveled) prices them at, per phase over
-    the passes whose rows are nearest each power of two (rows with fewer than MIN_PASSES passes left
-    out; spikes too); a phase without such rows takes the level of all its passes, one without passes
-    that of all."""
+    qllm.sim.executor.SimExecutor at its granularity, not yet leveled) prices them at, per phase
+    (spikes left out); a phase without passes takes the level of all."""
     routing = UniformRouting(executor.model.num_experts, executor.model.top_k, seed=0)  # the run's draws untouched
-    seconds, priced, counts = defaultdict(float), defaultdict(float), defaultdict(int)  # by (decode?, rows)
+    seconds, priced = {False: 0.0, True: 0.0}, {False: 0.0, True: 0.0}  # by decode?
     for run_pass in passes:
         plan = executor.plan(run_pass.shape, routing)
         costs = executor.stage_costs(run_pass.shape)
@@ -79,19 +61,8 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
         price_s = work_s + delay_s
         if run_pass.seconds > OUTLIER * price_s:
             continue
-        key = (run_pass.shape.is_decode, 2 ** round(np.log2(run_pass.shape.batch_size)))
-        seconds[key] += run_pass.seconds
-        priced[key] += price_s
-        counts[key] += 1
-
-    def by_rows(decode: bool, fallback: float) -> ByRows:
-        keys = sorted(key for key in priced if key[0] == decode)
-        if not keys:
-            return ByRows(levels=(fallback,))
-        counted = [key for key in keys if counts[key] >= MIN_PASSES]
-        if not counted:
-            return ByRows(levels=(sum(seconds[k] for k in keys) / sum(priced[k] for k in keys),))
-        return ByRows(tuple(rows for _, rows in counted), tuple(seconds[key] / priced[key] for key in counted))
-
-    pooled = sum(seconds.values()) / sum(priced.values()) if priced else 1.0  # every pass a spike: the stages as timed
-    return Level(prefill=by_rows(False, pooled), decode=by_rows(True, pooled))
+        seconds[run_pass.shape.is_decode] += run_pass.seconds
+        priced[run_pass.shape.is_decode] += price_s
+    pooled = sum(seconds.values()) / sum(priced.values()) if any(priced.values()) else 1.0  # every pass a spike: the stages as timed
+    prefill, decode = (seconds[phase] / priced[phase] if priced[phase] else pooled for phase in (False, True))
+    return Level(prefill, decode)
