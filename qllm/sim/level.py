@@ -13,8 +13,8 @@ out, as `fit` leaves out such samples: the core taken by something else for a mo
 machine, not the pass (a CI machine's tiny test profile, two prompt passes at each granularity,
 priced every prompt pass at iteration granularity 47x its time: a spike).
 
-One level per phase, not per number of rows: each batch limit's run takes its own minutes, and a
-level per rows carried the machine's speed in those minutes. Three tiny_olmoe profiles measured back
+One level per phase, not per number of rows: each batch limit's run takes its own seconds, and a
+level per rows carried the machine's speed in those seconds. Three tiny_olmoe profiles measured back
 to back put the 16-row decode level at iteration granularity at 1.11, 0.89 and 0.81, and the 2-row
 one at 0.94, 0.94 and 0.80, so that a leveled 2-row decode pass at 512 keys was priced 5.14, 4.52 and
 4.17 ms, where the stages alone priced it 5.47, 4.82 and 5.19 (docs/reproducing.md, "One level per
@@ -63,6 +63,7 @@ def in_run_level(executor, passes: list[InRunPass]) -> Level:
             continue
         seconds[run_pass.shape.is_decode] += run_pass.seconds
         priced[run_pass.shape.is_decode] += price_s
-    pooled = sum(seconds.values()) / sum(priced.values()) if any(priced.values()) else 1.0  # every pass a spike: the stages as timed
+    # the level of every pass (1 where every pass was a spike: the stages as timed)
+    pooled = sum(seconds.values()) / sum(priced.values()) if any(priced.values()) else 1.0
     prefill, decode = (seconds[phase] / priced[phase] if priced[phase] else pooled for phase in (False, True))
     return Level(prefill, decode)
