@@ -153,12 +153,11 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
                              f"{real_runs} ({time.perf_counter() - started:.0f} s)")  # fmt: skip
             path = profile.measure(slot=real_runs)
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
-            others = [other.measure(slot=real_runs) for other in alongside]
-            variants = [*compared, *([f"hardware.path={other}"] for other in others)]
-            of = ["", *(f" of the profile measured alongside with {' '.join(overrides)}" for overrides in compared_profiles)]
-            for measured, label in zip([path, *others], of):
-                progress(f"{model}'s level{label} (qllm.sim.level): " + "; ".join(
-                    f"{g} prompts {x.prefill:.3f}, decode {x.decode:.3f}" for g, x in levels(model, measured).items()))
+            variants = [*compared, *([f"hardware.path={other.measure(slot=real_runs)}"] for other in alongside)]
+            for spread in (profile, *alongside):  # each measured by now: measure gives its profile
+                progress(f"{model}{spread.label}'s level (qllm.sim.level): " + "; ".join(
+                    f"{g} prompts {x.prefill:.3f}, decode {x.decode:.3f}"
+                    for g, x in levels(model, spread.measure(slot=real_runs)).items()))  # fmt: skip
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 for i, overrides in enumerate(variants, start=1):

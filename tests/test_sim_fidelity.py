@@ -113,7 +113,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert (written["lengths"] == written["workload"].map(drawn)).all()
     assert "the same real runs simulated with hardware.in_run_level=false" in printed
     assert "tiny_mixtral's level (qllm.sim.level): iteration prompts " in printed
-    assert "tiny_mixtral's level of the profile measured alongside with in_run_run.batch_sizes=[1] (qllm.sim.level): iteration prompts " in printed
+    assert "tiny_mixtral (in_run_run.batch_sizes=[1])'s level (qllm.sim.level): iteration prompts " in printed
 
 
 def test_the_per_model_signed_median_shows_a_profiles_level():
