@@ -521,6 +521,32 @@ def test_shapes_that_never_run_a_third_expert_are_refused_in_one_line():
         measure_stages(model, space, 0)
 
 
+def test_what_is_set_against_the_stages_is_measured_between_slices_of_them(monkeypatch):
+    """The level sets the passes of runs against the stages' price: each run is measured between two
+    slices of the shapes, each slice holding shapes of both phases, so that the runs span the seconds the
+    stages were timed in (measured after them all, a level carried the machine's speed in other seconds);
+    the runs' rows join the table."""
+    import harness.profiling.profiler as profiler
+
+    model = RunResources(compose_config("model=tiny_mixtral", "model.config.num_hidden_layers=2", "executor=real")).model
+    space = ShapeSpace(num_shapes=12, max_batch_size=4, max_prompt_len=16, max_batch_tokens=64, max_context_len=24)
+    timed, timed_before = [], []  # the phase of each shape timed; those timed before each run
+    columns = profiler.shape_columns
+    monkeypatch.setattr(profiler, "shape_columns", lambda phase, lengths: timed.append(phase) or columns(phase, lengths))
+
+    def run(index):
+        def measure():
+            timed_before.append(list(timed))
+            return pd.DataFrame([{"stage": f"in_run_{index}", "phase": "decode", "seconds": 1.0}])
+        return measure
+
+    table = measure_stages(model, space, 0, between=[run(0), run(1)])
+    assert {"prefill", "decode"} <= set(timed_before[0])  # the first slice: both phases
+    assert 0 < len(timed_before[0]) < len(timed_before[1]) < len(timed)  # a slice before each run and after the last
+    assert sorted(timed) == sorted(phase for phase, _ in draw_shapes(space, np.random.default_rng(0)))  # each shape once
+    assert table["stage"].isin(["in_run_0", "in_run_1"]).sum() == 2 and table["stage"].eq("attention").any()
+
+
 def test_engine_stages_never_grow_with_the_attention(tmp_path, tiny_shape):
     """The engine's work between quanta is fitted on rows and tokens only: a decode pass over long
     contexts costs the engine what a short one does."""

@@ -4,6 +4,7 @@ the simulator's `profiled` cost model reads (conf/profile.yaml; harness/profilin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from pathlib import Path
@@ -84,20 +85,22 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
     torch.set_num_threads(cfg.torch_threads)
     resources = RunResources(cfg)
     space = ShapeSpace(**OmegaConf.to_container(cfg.shapes, resolve=True))
-    stages = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts)
     name, engine_cfg = next(iter(cfg.engine.items()))
 
     def build(clock, events, granularity: str | None = None, **policy):
         chosen = engine_cfg if granularity is None else OmegaConf.merge(engine_cfg, {"granularity": granularity})
         return resources.build_engine(OmegaConf.merge(chosen, {"policy": policy}), name, clock, events)
 
+    # Each engine run between slices of the stages' shapes, its level set against them (measure_stages)
+    runs = [functools.partial(measure_in_run, build, [run], [granularity])
+            for run in in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts)
+            for granularity in cfg.in_run_run.granularities]  # fmt: skip
+    stages_and_runs = measure_stages(resources.model, space, cfg.seed, cfg.part, cfg.parts, between=runs)
     engine = measure_engine(build, engine_requests(cfg.engine_run))
     idle = measure_idle(build, *idle_probes(cfg.idle_run, cfg.seed, cfg.part, cfg.parts))
     probes = after_prompts_probes(cfg.after_prompts_run, space, cfg.seed, cfg.part, cfg.parts)
     after_prompts = measure_after_prompts(resources.model, probes, space.max_prompt_len, cfg.after_prompts_run.steps,
                                           torch.Generator().manual_seed(cfg.seed))  # fmt: skip
-    in_run = measure_in_run(build, in_run_requests(cfg.in_run_run, space, cfg.seed, cfg.part, cfg.parts),
-                            list(cfg.in_run_run.granularities))  # fmt: skip
     about = {
         "command": " ".join(["qllm-profile", *sys.argv[1:]]),
         "model": HydraConfig.get().runtime.choices.get("model"),
@@ -111,7 +114,7 @@ def profile(cfg: DictConfig) -> pd.DataFrame:
         "shapes": OmegaConf.to_container(cfg.shapes, resolve=True),
         "part": f"{cfg.part} of {cfg.parts}",
     }
-    table = pd.concat([stages, engine, idle, after_prompts, in_run], ignore_index=True)
+    table = pd.concat([stages_and_runs, engine, idle, after_prompts], ignore_index=True)
     out = Path(cfg.out) if Path(cfg.out).is_absolute() else PROJECT_ROOT / cfg.out
     write_profile(table, out, ModelShape.of(resources.model.config), about)
     print(f"{len(table)} rows -> {out}")

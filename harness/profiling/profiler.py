@@ -30,13 +30,15 @@ prefill on this VM (`measure_idle`). And what prompts cost the decode steps afte
 its steady time, the next ones less, back to steady after about eight (`measure_after_prompts`).
 And what the passes of a real run take beside the stages timed alone (`in_run_<granularity>`): the
 passes of engine runs with every request at 0 at each granularity, each run with its own batch
-limit, each pass with its shape (`measure_in_run`; the simulator's level, qllm.sim.level). Every
-sample is kept; the cost model fits them.
+limit, each pass with its shape (`measure_in_run`; the simulator's level, qllm.sim.level), each run
+between two slices of the stages' shapes (`measure_stages`), so that the runs and the stages they are
+set against span the same seconds. Every sample is kept; the cost model fits them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,11 +112,17 @@ def shape_columns(phase: str, lengths: list[int]) -> dict:
             "real_tokens": sum(lengths)}  # fmt: skip
 
 
-def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts: int = 1) -> pd.DataFrame:
+def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts: int = 1,
+                   between: Sequence[Callable[[], pd.DataFrame]] = ()) -> pd.DataFrame:  # fmt: skip
     """Profile rows (qllm.sim.profiled.COLUMNS) for every stage but the engine's, over shapes drawn from
     `space`: those of the shapes `seed` draws that fall to `part` of `parts` (`shapes_of_part`; `parts`
     profiles measured at different times, merged by qllm.sim.profiled.merge_profiles, cover the shapes
-    one would)."""
+    one would). The shapes are timed in len(`between`) + 1 slices, each phase's spread over them
+    (`shapes_of_part` again), and `between[i]()` measures after slice i: its rows join the table.
+    What is set against the stages (the passes of runs, qllm.sim.level) so spans the same seconds as
+    they do: measured after all of them, its level carried the machine's speed in other seconds
+    (tiny_mixtral on the Xeon VM, three profiles of the same shapes back to back: prompt levels 0.79,
+    1.18 and 0.92)."""
     by_parts, whole = RealExecutor(model, "expert", 1), RealExecutor(model, "layer")
     if by_parts.num_layers < 2:
         raise ValueError("profiling needs at least 2 decoder layers (layer 0's attention shares its quantum)")
@@ -125,21 +133,26 @@ def measure_stages(model, space: ShapeSpace, seed: int = 0, part: int = 0, parts
     generator = torch.Generator().manual_seed(seed)
     shapes = shapes_of_part(draw_shapes(space, np.random.default_rng(seed)), part, parts)
     warm_up(by_parts, whole, shapes=shapes, generator=generator)
-    samples, experts, blocks = [], [], []
-    for phase, lengths in shapes:
-        point = shape_columns(phase, lengths)
-        quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
-        parts = split_expert_pass(quanta, num_experts)
-        samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
-        experts += parts["experts"]
-        blocks += [{**point, **block} for block in parts["blocks"]]
-        layer_s = [s for _, s, _ in timed_quanta_of(whole, batch_for(whole, phase, lengths, generator))]
-        sparse_s = [s for index, s in enumerate(layer_s[1:-1], start=1) if sparse[index]]  # layer i is quantum i
-        samples += [{**point, "stage": "layer", "seconds": s} for s in sparse_s]
-        samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - layer_zero_s(sparse, sparse_s, parts)})
+    samples, experts, blocks, measured_between = [], [], [], []
+    slices = len(between) + 1
+    for piece in range(slices):
+        for phase, lengths in shapes_of_part(shapes, piece, slices):
+            point = shape_columns(phase, lengths)
+            quanta = timed_quanta_of(by_parts, batch_for(by_parts, phase, lengths, generator))
+            parts = split_expert_pass(quanta, num_experts)
+            samples += [{**point, "stage": stage, "seconds": s} for stage, s in parts["stages"]]
+            experts += parts["experts"]
+            blocks += [{**point, **block} for block in parts["blocks"]]
+            layer_s = [s for _, s, _ in timed_quanta_of(whole, batch_for(whole, phase, lengths, generator))]
+            sparse_s = [s for layer, s in enumerate(layer_s[1:-1], start=1) if sparse[layer]]  # layer i is quantum i
+            samples += [{**point, "stage": "layer", "seconds": s} for s in sparse_s]
+            samples.append({**point, "stage": "whole_pass_start", "seconds": layer_s[0] - layer_zero_s(sparse, sparse_s, parts)})
+        if piece < len(between):
+            measured_between.append(between[piece]())
     expert_rows = pd.DataFrame(experts, columns=["tokens", "seconds"]).assign(stage="expert", phase="any")
     samples += block_samples(blocks, expert_rows)
-    return pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+    stages = pd.concat([pd.DataFrame(samples).assign(tokens=0.0), expert_rows], ignore_index=True).fillna(0)
+    return pd.concat([stages, *measured_between], ignore_index=True)
 
 
 def shapes_of_part(shapes: list[tuple[str, list[int]]], part: int, parts: int) -> list[tuple[str, list[int]]]:

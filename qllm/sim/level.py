@@ -2,9 +2,9 @@
 
 A profile times its stages one pass at a time, each pass set up on its own; a run's passes follow one
 another, and the stages add up to more or less than those passes take, by an amount that depends on
-the granularity and the phase (on the development VM, Intel Xeon, three tiny_olmoe profiles' prompt
-passes took 1.08-1.17 of the stages' price at every granularity, their decode passes 0.89-1.05). The
-profile also times the passes of real engine runs at each granularity (`CostModel.in_run_passes`);
+the granularity and the phase (on the development VM, Intel Xeon, three tiny_mixtral profiles of the
+same shapes, measured back to back: prompt passes took 0.96-1.12 of the stages' price, decode passes
+0.93-1.07, each granularity's decode level within 0.07 across the three). The profile also times the passes of real engine runs at each granularity (`CostModel.in_run_passes`);
 the simulated executor prices them as it prices its own passes at its granularity, the delay after
 prompts included (their routing drawn apart from the run's), and scales the model's work, every
 stage but the engine's own (measured in runs already) and every expert, by their summed time over
