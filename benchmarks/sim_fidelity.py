@@ -20,7 +20,7 @@ real runs, the real runs' own spread (max - min) / mean, and the floor: the medi
 simulator predicting the true mean exactly would still show against the mean of this many noisy
 runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
 medians per metric, and each model's signed medians (one sign on all of a model's workloads is its
-profile's level: the machine's speed in the minutes the profile was measured) and each length
+profile: the machine's speed in the minutes the profile was measured) and each length
 source's (ShareGPT's prompts are real text, routed unlike the profile's random ids).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
@@ -35,7 +35,7 @@ change in what `qllm-profile` measures: a second profile of each model, with the
 overrides, measured in parts in the same slots as the first (each part right after the first's, so
 the machine's drift hits both alike), simulates every workload again:
 
-    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare-profile 'in_run_run.batch_sizes=[32,32,32]'
+    taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --compare-profile shapes.num_shapes=300
 
 Pin it to one core, as the presets run (one torch thread). The workloads' arrivals span about
 `--duration` seconds each, so a run of 12 takes about 12 x 3 x that plus the profiles.
@@ -171,10 +171,11 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
 
 
 def levels(model: str, profile: Path) -> dict[str, Level]:
-    """Per granularity, the level a simulated executor takes from the profile's passes of engine runs."""
+    """Per granularity, the level a simulated executor takes from the profile's passes of engine runs
+    (with hardware.in_run_level=true)."""
     config = RunResources(compose_config(f"model={model}", "executor=sim")).model_config
-    executors = {g: SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(profile)), g)
-                 for g in ("iteration", "layer", "expert")}  # fmt: skip
+    costs = functools.partial(ProfiledCostModel, str(profile), in_run_level=True)
+    executors = {g: SimExecutor(config, VirtualClock(), costs, g) for g in ("iteration", "layer", "expert")}
     return {g: executor.level for g, executor in executors.items()}
 
 
@@ -229,8 +230,8 @@ def per_metric(table: pd.DataFrame) -> pd.DataFrame:
 
 def signed_medians(table: pd.DataFrame, by: str) -> pd.DataFrame:
     """The signed median per value of column `by` and metric, over those workloads (class `all`). A
-    model's workloads share its profile: one sign on all of them is the profile's level (the machine's
-    speed in the minutes it was measured) more than the cost model's shape. By lengths: ShareGPT's
+    model's workloads share its profile: one sign on all of them is the profile (the machine's speed in
+    the minutes it was measured) more than the cost model's shape. By lengths: ShareGPT's
     prompts are real text, the others' and the profile's random ids (benchmarks/passes_in_run.py
     counts the experts each routes to)."""
     whole = table[table["class"] == "all"]
@@ -293,7 +294,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for i, variant in enumerate(variants, start=1):
         print(f"\nseed {seed}: the same real runs simulated with {variant}")
         print(per_metric(table.assign(error=table[f"error_compared_{i}"])).round(1).to_string())
-    print("\nsigned median % per model (one sign across a model's workloads: its profile's level)")
+    print("\nsigned median % per model (one sign across a model's workloads: its profile)")
     print(signed_medians(table, "model").round(1).to_string())
     print("\nsigned median % per lengths (sharegpt: prompts of real text, routed unlike the profile's random ids)")
     print(signed_medians(table, "lengths").round(1).to_string())

@@ -73,7 +73,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
         "--profile-override", "shapes.max_prompt_len=24", "--profile-override", "shapes.max_context_len=32",
         "--profile-override", "engine_run.num_requests=40", "--profile-override", "after_prompts_run.repeats=1",
         "--profile-override", "in_run_run.num_requests=6", "--profile-override", "in_run_run.max_output_len=6",
-        "--real-runs", "3", "--compare", "hardware.in_run_level=false", "--compare", "hardware.wake_up_delay=false",
+        "--real-runs", "3", "--compare", "hardware.in_run_level=true", "--compare", "hardware.wake_up_delay=false",
         "hardware.after_prompts_delay=false", "--compare-profile", "in_run_run.batch_sizes=[1]", "--out", str(out),
     ])  # fmt: skip
     written = pd.read_csv(out)
@@ -85,9 +85,9 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     np.testing.assert_allclose(written["real_mean"], reals.mean(axis=1))
     np.testing.assert_allclose(written["error"], written["sim"] / written["real_mean"] - 1)
     # --compare: the same real runs against more simulated runs, one per variant: here at the level of the
-    # stages timed alone, then at the run's level without the delays (two overrides; a machine may measure
-    # no delay, so the second tells itself from the first by the level)
-    # and a profile measured alongside the first, its engine runs batching one row (another level)
+    # profile's engine runs, then the stages as timed without the delays (two overrides; a machine may
+    # measure no delay, so the second tells itself from the first by the level)
+    # and a profile measured alongside the first (stages timed in other seconds)
     for i in (1, 2, 3):
         np.testing.assert_allclose(written[f"error_compared_{i}"], written[f"sim_compared_{i}"] / written["real_mean"] - 1)
     latencies = written[written["metric"] != "throughput"]
@@ -106,12 +106,12 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     alongside = [line for line in printed.splitlines() if line.startswith("profiled tiny_mixtral (in_run_run.batch_sizes=[1])")]
     assert len(alongside) == 4 and "a profile measured alongside with in_run_run.batch_sizes=[1]" in printed
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
-    assert "simulated with hardware.in_run_level=false\n" in printed
+    assert "simulated with hardware.in_run_level=true\n" in printed
     assert "simulated with hardware.wake_up_delay=false hardware.after_prompts_delay=false" in printed
     assert "floor median %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
     drawn = {w.index: w.lengths for w in draw_workloads(3, 2, ["tiny_mixtral"], ["qllm", "fcfs_rtc"])}
     assert (written["lengths"] == written["workload"].map(drawn)).all()
-    assert "the same real runs simulated with hardware.in_run_level=false" in printed
+    assert "the same real runs simulated with hardware.in_run_level=true" in printed
     assert "tiny_mixtral's level (qllm.sim.level): iteration prompts " in printed
     assert "tiny_mixtral (in_run_run.batch_sizes=[1])'s level (qllm.sim.level): iteration prompts " in printed
 

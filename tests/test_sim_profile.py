@@ -420,7 +420,7 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
     config = RunResources(compose_config()).model_config
 
     def executor(granularity, **options):
-        return SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(path), **options), granularity)
+        return SimExecutor(config, VirtualClock(), functools.partial(ProfiledCostModel, str(path), **{"in_run_level": True, **options}), granularity)
 
     decode = [*[("decode", [21], 256, 1)] * 4, *[("decode", [40], 0, 12)] * 4, *[("decode", [21, 8], 256, 2)] * 3,
               *[("decode", [100, 300, 5], 64, 3)] * 4, *[("decode", [22, 9, 30, 41], 256, 2)] * 4]  # in a profile's order

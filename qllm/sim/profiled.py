@@ -41,8 +41,8 @@ its own time that grows with the prompt tokens and shrinks with k (`after_prompt
 measured share at each prompt size probed and each k; a profile measured before these probes prices
 none). Last, the passes of real engine runs at each granularity, timed in the runs
 (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the stages timed alone add
-up to, and the simulator scales the model's work to them (qllm.sim.level; not for a profile measured
-before these rows, nor without `in_run_level`).
+up to, and with `in_run_level` the simulator scales the model's work to them (qllm.sim.level; off by
+default: on the fidelity suite's seeds 63-67 it ran slow of the real runs, docs/reproducing.md).
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _weighted_nnls(x: np.ndarray, seconds: np.ndarray) -> np.ndarray:
 
 class ProfiledCostModel:
     def __init__(self, path: str, model: ModelShape, allow_foreign_profile: bool = False,
-                 wake_up_delay: bool = True, after_prompts_delay: bool = True, in_run_level: bool = True) -> None:  # fmt: skip
+                 wake_up_delay: bool = True, after_prompts_delay: bool = True, in_run_level: bool = False) -> None:  # fmt: skip
         table, measured_on, self.about = read_profile(resolve(path))
         this_model = json.loads(json.dumps(dataclasses.asdict(model)))  # as the table's metadata holds it
         differ = sorted(k for k, v in this_model.items() if k in measured_on and measured_on[k] != v)
