@@ -3,17 +3,18 @@
 as timed came closer to the suite's real runs, docs/reproducing.md, "The runs between the stages").
 
 A profile times its stages one pass at a time, each pass set up on its own; a run's passes follow one
-another, and the stages add up to more or less than those passes take, by an amount that depends on
-the granularity and the phase (on the development VM, Intel Xeon, three tiny_mixtral profiles of the
-same shapes, measured back to back: prompt passes took 0.96-1.12 of the stages' price, decode passes
-0.93-1.07, each granularity's decode level within 0.07 across the three). The profile also times the passes of real engine runs at each granularity (`CostModel.in_run_passes`);
-the simulated executor prices them as it prices its own passes at its granularity, the delay after
-prompts included (their routing drawn apart from the run's), and scales the model's work, every
-stage but the engine's own (measured in runs already) and every expert, by their summed time over
-their summed price, one level per phase. A pass that took more than OUTLIER times its price is left
-out, as `fit` leaves out such samples: the core taken by something else for a moment is the
-machine, not the pass (a CI machine's tiny test profile, two prompt passes at each granularity,
-priced every prompt pass at iteration granularity 47x its time: a spike).
+another, and the stages add up to more or less than those passes take, by an amount that depends on the
+granularity and the phase (on the development VM, Intel Xeon, three tiny_mixtral profiles of the same
+shapes, measured back to back: prompt passes took 0.96-1.12 of the stages' price, decode passes
+0.93-1.07, each granularity's decode level within 0.07 across the three). The profile also times the
+passes of real engine runs at each granularity (`CostModel.in_run_passes`); the simulated executor
+prices them as it prices its own passes at its granularity, the delay after prompts included (their
+routing drawn apart from the run's), and scales the model's work, every stage but the engine's own
+(measured in runs already) and every expert, by their summed time over their summed price, one level
+per phase. A pass that took more than OUTLIER times its price is left out, as `fit` leaves out such
+samples: the core taken by something else for a moment is the machine, not the pass (a CI machine's
+tiny test profile, two prompt passes at each granularity, priced every prompt pass at iteration
+granularity 47x its time: a spike).
 
 One level per phase, not per number of rows: each batch limit's run takes its own seconds, and a
 level per rows carried the machine's speed in those seconds. Three tiny_olmoe profiles measured back
