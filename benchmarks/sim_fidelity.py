@@ -65,7 +65,7 @@ from harness.traces.trace_schema import validate_trace
 from qllm.clock import VirtualClock
 from qllm.sim.executor import SimExecutor
 from qllm.sim.level import Level
-from qllm.sim.profiled import ProfiledCostModel, merge_profiles
+from qllm.sim.profiled import IN_RUN, ProfiledCostModel, merge_profiles, read_profile
 
 METRICS = {"ttft_s_p50": "TTFT p50", "ttft_s_p99": "TTFT p99", "tpot_s_mean": "TPOT mean",
            "e2e_s_p50": "turnaround p50", "throughput_tok_s": "throughput"}  # fmt: skip
@@ -155,9 +155,9 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
             sim = ["executor=sim", "hardware=profiled", f"hardware.path={path}"]
             variants = [*compared, *([f"hardware.path={other.measure(slot=real_runs)}"] for other in alongside)]
             for spread in (profile, *alongside):  # each measured by now: measure gives its profile
-                progress(f"{model}{spread.label}'s level (qllm.sim.level): " + "; ".join(
-                    f"{g} prompts {x.prefill:.3f}, decode {x.decode:.3f}"
-                    for g, x in levels(model, spread.measure(slot=real_runs)).items()))  # fmt: skip
+                if leveled := levels(model, spread.measure(slot=real_runs)):
+                    progress(f"{model}{spread.label}'s level (qllm.sim.level): " + "; ".join(
+                        f"{g} prompts {x.prefill:.3f}, decode {x.decode:.3f}" for g, x in leveled.items()))  # fmt: skip
             for (workload, trace), runs in zip(traced, reals):
                 table = compare(workload, runs, run_summary(workload, trace, sim))
                 for i, overrides in enumerate(variants, start=1):
@@ -172,7 +172,10 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
 
 def levels(model: str, profile: Path) -> dict[str, Level]:
     """Per granularity, the level a simulated executor takes from the profile's passes of engine runs
-    (with hardware.in_run_level=true)."""
+    (with hardware.in_run_level=true); none from a profile measured without them (the default)."""
+    table, _, _ = read_profile(profile)
+    if not table["stage"].str.startswith(IN_RUN).any():
+        return {}
     config = RunResources(compose_config(f"model={model}", "executor=sim")).model_config
     costs = functools.partial(ProfiledCostModel, str(profile), in_run_level=True)
     executors = {g: SimExecutor(config, VirtualClock(), costs, g) for g in ("iteration", "layer", "expert")}

@@ -73,8 +73,9 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
         "--profile-override", "shapes.max_prompt_len=24", "--profile-override", "shapes.max_context_len=32",
         "--profile-override", "engine_run.num_requests=40", "--profile-override", "after_prompts_run.repeats=1",
         "--profile-override", "in_run_run.num_requests=6", "--profile-override", "in_run_run.max_output_len=6",
-        "--real-runs", "3", "--compare", "hardware.in_run_level=true", "--compare", "hardware.wake_up_delay=false",
-        "hardware.after_prompts_delay=false", "--compare-profile", "in_run_run.batch_sizes=[1]", "--out", str(out),
+        "--profile-override", "in_run_run.batch_sizes=[4]", "--real-runs", "3", "--compare", "hardware.in_run_level=true",
+        "--compare", "hardware.wake_up_delay=false", "hardware.after_prompts_delay=false",
+        "--compare-profile", "in_run_run.batch_sizes=[]", "--out", str(out),
     ])  # fmt: skip
     written = pd.read_csv(out)
     assert len(written) == len(table) > 0 and set(written["workload"]) == {0, 1} and (written["seed"] == 3).all()
@@ -87,7 +88,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     # --compare: the same real runs against more simulated runs, one per variant: here at the level of the
     # profile's engine runs, then the stages as timed without the delays (two overrides; a machine may
     # measure no delay, so the second tells itself from the first by the level)
-    # and a profile measured alongside the first (stages timed in other seconds)
+    # and a profile measured alongside the first (stages timed in other seconds, no engine runs: the default)
     for i in (1, 2, 3):
         np.testing.assert_allclose(written[f"error_compared_{i}"], written[f"sim_compared_{i}"] / written["real_mean"] - 1)
     latencies = written[written["metric"] != "throughput"]
@@ -103,8 +104,8 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     # part of the profile compared right after the first's.
     assert steps == ["profile 1", "profile 1", "#0 1", "#1 1", "profile 2", "profile 2", "#0 2", "#1 2", "profile 3",
                      "profile 3", "#0 3", "#1 3", "profile 4", "profile 4"]  # fmt: skip
-    alongside = [line for line in printed.splitlines() if line.startswith("profiled tiny_mixtral (in_run_run.batch_sizes=[1])")]
-    assert len(alongside) == 4 and "a profile measured alongside with in_run_run.batch_sizes=[1]" in printed
+    alongside = [line for line in printed.splitlines() if line.startswith("profiled tiny_mixtral (in_run_run.batch_sizes=[])")]
+    assert len(alongside) == 4 and "a profile measured alongside with in_run_run.batch_sizes=[]" in printed
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "simulated with hardware.in_run_level=true\n" in printed
     assert "simulated with hardware.wake_up_delay=false hardware.after_prompts_delay=false" in printed
@@ -113,7 +114,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert (written["lengths"] == written["workload"].map(drawn)).all()
     assert "the same real runs simulated with hardware.in_run_level=true" in printed
     assert "tiny_mixtral's level (qllm.sim.level): iteration prompts " in printed
-    assert "tiny_mixtral (in_run_run.batch_sizes=[1])'s level (qllm.sim.level): iteration prompts " in printed
+    assert "tiny_mixtral (in_run_run.batch_sizes=[])'s level" not in printed  # no runs, no level to print
 
 
 def test_the_per_model_signed_median_shows_a_profiles_level():

@@ -39,10 +39,11 @@ join that batch (`wake_s`). Likewise the decode steps after a pass that fed prom
 decode's weights are back in the CPU's caches: the k-th decode pass after it ends later by a share of
 its own time that grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median
 measured share at each prompt size probed and each k; a profile measured before these probes prices
-none). Last, the passes of real engine runs at each granularity, timed in the runs
-(`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the stages timed alone add
-up to, and with `in_run_level` the simulator scales the model's work to them (qllm.sim.level; off by
-default: on the fidelity suite's seeds 63-67 it ran slow of the real runs, docs/reproducing.md).
+none). Last, with `in_run_run.batch_sizes` set, the passes of real engine runs at each granularity, timed
+in the runs (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the stages timed
+alone add up to, and with `in_run_level` the simulator scales the model's work to them (qllm.sim.level;
+off by default, and so are the runs: on the fidelity suite's seeds 63-67 it ran slow of the real runs,
+docs/reproducing.md; a profile without them is refused for it).
 """
 
 from __future__ import annotations
@@ -254,6 +255,11 @@ class ProfiledCostModel:
         self.wake_gaps = after_idle.index.to_numpy(float) if len(after_idle) else np.ones(1)
         self.wake_extra_s = np.maximum(after_idle.to_numpy(float) - self.wake_busy_s, 0.0) if len(after_idle) else np.zeros(1)
         self.prompt_tokens, self.after_prompts_shares = self._after_prompts_shares(table[table["stage"] == "after_prompts"])
+        if in_run_level and not in_run.any():
+            raise ConfigurationError(
+                f"profile {path} holds no passes of engine runs for hardware.in_run_level: measure one with "
+                f"`{PROFILE_COMMAND} 'in_run_run.batch_sizes=[32,16,8,4,2,1]'`, or leave the level off"
+            )  # fmt: skip
         self.in_run = table[in_run] if in_run_level else table.iloc[:0]
 
     def _after_prompts_shares(self, probes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
