@@ -109,12 +109,29 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "simulated with hardware.in_run_level=true\n" in printed
     assert "simulated with hardware.wake_up_delay=false hardware.after_prompts_delay=false" in printed
-    assert "floor median %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
+    assert "floor median %" in printed and "floor p90 %" in printed and "signed median % per model" in printed and "signed median % per lengths" in printed
     drawn = {w.index: w.lengths for w in draw_workloads(3, 2, ["tiny_mixtral"], ["qllm", "fcfs_rtc"])}
     assert (written["lengths"] == written["workload"].map(drawn)).all()
     assert "the same real runs simulated with hardware.in_run_level=true" in printed
     assert "tiny_mixtral's level (qllm.sim.level): iteration prompts " in printed
     assert "tiny_mixtral (in_run_run.batch_sizes=[])'s level" not in printed  # no runs, no level to print
+
+
+def test_the_floors_median_and_p90_are_what_an_exact_simulator_would_show():
+    """Each row's floor is the median |error| an exact simulator shows on it against its noisy runs'
+    mean. Over many alike rows such a simulator's median is that floor and its p90 the half-normal's
+    (1.645 / 0.6745 of it); over rows half of them noiseless, its p90 is the noisy half's p80, above
+    every row's own floor."""
+    alike = pd.Series([0.1] * 400)
+    assert sim_fidelity.exact_quantile(alike, 0.5) == pytest.approx(0.1, rel=0.05)
+    assert sim_fidelity.exact_quantile(alike, 0.9) == pytest.approx(0.1 * 1.6449 / 0.6745, rel=0.05)
+    half = pd.Series([0.0, 0.2] * 200)
+    assert sim_fidelity.exact_quantile(half, 0.9) == pytest.approx(0.2 * 1.2816 / 0.6745, rel=0.05)
+    assert sim_fidelity.exact_quantile(half, 0.9) == sim_fidelity.exact_quantile(half, 0.9)  # seeded
+    rows = pd.DataFrame({"metric": ["TPOT mean"] * 400, "error": 0.0, "real_spread": 0.0, "floor": alike})
+    stats = sim_fidelity.per_metric(rows)
+    assert stats.loc["all metrics", "floor p90 %"] == pytest.approx(100 * 0.1 * 1.6449 / 0.6745, rel=0.05)
+    assert stats.loc["TPOT mean", "floor median %"] == pytest.approx(10.0, rel=0.05)
 
 
 def test_the_per_model_signed_median_shows_a_profiles_level():
