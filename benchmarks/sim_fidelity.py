@@ -20,9 +20,9 @@ real runs, the real runs' own spread (max - min) / mean, and the floor: the medi
 simulator predicting the true mean exactly would still show against the mean of this many noisy
 runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
 medians per metric, with the median and p90 of |error| such a simulator would show over the same
-rows (the floor's median and p90), and each model's signed medians (one sign on all of a model's workloads is its
-profile: the machine's speed in the minutes the profile was measured) and each length
-source's (ShareGPT's prompts are real text, routed unlike the profile's random ids).
+rows (the floor's median and p90), and each model's signed medians (one sign on all of a model's
+workloads is its profile: the machine's speed in the minutes the profile was measured) and each
+length source's (ShareGPT's prompts are real text, routed unlike the profile's random ids).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -173,7 +173,7 @@ def run_suite(seed: int, count: int, limits: Limits, models, engines, profile_ov
 
 def levels(model: str, profile: Path) -> dict[str, Level]:
     """Per granularity, the level a simulated executor takes from the profile's passes of engine runs
-    (with hardware.in_run_level=true); none from a profile measured without them (the default)."""
+    (with hardware.in_run_level=true); none from a profile measured without them."""
     table, _, _ = read_profile(profile)
     if not table["stage"].str.startswith(IN_RUN).any():
         return {}

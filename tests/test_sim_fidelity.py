@@ -88,7 +88,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     # --compare: the same real runs against more simulated runs, one per variant: here at the level of the
     # profile's engine runs, then the stages as timed without the delays (two overrides; a machine may
     # measure no delay, so the second tells itself from the first by the level)
-    # and a profile measured alongside the first (stages timed in other seconds, no engine runs: the default)
+    # and a profile measured alongside the first (stages timed in other seconds, without engine runs)
     for i in (1, 2, 3):
         np.testing.assert_allclose(written[f"error_compared_{i}"], written[f"sim_compared_{i}"] / written["real_mean"] - 1)
     latencies = written[written["metric"] != "throughput"]
@@ -154,7 +154,7 @@ def test_a_given_profile_is_used_as_it_is(tmp_path, capsys):
                                "--duration", "0.5", "--max-prompt-len", "24", "--max-output-len", "6", "--max-requests", "10",
                                "--profile", "tiny_mixtral", str(profile)])  # fmt: skip
     printed = capsys.readouterr().out
-    assert len(table) > 0 and "profiled" not in printed and "real run 2 of 2" in printed
+    assert len(table) > 0 and "profiled" not in printed and "real run 3 of 3" in printed  # the default runs
 
 
 def test_wake_up_prices_lone_requests_with_and_without_the_idle_delay(tmp_path, capsys):

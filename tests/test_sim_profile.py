@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.app import CONF_DIR, compose_config, run_engine
+from harness.app import compose_config, run_engine
 from harness.engines import RunResources
 from harness.profiling.profiler import (WARM_STEPS, WARM_TOKENS, ShapeSpace, batch_for, draw_shapes, measure_after_prompts,
                                        measure_idle, measure_in_run, measure_stages, shape_columns, shapes_of_part)  # fmt: skip
@@ -473,14 +473,13 @@ def test_the_level_is_what_passes_in_runs_took_over_what_the_simulator_prices_th
 
 
 def test_the_level_is_refused_in_one_line_for_a_profile_without_engine_runs(tmp_path, tiny_shape):
-    """The default profile measures no engine runs (in_run_run.batch_sizes=[]): asked for the level, the
+    """A profile measured without engine runs (in_run_run.batch_sizes=[]): asked for the level, the
     simulator says how to measure them rather than pricing the stages as timed unasked."""
     path = tmp_path / "profile.parquet"
     write_profile(synthetic_table(tiny_shape), path, tiny_shape, HERE)
     assert ProfiledCostModel(str(path), tiny_shape).in_run_passes("layer") == []
     with pytest.raises(ConfigurationError, match=r"no passes of engine runs.*'in_run_run.batch_sizes=\[32,16,8,4,2,1\]'"):
         ProfiledCostModel(str(path), tiny_shape, in_run_level=True)
-    assert OmegaConf.load(CONF_DIR / "profile.yaml").in_run_run.batch_sizes == []
 
 
 def test_an_idle_probe_follows_the_engines_idle_gap_and_its_reference_follows_work():

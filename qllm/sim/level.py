@@ -1,7 +1,6 @@
 """The simulator's level: the model's work scaled to what passes of real engine runs took
-(`hardware.in_run_level=true`, from a profile measured with `in_run_run.batch_sizes` set; off by default,
-and so are those runs: on seeds 63-67 of benchmarks/sim_fidelity.py the stages as timed came closer to
-the suite's real runs, docs/reproducing.md, "The runs between the stages").
+(`hardware.in_run_level=true`; off by default: on seeds 63-67 of benchmarks/sim_fidelity.py the stages
+as timed came closer to the suite's real runs, docs/reproducing.md, "The runs between the stages").
 
 A profile times its stages one pass at a time, each pass set up on its own; a run's passes follow one
 another, and the stages add up to more or less than those passes take, by an amount that depends on the

@@ -39,11 +39,11 @@ join that batch (`wake_s`). Likewise the decode steps after a pass that fed prom
 decode's weights are back in the CPU's caches: the k-th decode pass after it ends later by a share of
 its own time that grows with the prompt tokens and shrinks with k (`after_prompts_s`: the median
 measured share at each prompt size probed and each k; a profile measured before these probes prices
-none). Last, with `in_run_run.batch_sizes` set, the passes of real engine runs at each granularity, timed
-in the runs (`in_run_<granularity>` rows, `in_run_passes`): they take more or less than the stages timed
-alone add up to, and with `in_run_level` the simulator scales the model's work to them (qllm.sim.level;
-off by default, and so are the runs: on the fidelity suite's seeds 63-67 it ran slow of the real runs,
-docs/reproducing.md; a profile without them is refused for it).
+none). Last, the passes of real engine runs at each granularity, timed in the runs
+(`in_run_<granularity>` rows, `in_run_passes`; none with `in_run_run.batch_sizes=[]`): they take more or
+less than the stages timed alone add up to, and with `in_run_level` the simulator scales the model's
+work to them (qllm.sim.level; off by default: on the fidelity suite's seeds 63-67 it ran slow of the
+real runs, docs/reproducing.md; a profile without them is refused for it).
 """
 
 from __future__ import annotations
