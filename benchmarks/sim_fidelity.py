@@ -18,11 +18,14 @@ throughput with every request arriving at once, priced by the first part. Per
 workload, class and metric it reports the simulated value's signed error against the mean of the
 real runs, the real runs' own spread (max - min) / mean, and the floor: the median |error| that a
 simulator predicting the true mean exactly would still show against the mean of this many noisy
-runs (0.674 sigma / sqrt(runs), sigma estimated from the runs); then medians, p90s and signed
-medians per metric, with the median and p90 of |error| such a simulator would show over the same
-rows (the floor's median and p90), and each model's signed medians (one sign on all of a model's
-workloads is its profile: the machine's speed in the minutes the profile was measured) and each
-length source's (ShareGPT's prompts are real text, routed unlike the profile's random ids).
+runs (0.674 sigma / sqrt(runs), sigma estimated from the runs), and the runs' 90 % interval for
+their mean (Student's t: an exact simulator falls outside it on 10 % of rows); then medians, p90s and
+signed medians per metric, with the median and p90 of |error| such a simulator would show over the
+same rows (the floor's median and p90) and the share of rows outside their interval (a simulator
+whose error is the runs' noise shows about 10 %; a biased one more), and each model's signed
+medians (one sign on all of a model's workloads is its profile: the machine's speed in the minutes
+the profile was measured) and each length source's (ShareGPT's prompts are real text, routed unlike
+the profile's random ids).
 
     taskset -c 1 python benchmarks/sim_fidelity.py                # a random seed (printed), 12 workloads
     taskset -c 1 python benchmarks/sim_fidelity.py --seed 7 --out results/fidelity_7.csv
@@ -55,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats as scipy_stats
 
 from harness.app import compose_config, run_engine
 from harness.engines import RunResources
@@ -98,8 +102,8 @@ def metric_values(summary: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 
 def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) -> pd.DataFrame:
-    """Per class and metric: the real runs (`real_1`...), their mean, spread and floor (module
-    docstring), the simulated value and its error."""
+    """Per class and metric: the real runs (`real_1`...), their mean, spread, floor and 90 % interval
+    (module docstring), the simulated value and its error."""
     runs = [metric_values(summary) for summary in reals]
     simulated = metric_values(sim)
     rows = []
@@ -109,10 +113,12 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
         if not np.isfinite(mean) or mean <= 0:
             continue  # a class the workload did not draw, or a one-token output's TPOT
         sigma = values.std(ddof=1) / mean
+        t_90 = scipy_stats.t.ppf(0.95, len(values) - 1)  # Student's t: sigma is estimated from these few runs
         rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine, "lengths": workload.lengths,
                      "class": key[0], "metric": key[1], **{f"real_{i}": v for i, v in enumerate(values, start=1)},
                      "real_mean": mean, "sim": simulated[key], "real_spread": (values.max() - values.min()) / mean,
                      "floor": HALF_NORMAL_MEDIAN * sigma / np.sqrt(len(values)),
+                     "interval_90": t_90 * sigma / np.sqrt(len(values)),
                      "error": (simulated[key] - mean) / mean})  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -214,14 +220,16 @@ class SpreadProfile:
 
 
 def per_metric(table: pd.DataFrame) -> pd.DataFrame:
-    """Median and p90 of |error|, the signed median, the real runs' median spread, and the floor's
-    median and p90 (`exact_quantile`), per metric and over all."""
+    """Median and p90 of |error|, the signed median, the real runs' median spread, the floor's median
+    and p90 (`exact_quantile`), and the share of rows whose simulated value lies outside the real
+    runs' 90 % interval (10 % for an exact simulator), per metric and over all."""
 
     def stats(rows: pd.DataFrame) -> dict:
         error = rows["error"]
         return {"n": len(rows), "|error| median %": 100 * error.abs().median(), "|error| p90 %": 100 * error.abs().quantile(0.9),
                 "signed median %": 100 * error.median(), "real spread median %": 100 * rows["real_spread"].median(),
-                "floor median %": 100 * exact_quantile(rows["floor"], 0.5), "floor p90 %": 100 * exact_quantile(rows["floor"], 0.9)}  # fmt: skip
+                "floor median %": 100 * exact_quantile(rows["floor"], 0.5), "floor p90 %": 100 * exact_quantile(rows["floor"], 0.9),
+                "outside 90 % interval %": 100 * (error.abs() > rows["interval_90"]).mean()}  # fmt: skip
 
     by_metric = {metric: stats(rows) for metric, rows in table.groupby("metric", sort=False)}
     return pd.DataFrame.from_dict({**by_metric, "all metrics": stats(table)}, orient="index").rename_axis("metric")

@@ -96,6 +96,9 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert (latencies["sim_compared_2"] != latencies["sim_compared_1"]).any()  # each variant its own overrides
     assert (latencies["sim_compared_3"] != latencies["sim"]).any()
     np.testing.assert_allclose(written["floor"], 0.6745 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3))
+    # Student's t with 2 degrees of freedom: 2.920 standard errors of the three runs' mean either side
+    np.testing.assert_allclose(written["interval_90"], 2.920 * reals.std(axis=1) / written["real_mean"] / np.sqrt(3),
+                               rtol=1e-3)  # fmt: skip
     printed = capsys.readouterr().out
     steps = [line.split(":")[0].split()[0] + " " + line.split(": real run ")[1].split()[0] if ": real run " in line
              else "profile " + line.split("part ")[1].split()[0]
@@ -109,7 +112,7 @@ def test_a_small_fidelity_run_measures_both_executors_and_writes_its_table(tmp_p
     assert "seed 3" in printed and "|error| median %" in printed and "signed median %" in printed
     assert "simulated with hardware.in_run_level=true\n" in printed
     assert "simulated with hardware.wake_up_delay=false hardware.after_prompts_delay=false" in printed
-    assert "floor median %" in printed and "floor p90 %" in printed
+    assert "floor median %" in printed and "floor p90 %" in printed and "outside 90 % interval %" in printed
     assert "signed median % per model" in printed and "signed median % per lengths" in printed
     drawn = {w.index: w.lengths for w in draw_workloads(3, 2, ["tiny_mixtral"], ["qllm", "fcfs_rtc"])}
     assert (written["lengths"] == written["workload"].map(drawn)).all()
@@ -129,10 +132,31 @@ def test_the_floors_median_and_p90_are_what_an_exact_simulator_would_show():
     half = pd.Series([0.0, 0.2] * 200)
     assert sim_fidelity.exact_quantile(half, 0.9) == pytest.approx(0.2 * 1.2816 / 0.6745, rel=0.05)
     assert sim_fidelity.exact_quantile(half, 0.9) == sim_fidelity.exact_quantile(half, 0.9)  # seeded
-    rows = pd.DataFrame({"metric": ["TPOT mean"] * 400, "error": 0.0, "real_spread": 0.0, "floor": alike})
+    rows = pd.DataFrame({"metric": ["TPOT mean"] * 400, "error": 0.0, "real_spread": 0.0, "floor": alike,
+                         "interval_90": 0.1})  # fmt: skip
     stats = sim_fidelity.per_metric(rows)
     assert stats.loc["all metrics", "floor p90 %"] == pytest.approx(100 * 0.1 * 1.6449 / 0.6745, rel=0.05)
     assert stats.loc["TPOT mean", "floor median %"] == pytest.approx(10.0, rel=0.05)
+
+
+def test_an_exact_simulator_falls_outside_the_runs_interval_on_a_tenth_of_rows():
+    """Three runs drawn around a true value, the simulator predicting that value exactly: the share of
+    rows outside the runs' 90 % interval is 10 %, with Student's t (a normal interval from three
+    runs' sigma would put about 25 % outside). A simulator one sigma off is outside far more often."""
+    rng = np.random.default_rng(0)
+    workload = draw_workloads(0, 1, ["tiny_mixtral"], ["qllm"])[0]
+    true = {column: 1.0 for column in sim_fidelity.METRICS}
+
+    def summary(scale: float) -> pd.DataFrame:
+        return pd.DataFrame([{"priority_class": "all", **{column: scale * v for column, v in true.items()}}])
+
+    def outside(simulated: float) -> float:
+        rows = pd.concat([sim_fidelity.compare(workload, [summary(1 + 0.1 * rng.standard_normal()) for _ in range(3)],
+                                               summary(simulated)) for _ in range(400)])  # fmt: skip
+        return sim_fidelity.per_metric(rows).loc["all metrics", "outside 90 % interval %"]
+
+    assert outside(1.0) == pytest.approx(10, abs=2)
+    assert outside(1.1) > 20
 
 
 def test_the_per_model_signed_median_shows_a_profiles_level():
