@@ -106,19 +106,18 @@ def compare(workload: Workload, reals: list[pd.DataFrame], sim: pd.DataFrame) ->
     (module docstring), the simulated value and its error."""
     runs = [metric_values(summary) for summary in reals]
     simulated = metric_values(sim)
+    t_90 = scipy_stats.t.ppf(0.95, len(runs) - 1)  # Student's t: sigma is estimated from these few runs
     rows = []
     for key in simulated:
         values = np.array([run[key] for run in runs])
         mean = values.mean()
         if not np.isfinite(mean) or mean <= 0:
             continue  # a class the workload did not draw, or a one-token output's TPOT
-        sigma = values.std(ddof=1) / mean
-        t_90 = scipy_stats.t.ppf(0.95, len(values) - 1)  # Student's t: sigma is estimated from these few runs
+        standard_error = values.std(ddof=1) / mean / np.sqrt(len(values))  # of the runs' mean, relative to it
         rows.append({"workload": workload.index, "model": workload.model, "engine": workload.engine, "lengths": workload.lengths,
                      "class": key[0], "metric": key[1], **{f"real_{i}": v for i, v in enumerate(values, start=1)},
                      "real_mean": mean, "sim": simulated[key], "real_spread": (values.max() - values.min()) / mean,
-                     "floor": HALF_NORMAL_MEDIAN * sigma / np.sqrt(len(values)),
-                     "interval_90": t_90 * sigma / np.sqrt(len(values)),
+                     "floor": HALF_NORMAL_MEDIAN * standard_error, "interval_90": t_90 * standard_error,
                      "error": (simulated[key] - mean) / mean})  # fmt: skip
     return pd.DataFrame(rows)
 

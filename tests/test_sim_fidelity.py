@@ -145,10 +145,9 @@ def test_an_exact_simulator_falls_outside_the_runs_interval_on_a_tenth_of_rows()
     runs' sigma would put about 25 % outside). A simulator one sigma off is outside far more often."""
     rng = np.random.default_rng(0)
     workload = draw_workloads(0, 1, ["tiny_mixtral"], ["qllm"])[0]
-    true = {column: 1.0 for column in sim_fidelity.METRICS}
 
-    def summary(scale: float) -> pd.DataFrame:
-        return pd.DataFrame([{"priority_class": "all", **{column: scale * v for column, v in true.items()}}])
+    def summary(value: float) -> pd.DataFrame:  # every metric at `value`, the true one 1.0
+        return pd.DataFrame([{"priority_class": "all", **dict.fromkeys(sim_fidelity.METRICS, value)}])
 
     def outside(simulated: float) -> float:
         rows = pd.concat([sim_fidelity.compare(workload, [summary(1 + 0.1 * rng.standard_normal()) for _ in range(3)],
